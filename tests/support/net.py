@@ -1,0 +1,218 @@
+"""Loopback networking helpers: free ports and small DNS clients with timeouts.
+
+Why: tests talk to dns2dot with clients we control byte for byte (raw sockets) as
+well as with dnspython; every call here is bounded by a deadline, and nothing
+leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterable
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+LOOPBACK = "127.0.0.1"
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (dns2dot listens on both).
+
+    Ports already returned in this process are not handed out again, so two
+    fixtures started back to back never collide with each other.
+    """
+    for _ in range(100):
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            tcp.bind((LOOPBACK, 0))
+            port = tcp.getsockname()[1]
+            if port in _handed_out:
+                continue
+            try:
+                udp.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            _handed_out.add(port)
+            return port
+        finally:
+            tcp.close()
+            udp.close()
+    raise RuntimeError("no free UDP+TCP port on 127.0.0.1 after 100 tries")
+
+
+def make_query(
+    name: str,
+    rdtype: str = "A",
+    *,
+    edns: int | None = None,
+    payload: int = 1232,
+    qid: int | None = None,
+) -> dns.message.QueryMessage:
+    """A recursive query; ``edns=None`` means no OPT record (plain 512-byte UDP)."""
+    q = dns.message.make_query(
+        name, rdtype, use_edns=edns if edns is not None else False, payload=payload
+    )
+    if qid is not None:
+        q.id = qid
+    return q
+
+
+def frame(wire: bytes) -> bytes:
+    """RFC 1035 4.2.2 / RFC 7858 framing: a two-byte big-endian length, then the message."""
+    return struct.pack("!H", len(wire)) + wire
+
+
+def udp_query(port: int, query: dns.message.Message, timeout: float = 5.0) -> dns.message.Message:
+    """Send ``query`` over UDP to 127.0.0.1:``port`` and return the parsed answer.
+
+    dnspython checks the ID and question of the answer for us.
+    """
+    return dns.query.udp(query, LOOPBACK, port=port, timeout=timeout)
+
+
+def tcp_query(port: int, query: dns.message.Message, timeout: float = 5.0) -> dns.message.Message:
+    """Send ``query`` over a fresh TCP connection and return the parsed answer."""
+    return dns.query.tcp(query, LOOPBACK, port=port, timeout=timeout)
+
+
+def udp_exchange(port: int, wire: bytes, timeout: float = 3.0) -> bytes | None:
+    """Send raw bytes as one datagram; return the first datagram back, or None on timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(wire, (LOOPBACK, port))
+        try:
+            data, _ = s.recvfrom(65535)
+        except TimeoutError:
+            return None
+        return data
+
+
+class TcpClient:
+    """A raw TCP DNS client: write any bytes, read length-prefixed frames with deadlines.
+
+    Why raw: tests need split writes, hundreds of pipelined queries in one send,
+    lying length prefixes, and a way to tell "connection closed" from "no answer yet".
+    """
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buf = bytearray()
+        self.closed_by_peer = False
+
+    def __enter__(self) -> TcpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close our side (idempotent)."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, data: bytes) -> None:
+        """Write raw bytes (already framed or deliberately broken)."""
+        self.sock.sendall(data)
+
+    def send_query(self, query: dns.message.Message) -> None:
+        """Write one framed query."""
+        self.sock.sendall(frame(query.to_wire()))
+
+    def send_slowly(self, data: bytes, chunk: int = 1, pause: float = 0.002) -> None:
+        """Write ``data`` in ``chunk``-byte pieces with a short pause (split writes)."""
+        for i in range(0, len(data), chunk):
+            self.sock.sendall(data[i : i + chunk])
+            time.sleep(pause)
+
+    def _fill(self, deadline: float) -> bool:
+        """Read more bytes into the buffer; False on EOF/reset or deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self.closed_by_peer:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            self.closed_by_peer = True
+            return False
+        if not data:
+            self.closed_by_peer = True
+            return False
+        self._buf += data
+        return True
+
+    def recv_frame(self, timeout: float = 5.0) -> bytes | None:
+        """The next length-prefixed message, or None on EOF or timeout (see ``closed_by_peer``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self._buf) >= 2:
+                (n,) = struct.unpack("!H", self._buf[:2])
+                if len(self._buf) >= 2 + n:
+                    msg = bytes(self._buf[2 : 2 + n])
+                    del self._buf[: 2 + n]
+                    return msg
+            if not self._fill(deadline):
+                return None
+
+    def recv_frames(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        """Up to ``count`` messages, stopping early on EOF or when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        out: list[bytes] = []
+        while len(out) < count:
+            msg = self.recv_frame(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                break
+            out.append(msg)
+        return out
+
+    def recv_message(self, timeout: float = 5.0) -> dns.message.Message | None:
+        """The next message parsed with dnspython, or None on EOF/timeout."""
+        wire = self.recv_frame(timeout)
+        return None if wire is None else dns.message.from_wire(wire)
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        """True if the peer closes (EOF or reset) within ``timeout``; discards any data."""
+        deadline = time.monotonic() + timeout
+        while not self.closed_by_peer:
+            self._buf.clear()
+            if not self._fill(deadline) and not self.closed_by_peer:
+                return False
+        return True
+
+
+def rcode_text(msg: dns.message.Message) -> str:
+    """``NOERROR``, ``SERVFAIL``, ... for assertion messages."""
+    return dns.rcode.to_text(msg.rcode())
+
+
+def a_addresses(msg: dns.message.Message) -> set[str]:
+    """All A/AAAA addresses in the answer section."""
+    out: set[str] = set()
+    for rrset in msg.answer:
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            out.update(rd.to_text() for rd in rrset)
+    return out
+
+
+def is_truncated(msg: dns.message.Message) -> bool:
+    """Whether TC is set."""
+    return bool(msg.flags & dns.flags.TC)
+
+
+def question_names(msgs: Iterable[dns.message.Message]) -> list[str]:
+    """The first question name of each message, as text."""
+    return [m.question[0].name.to_text() if m.question else "" for m in msgs]

@@ -1,0 +1,193 @@
+"""Run dns2dot as a real process, the way users do.
+
+Why: the CLI contract (startup line, exit codes, env vars, signals) and the real
+event loop are only exercised by a subprocess. stderr goes to a file so tests can
+assert on log lines after the fact; teardown stops the process and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import REPO_ROOT
+from .net import LOOPBACK, free_port
+
+#: The startup line begins with this (DESIGN.md, "At start it logs one line ...").
+STARTUP_MARK = "dns2dot: udp+tcp"
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for dns2dot: ours minus any DNS2DOT_*/DNSSERVER, plus ``extra``.
+
+    Why: a stray variable in the developer's shell must not change what a test runs.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DNS2DOT_") and k != "DNSSERVER"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def dns2dot_command(args: Sequence[str], launcher: str = "module") -> list[str]:
+    """``python -m dns2dot ARGS`` (``launcher="module"``) or ``python dnsproxy.py ARGS`` (``"script"``)."""
+    if launcher == "module":
+        return [sys.executable, "-m", "dns2dot", *args]
+    if launcher == "script":
+        return [sys.executable, str(REPO_ROOT / "dnsproxy.py"), *args]
+    raise ValueError(f"unknown launcher {launcher!r}")
+
+
+def startup_line(text: str) -> str | None:
+    """The startup line in ``text`` (a log line containing ``dns2dot: udp+tcp``), if any."""
+    for line in text.splitlines():
+        if STARTUP_MARK in line:
+            return line
+    return None
+
+
+@dataclass
+class Dns2Dot:
+    """A running dns2dot process listening on 127.0.0.1:``port`` (UDP and TCP)."""
+
+    port: int
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+    startup: str
+
+    def stderr(self) -> str:
+        """Everything it logged so far."""
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code (no assertions)."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+        return self.proc.poll()
+
+
+def start_dns2dot(
+    log_dir: Path,
+    *,
+    upstreams: Sequence[str] = (),
+    cafile: Path | str | None = None,
+    mode: str | None = None,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    launcher: str = "module",
+    listen_port: int | None = None,
+    listen_flag: bool = True,
+    ready_timeout: float = 10.0,
+) -> Dns2Dot:
+    """Start dns2dot with ``-l 127.0.0.1:PORT``, one ``-u`` per upstream, ``--cafile``,
+    ``--mode`` and ``extra`` flags; wait for the startup line (bounded) and return it.
+
+    ``listen_flag=False`` leaves ``-l`` out (the port then comes from ``env``,
+    e.g. ``DNS2DOT_LISTEN``; pass the same ``listen_port``).
+
+    Raises RuntimeError with the captured stderr if it exits or stays silent.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    last: str = ""
+    for attempt in range(3):  # retry only a lost race for a free port
+        port = listen_port if listen_port is not None else free_port()
+        args = ["-l", f"{LOOPBACK}:{port}"] if listen_flag else []
+        for u in upstreams:
+            args += ["-u", u]
+        if cafile is not None:
+            args += ["--cafile", str(cafile)]
+        if mode is not None:
+            args += ["--mode", mode]
+        args += list(extra)
+        argv = dns2dot_command(args, launcher)
+        stderr_path = log_dir / f"dns2dot-{port}-{attempt}.stderr"
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=base_env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+            )
+        runner = Dns2Dot(port=port, argv=argv, proc=proc, stderr_path=stderr_path, startup="")
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            line = startup_line(runner.stderr())
+            if line is not None:
+                runner.startup = line
+                return runner
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        code = runner.stop()
+        last = (
+            f"dns2dot did not log {STARTUP_MARK!r} within {ready_timeout}s "
+            f"(exit code {code}); argv={argv}\n--- output ---\n{runner.stderr()}"
+        )
+        if listen_port is not None or "in use" not in runner.stderr().lower():
+            break
+    raise RuntimeError(last)
+
+
+def require_tool(name: str) -> str:
+    """Path of the external tool ``name``; a missing tool fails the test (never skips)."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        pytest.fail(f"required tool {name!r} is not installed (apt: dig=bind9-dnsutils, kdig=knot-dnsutils)")
+    return path
+
+
+def run_dns2dot(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    launcher: str = "module",
+    timeout: float = 10.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run dns2dot to completion (for configuration errors); killed after ``timeout``.
+
+    A process that is still running at the deadline is killed and reported with
+    ``returncode`` None-equivalent ``-9`` so the test fails on the exit code.
+    """
+    argv = dns2dot_command(args, launcher)
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        env=base_env(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=5)
+        err += f"\n[test harness: still running after {timeout}s, killed]"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)

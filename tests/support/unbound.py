@@ -1,0 +1,172 @@
+"""A real DoT upstream: unbound serving a small static zone over TLS on loopback.
+
+Why: the integration tests must prove dns2dot against a real DoT server (the one
+the bench uses), not only against our own fake. Config follows PEERS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+
+from .net import LOOPBACK, free_port
+from .pki import TLS_NAME, Pki
+
+ZONE = "example.test."
+
+#: Number of ``n<i>.example.test`` names (for pipelining and dnsperf).
+N_NAMES = 1000
+
+#: TXT strings of ``big.example.test``: 40 records of 60 bytes, about 2.9 kB on the
+#: wire: more than 512 and more than 1232, less than 4096.
+BIG_TXT = [f"record-{i:02d}-" + "x" * 50 for i in range(40)]
+
+#: Static records: name -> {type: [rdata text]}.
+RECORDS: dict[str, dict[str, list[str]]] = {
+    "a.example.test.": {"A": ["192.0.2.10"], "AAAA": ["2001:db8::10"]},
+    "www.example.test.": {"A": ["192.0.2.11"]},
+    "example.test.": {"MX": ["10 mail.example.test."], "A": ["192.0.2.1"]},
+    "mail.example.test.": {"A": ["192.0.2.25"]},
+    "nodata.example.test.": {"A": ["192.0.2.30"]},
+    "big.example.test.": {"TXT": [f'"{t}"' for t in BIG_TXT]},
+}
+
+
+def n_address(i: int) -> str:
+    """The A address of ``n<i>.example.test``: unique per name, so answers can't be mixed up."""
+    return f"10.1.{i >> 8}.{i & 255}"
+
+
+def _config_lines(directory: Path, port: int, pki: Pki) -> list[str]:
+    lines = [
+        "server:",
+        '    username: ""',
+        '    chroot: ""',
+        f'    directory: "{directory}"',
+        f'    pidfile: "{directory}/unbound.pid"',
+        "    use-syslog: no",
+        '    logfile: ""',
+        "    verbosity: 1",
+        "    num-threads: 1",
+        f"    interface: {LOOPBACK}@{port}",
+        f"    tls-port: {port}",
+        f'    tls-service-key: "{pki.good.key}"',
+        f'    tls-service-pem: "{pki.good.cert}"',
+        "    do-ip6: no",
+        "    access-control: 127.0.0.0/8 allow",
+        "    incoming-num-tcp: 1000",
+        "    num-queries-per-thread: 4096",
+        '    module-config: "iterator"',
+        # Never recurse to the internet: anything outside our zone is answered locally.
+        '    local-zone: "." static',
+        f'    local-zone: "{ZONE}" static',
+    ]
+    for name, types in RECORDS.items():
+        for rtype, rdatas in types.items():
+            for rdata in rdatas:
+                lines.append(f"    local-data: '{name} 300 IN {rtype} {rdata}'")
+    lines.append(f'    local-data: "{ZONE} 300 IN SOA ns.{ZONE} host.{ZONE} 1 3600 600 86400 300"')
+    for i in range(N_NAMES):
+        lines.append(f'    local-data: "n{i}.{ZONE} 300 IN A {n_address(i)}"')
+    lines += ["remote-control:", "    control-enable: no", ""]
+    return lines
+
+
+@dataclass
+class UnboundUpstream:
+    """A running ``unbound -d`` serving DoT on 127.0.0.1:``port`` with the ``dns.test`` cert."""
+
+    port: int
+    directory: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    pki: Pki
+    _log: object = field(repr=False, default=None)
+
+    @property
+    def spec(self) -> str:
+        """The dns2dot ``-u`` value for this upstream: ``127.0.0.1:PORT#dns.test``."""
+        return f"{LOOPBACK}:{self.port}#{TLS_NAME}"
+
+    def query(self, name: str, rdtype: str = "A", timeout: float = 3.0) -> dns.message.Message:
+        """Ask unbound directly over verified TLS (dnspython), bypassing dns2dot."""
+        q = dns.message.make_query(name, rdtype)
+        return dns.query.tls(
+            q,
+            LOOPBACK,
+            port=self.port,
+            timeout=timeout,
+            ssl_context=self.pki.client_context(),
+            server_hostname=TLS_NAME,
+        )
+
+    def log(self) -> str:
+        """unbound's stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM by pid, SIGKILL after 5 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if hasattr(self._log, "close"):
+            self._log.close()  # type: ignore[union-attr]
+
+
+def start_unbound(directory: Path, pki: Pki, port: int | None = None, ready_timeout: float = 15.0) -> UnboundUpstream:
+    """Write the config, start ``unbound -d -c FILE`` and wait until it answers over TLS.
+
+    Raises RuntimeError (which fails the test) if unbound is missing or never answers.
+    """
+    exe = shutil.which("unbound")
+    if exe is None:
+        raise RuntimeError("unbound is not installed (needed for the real DoT upstream)")
+    directory.mkdir(parents=True, exist_ok=True)
+    last_error: Exception | None = None
+    for _attempt in range(3):  # a port race with another process is possible: retry
+        p = port if port is not None else free_port()
+        conf = directory / "unbound.conf"
+        conf.write_text("\n".join(_config_lines(directory, p, pki)))
+        log_path = directory / "unbound.log"
+        log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
+        proc = subprocess.Popen(
+            [exe, "-d", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        up = UnboundUpstream(port=p, directory=directory, proc=proc, log_path=log_path, pki=pki, _log=log)
+        deadline = time.monotonic() + ready_timeout
+        for _ in range(200):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            try:
+                r = up.query("a.example.test.", timeout=1.0)
+                if r.rcode() == dns.rcode.NOERROR and r.answer:
+                    return up
+                last_error = RuntimeError(f"unexpected answer from unbound: {r}")
+            except Exception as exc:  # noqa: BLE001 (not ready yet)
+                last_error = exc
+            time.sleep(0.1)
+        up.stop()
+        last_error = RuntimeError(
+            f"unbound did not answer on port {p} (exit={proc.poll()}, last error={last_error!r}):\n{up.log()}"
+        )
+        if port is not None:
+            break
+    assert last_error is not None
+    raise last_error
