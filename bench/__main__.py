@@ -14,12 +14,13 @@ import shlex
 import shutil
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
 from . import chart, peers, report, workloads
 from .pki import make_pki
-from .procs import Interrupted, Registry, raise_nofile, signals_raise
+from .procs import Interrupted, Registry, raise_nofile, shielded, signals_raise
 from .workloads import ALL, QUICK, Bench, Cell, Settings
 from .zone import write_zone
 
@@ -69,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="dnsperf -Q for sustained (default: half of dns2dot's measured UDP max)",
     )
     p.add_argument("--idle-clients", type=int, default=None, help="default 10000 (smoke 1000)")
+    p.add_argument(
+        "--idle-dns2dot-args",
+        default="--idle-timeout 300",
+        help="extra dns2dot arguments for the idle workload only (default: %(default)s, "
+        "so the idle clients are not closed before they are measured)",
+    )
     p.add_argument("--names", type=int, default=20_000, help="names in the synthetic zone")
     p.add_argument("--queries", type=int, default=200_000, help="lines in the dnsperf query file")
     p.add_argument(
@@ -78,7 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_settings(args: argparse.Namespace) -> Settings:
-    s = Settings(smoke=args.smoke, dns2dot_args=shlex.split(args.dns2dot_args))
+    s = Settings(
+        smoke=args.smoke,
+        dns2dot_args=shlex.split(args.dns2dot_args),
+        idle_dns2dot_args=shlex.split(args.idle_dns2dot_args),
+    )
     if args.smoke:
         s.duration, s.published_duration, s.sustained_duration = 1.5, 2.0, 3.0
         s.idle_clients, s.idle_udp_duration, s.query_timeout = 1000, 1.0, 2.0
@@ -165,28 +176,15 @@ def main(argv: list[str] | None = None) -> int:
                 "query_file": str(zone.queries),
             }
             upstream = peers.start_upstream(registry, work, pki, zone)
-            workloads._say_started(upstream)
-            if upstream.ok:
-                servers = workloads.start_servers(registry, work, pki, zone, upstream, settings)
-            else:
-                for key, label in (
-                    ("socat", "socat"),
-                    ("stubby", "stubby"),
-                    ("unbound-fwd", "unbound fwd"),
-                    ("dnsdist", "dnsdist"),
-                    ("dns2dot", "dns2dot"),
-                    ("dns2dot-pipe", "dns2dot pipe"),
-                ):
-                    servers[key] = peers.Server(
-                        key,
-                        label,
-                        ("udp", "tcp"),
-                        0,
-                        error=f"not started: the upstream failed: {upstream.error}",
-                    )
+            workloads.say_started(upstream)
+            servers = workloads.start_servers(registry, work, pki, zone, upstream, settings, chosen)
             bench = Bench(settings, registry, work, pki, zone, upstream, servers, cells)
             for name in chosen:
-                workloads.RUNNERS[name](bench)
+                try:
+                    workloads.RUNNERS[name](bench)
+                except Exception:  # a harness bug becomes a loud failed cell
+                    crash = Cell(name, "harness", "harness", "-")
+                    bench.add(crash.fail(f"workload crashed:\n{traceback.format_exc()}"))
         except (KeyboardInterrupt, Interrupted) as exc:
             interrupted = str(exc) or "SIGINT"
             print(
@@ -195,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         finally:
-            registry.stop_all()
+            with shielded():
+                registry.stop_all()
     return finish(
         args,
         settings,

@@ -196,6 +196,19 @@ def signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Ignore SIGINT/SIGTERM/SIGHUP while cleaning up, so a second Ctrl-C cannot leave
+    servers running half-stopped; the children are in their own groups, unaffected."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 for both TCP and UDP (servers here listen on both)."""
     for _ in range(200):

@@ -342,7 +342,8 @@ def render(
         out.append(_row(["target", "measured", "goal", "result"], widths))
         for t in tgts:
             goal = f"{t.op} {t.goal:,.4g}{t.unit}"
-            val = "-" if t.value is None else f"{t.value:,.2f}{t.unit}"
+            spec = ",.0f" if t.unit == "" else ",.2f"
+            val = "-" if t.value is None else f"{t.value:{spec}}{t.unit}"
             out.append(_row([t.name, val, goal, t.result], widths))
         out.append("")
     failed = [c for c in cells_list if not c.ok]

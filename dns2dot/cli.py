@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 from tornado.netutil import bind_sockets
 
+from dns2dot import check, tls
 from dns2dot import config as config_module
-from dns2dot import tls
 from dns2dot.config import Config, ListenAddress
 from dns2dot.errors import ConfigError, Dns2DotError
 from dns2dot.resolver import Resolver
@@ -156,6 +156,8 @@ async def _main(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["check"]:
+        return check.main(args[1:])
     try:
         config = config_module.load(args)
         tls.client_context(config.cafile)  # a bad CA bundle is a configuration error

@@ -9,10 +9,12 @@ message names the setting and says why (exit code 2).
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -107,6 +109,17 @@ def _tls_name(name: str, what: str) -> str:
     return name.rstrip(".").lower()
 
 
+def parse_pin(text: str) -> str:
+    """A base64 SHA-256 SPKI pin (RFC 7469 §2.4): 32 bytes once decoded."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"--pin: '{text}' is not a base64 SHA-256 pin")
+    return text.strip()
+
+
 def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -174,6 +187,15 @@ OPTIONS: tuple[Option, ...] = (
         "SPEC",
         repeatable=True,
         yaml_key="upstreams",
+    ),
+    Option(
+        "pin",
+        ("--pin",),
+        parse_pin,
+        "SPKI SHA-256 pin (base64) required of every upstream without pins of its own, repeatable",
+        "BASE64",
+        repeatable=True,
+        yaml_key="pins",
     ),
     Option("cafile", ("--cafile",), _cafile, "CA bundle (default: certifi's)", "PATH"),
     Option("mode", ("--mode",), _mode, "TCP handling: pool (default) or pipe", "MODE"),
@@ -293,7 +315,7 @@ def _yaml_upstream(entry: Any, path: str) -> UpstreamSpec:
         spec.host,
         spec.port,
         _tls_name(str(name), "upstreams: name") if name else spec.name,
-        tuple(pins),
+        tuple(parse_pin(pin) for pin in pins),
     )
 
 
@@ -348,6 +370,9 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
 
     parsed = {option.dest: value(option) for option in OPTIONS}
     upstreams = parsed.pop("upstream") or tuple(parse_upstream(u) for u in DEFAULT_UPSTREAMS)
+    pins = parsed.pop("pin") or ()
+    if pins:
+        upstreams = tuple(u if u.pins else replace(u, pins=tuple(pins)) for u in upstreams)
     listen = parsed.pop("listen") or (ListenAddress("127.0.0.1", 53),)
     settings = {k: v for k, v in parsed.items() if v is not None}
     return Config(listen=tuple(dict.fromkeys(listen)), upstreams=tuple(upstreams), **settings)

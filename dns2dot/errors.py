@@ -52,6 +52,10 @@ class UpstreamTLSError(UpstreamError):
     """The upstream's certificate or TLS handshake failed verification."""
 
 
+class PinMismatchError(UpstreamTLSError):
+    """The upstream's key is not among its configured SPKI pins (RFC 7858 §4.2)."""
+
+
 class UpstreamClosedError(UpstreamError):
     """The upstream connection closed with queries still in flight."""
 

@@ -35,6 +35,8 @@ def client_context(cafile: str | None = None) -> ssl.SSLContext:
 
 def describe_failure(exc: BaseException) -> str:
     """One line saying why a TLS connection failed, in the words an operator searches for."""
+    if isinstance(exc, UpstreamTLSError):
+        return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.verify_message or exc.reason or str(exc)
         if "Hostname mismatch" in reason or "IP address mismatch" in reason:
@@ -53,6 +55,6 @@ def describe_failure(exc: BaseException) -> str:
 
 def classify_failure(exc: BaseException) -> type[UpstreamConnectError | UpstreamTLSError]:
     """Whether a connection failure was the network's or TLS verification's."""
-    if isinstance(exc, ssl.SSLError):
+    if isinstance(exc, ssl.SSLError | UpstreamTLSError):
         return UpstreamTLSError
     return UpstreamConnectError

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 from tornado.iostream import SSLIOStream, StreamClosedError
 
-from dns2dot import wire
+from dns2dot import wire, x509
 from dns2dot.errors import (
     FormError,
     MessageError,
+    PinMismatchError,
     UpstreamClosedError,
     UpstreamConnectError,
     UpstreamError,
@@ -310,7 +311,17 @@ class UpstreamServer:
                 )
                 stream = SSLIOStream(tls_sock, ssl_options=self.context)
                 await stream.wait_for_handshake()
-        except (OSError, StreamClosedError, TimeoutError) as exc:
+            if spec.pins:
+                pin = x509.spki_pin(tls_sock.getpeercert(binary_form=True) or b"")
+                if pin not in spec.pins:
+                    raise PinMismatchError(f"key pin {pin} is not among the configured pins")
+        except (
+            OSError,
+            StreamClosedError,
+            TimeoutError,
+            PinMismatchError,
+            x509.CertificateError,
+        ) as exc:
             if stream is not None:
                 stream.close()
             else:
@@ -339,8 +350,8 @@ class UpstreamServer:
             self._last_problem = problem
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
-        if isinstance(cause, ssl.SSLError):
-            # A verification failure may have cached a session for a bad peer.
+        if isinstance(cause, ssl.SSLError | PinMismatchError):
+            # Never resume a session with a peer that failed verification.
             self.tls_session = None
         return classify_failure(cause)(f"{self}: {problem}")
 

@@ -14,11 +14,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support.fake_upstream import FakeUpstream  # noqa: E402
-from support.pki import Pki, make_pki  # noqa: E402
-from support.proc import Dns2Dot, start_dns2dot  # noqa: E402
-from support.recorder import RecordingProxy  # noqa: E402
-from support.unbound import UnboundUpstream, start_unbound  # noqa: E402
+from support.fake_upstream import FakeUpstream
+from support.pki import Pki, make_pki
+from support.proc import Dns2Dot, start_dns2dot
+from support.recorder import RecordingProxy
+from support.unbound import UnboundUpstream, start_unbound
 
 _failed_key = pytest.StashKey[bool]()
 
@@ -50,7 +50,7 @@ def unbound(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbo
 
 @pytest.fixture
 def fake_upstream(pki: Pki) -> Iterator[Callable[..., FakeUpstream]]:
-    """Factory: ``fake_upstream(cert="good", mode="normal", tls=True, ...)`` -> started FakeUpstream.
+    """Factory: ``fake_upstream(cert="good", mode="normal", tls=True, ...)`` -> FakeUpstream.
 
     Every fake made is stopped at teardown.
     """
@@ -86,8 +86,10 @@ def recording_proxy() -> Iterator[Callable[[int], RecordingProxy]]:
 
 
 @pytest.fixture
-def dns2dot(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[Callable[..., Dns2Dot]]:
-    """Factory: ``dns2dot(upstreams=[...], mode=None, extra=[...], env=None, ...)`` -> running Dns2Dot.
+def dns2dot(
+    request: pytest.FixtureRequest, pki: Pki, tmp_path: Path
+) -> Iterator[Callable[..., Dns2Dot]]:
+    """Factory: ``dns2dot(upstreams=[...], mode=None, extra=[...], env=None, ...)`` -> Dns2Dot.
 
     ``cafile`` defaults to the test CA. Processes are stopped (SIGTERM, then SIGKILL)
     at teardown; if the test failed, the tail of each log is printed.

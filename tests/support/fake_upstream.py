@@ -24,6 +24,7 @@ Modes (``FakeUpstream.configure(mode=...)``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import struct
@@ -62,7 +63,7 @@ OTHER_NAME = "other.example.test."
 
 
 def fake_address(name: str, default: str = DEFAULT_A) -> str:
-    """The A address the fake gives ``name``: ``q<N>.…`` -> 10.2.x.y (unique per N), else ``default``."""
+    """The fake's A address: ``q<N>.…`` -> 10.2.x.y (unique per N), else ``default``."""
     first = name.split(".", 1)[0].lower()
     m = _Q_NUM.match(first)
     if m:
@@ -95,7 +96,7 @@ def answer(query: dns.message.Message, a_default: str = DEFAULT_A) -> dns.messag
 
 @dataclass(frozen=True)
 class Received:
-    """One query as it arrived at the fake (after TLS): connection number, raw bytes, parsed form."""
+    """One query as it arrived at the fake (after TLS): connection number, bytes, parsed form."""
 
     conn: int
     wire: bytes
@@ -262,7 +263,9 @@ class FakeUpstream:
 
     def start(self, timeout: float = 10.0) -> FakeUpstream:
         """Start the loop thread and bind; returns once the port is listening."""
-        self._thread = threading.Thread(target=self._run, name=f"fake-upstream-{id(self):x}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"fake-upstream-{id(self):x}", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("fake upstream did not start")
@@ -293,9 +296,11 @@ class FakeUpstream:
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            self._server = loop.run_until_complete(asyncio.start_server(self._on_connect, LOOPBACK, self.port))
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._on_connect, LOOPBACK, self.port)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:  # noqa: BLE001 (reported to start())
+        except BaseException as exc:
             self._start_error = exc
             self._ready.set()
             loop.close()
@@ -334,14 +339,18 @@ class FakeUpstream:
         self._tasks.add(task)  # type: ignore[arg-type]
         try:
             await self._serve(reader, writer)
-        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+        except (
+            asyncio.CancelledError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            ssl.SSLError,
+            OSError,
+        ):
             pass
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
-            try:
+            with contextlib.suppress(Exception):
                 writer.transport.abort()
-            except Exception:  # noqa: BLE001 (already gone)
-                pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
@@ -349,8 +358,10 @@ class FakeUpstream:
             conn = self._connections
         if self.tls:
             try:
-                await writer.start_tls(self._context(str(self._get("cert"))), ssl_handshake_timeout=5)
-            except Exception as exc:  # noqa: BLE001 (recorded: a client rejecting our cert lands here)
+                await writer.start_tls(
+                    self._context(str(self._get("cert"))), ssl_handshake_timeout=5
+                )
+            except Exception as exc:
                 with self._lock:
                     self._handshake_errors.append(repr(exc))
                 return
@@ -430,7 +441,9 @@ class FakeUpstream:
             if mode == "wrong_id":
                 r.id = (msg.id + 1) & 0xFFFF
             elif mode == "wrong_question":
-                other = dns.message.make_query(OTHER_NAME, msg.question[0].rdtype if msg.question else "A")
+                other = dns.message.make_query(
+                    OTHER_NAME, msg.question[0].rdtype if msg.question else "A"
+                )
                 other.id = msg.id
                 r = answer(other, str(self._get("a_default")))
             out = r.to_wire()

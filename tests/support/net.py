@@ -7,6 +7,7 @@ leaves 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -117,10 +118,8 @@ class TcpClient:
 
     def close(self) -> None:
         """Close our side (idempotent)."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def send(self, data: bytes) -> None:
         """Write raw bytes (already framed or deliberately broken)."""

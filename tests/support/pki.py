@@ -82,7 +82,7 @@ def _write_leaf(leaf: trustme.LeafCert, directory: Path, stem: str) -> CertFiles
 def make_pki(directory: Path) -> Pki:
     """Create the CA, the second (untrusted) CA and the four leaves under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca = trustme.CA(organization_name="dns2dot test CA")
     other = trustme.CA(organization_name="dns2dot untrusted CA")
 

@@ -7,6 +7,7 @@ assert on log lines after the fact; teardown stops the process and asserts nothi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def dns2dot_command(args: Sequence[str], launcher: str = "module") -> list[str]:
-    """``python -m dns2dot ARGS`` (``launcher="module"``) or ``python dnsproxy.py ARGS`` (``"script"``)."""
+    """``python -m dns2dot ARGS`` (``module``) or ``python dnsproxy.py ARGS`` (``script``)."""
     if launcher == "module":
         return [sys.executable, "-m", "dns2dot", *args]
     if launcher == "script":
@@ -81,10 +82,8 @@ class Dns2Dot:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
         return self.proc.poll()
 
 
@@ -158,7 +157,9 @@ def require_tool(name: str) -> str:
     if path is None:
         import pytest
 
-        pytest.fail(f"required tool {name!r} is not installed (apt: dig=bind9-dnsutils, kdig=knot-dnsutils)")
+        pytest.fail(
+            f"required tool {name!r} is not installed (apt: dig=bind9-dnsutils, kdig=knot-dnsutils)"
+        )
     return path
 
 

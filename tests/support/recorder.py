@@ -7,6 +7,7 @@ dns2dot's logs. The relay sits between dns2dot and an upstream; afterwards
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -33,7 +34,9 @@ def tls_record_problems(data: bytes) -> list[str]:
         head = data[i : i + 5]
         ctype = head[0]
         if ctype not in TLS_CONTENT_TYPES:
-            problems.append(f"offset {i}: content type {ctype} is not TLS (bytes {data[i:i+16].hex()})")
+            problems.append(
+                f"offset {i}: content type {ctype} is not TLS (bytes {data[i : i + 16].hex()})"
+            )
             break
         if first and ctype != 22:
             problems.append(f"offset {i}: first record is type {ctype}, not a handshake")
@@ -70,7 +73,9 @@ class RecordingProxy:
         self._up: list[bytearray] = []
         self._down: list[bytearray] = []
         self._threads: list[threading.Thread] = []
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="recording-proxy", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="recording-proxy", daemon=True
+        )
 
     def __enter__(self) -> RecordingProxy:
         self.start()
@@ -162,10 +167,8 @@ class RecordingProxy:
                         data = b""
                     if not data:
                         open_ends.discard(s)
-                        try:
+                        with contextlib.suppress(OSError):
                             other.shutdown(socket.SHUT_WR)
-                        except OSError:
-                            pass
                         if s is server:  # upstream gone: end the relay
                             open_ends.clear()
                         continue

@@ -126,7 +126,9 @@ class UnboundUpstream:
             self._log.close()  # type: ignore[union-attr]
 
 
-def start_unbound(directory: Path, pki: Pki, port: int | None = None, ready_timeout: float = 15.0) -> UnboundUpstream:
+def start_unbound(
+    directory: Path, pki: Pki, port: int | None = None, ready_timeout: float = 15.0
+) -> UnboundUpstream:
     """Write the config, start ``unbound -d -c FILE`` and wait until it answers over TLS.
 
     Raises RuntimeError (which fails the test) if unbound is missing or never answers.
@@ -149,7 +151,9 @@ def start_unbound(directory: Path, pki: Pki, port: int | None = None, ready_time
             stderr=subprocess.STDOUT,
             env={**os.environ, "LC_ALL": "C"},
         )
-        up = UnboundUpstream(port=p, directory=directory, proc=proc, log_path=log_path, pki=pki, _log=log)
+        up = UnboundUpstream(
+            port=p, directory=directory, proc=proc, log_path=log_path, pki=pki, _log=log
+        )
         deadline = time.monotonic() + ready_timeout
         for _ in range(200):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -159,12 +163,13 @@ def start_unbound(directory: Path, pki: Pki, port: int | None = None, ready_time
                 if r.rcode() == dns.rcode.NOERROR and r.answer:
                     return up
                 last_error = RuntimeError(f"unexpected answer from unbound: {r}")
-            except Exception as exc:  # noqa: BLE001 (not ready yet)
+            except Exception as exc:
                 last_error = exc
             time.sleep(0.1)
         up.stop()
         last_error = RuntimeError(
-            f"unbound did not answer on port {p} (exit={proc.poll()}, last error={last_error!r}):\n{up.log()}"
+            f"unbound did not answer on port {p} (exit={proc.poll()}, "
+            f"last error={last_error!r}):\n{up.log()}"
         )
         if port is not None:
             break
