@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from tornado.netutil import bind_sockets
 
-from dns2dot import check, tls
+from dns2dot import check, tls, workers
 from dns2dot import config as config_module
 from dns2dot.config import Config, ListenAddress
 from dns2dot.errors import ConfigError, Dns2DotError
@@ -82,18 +82,24 @@ def _bind_error(address: ListenAddress, exc: OSError) -> ListenError:
 
 
 def bind_listeners(
-    addresses: Sequence[ListenAddress],
+    addresses: Sequence[ListenAddress], *, reuse_port: bool = False
 ) -> list[tuple[ListenAddress, list[socket.socket], socket.socket]]:
-    """TCP and UDP sockets for every address; port 0 picks one port for both."""
+    """TCP and UDP sockets for every address; port 0 picks one port for both.
+
+    With ``reuse_port`` every worker binds sockets of its own (``SO_REUSEPORT``) and
+    the kernel spreads clients across them, UDP included.
+    """
     bound: list[tuple[ListenAddress, list[socket.socket], socket.socket]] = []
     try:
         for address in addresses:
             family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
             try:
-                tcp = bind_sockets(address.port, address.host, family=family, backlog=1024)
+                tcp = bind_sockets(
+                    address.port, address.host, family=family, backlog=1024, reuse_port=reuse_port
+                )
                 port = tcp[0].getsockname()[1]
                 try:
-                    udp = udp_socket(address.host, port)
+                    udp = udp_socket(address.host, port, reuse_port=reuse_port)
                 except OSError:
                     for sock in tcp:
                         sock.close()
@@ -112,13 +118,23 @@ def bind_listeners(
 def startup_line(config: Config, listening: Sequence[ListenAddress]) -> str:
     upstreams = ", ".join(str(spec) for spec in config.upstreams)
     line = f"udp+tcp {', '.join(map(str, listening))} -> tls {upstreams}"
-    return line + (" (tcp mode pipe)" if config.mode == "pipe" else "")
+    if config.mode == "pipe":
+        line += " (tcp mode pipe)"
+    if config.workers > 1:
+        line += f" ({config.workers} workers)"
+    return line
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
+async def serve(
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[list[ListenAddress]], None] | None = None,
+) -> None:
     """Run the proxy until ``stop`` is set; then close everything it opened."""
     context = tls.client_context(config.cafile)
-    bound = bind_listeners(config.listen)
+    bound = bind_listeners(config.listen, reuse_port=reuse_port)
     pool = UpstreamPool(list(config.upstreams), context, connect_timeout=config.timeout)
     resolver = Resolver(pool, config.timeout)
     limits = TcpLimits(
@@ -135,9 +151,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             tcp_server.add_sockets(tcp_sockets)
             transport, _ = await start_udp(resolver, udp_sock)
             transports.append(transport)
-        log.info("%s", startup_line(config, [address for address, _, _ in bound]))
+        listening = [address for address, _, _ in bound]
+        if on_ready is None:
+            log.info("%s", startup_line(config, listening))
+        else:
+            on_ready(listening)
         await stop.wait()
-        log.info("stopping")
     finally:
         tcp_server.stop()
         for transport in transports:
@@ -146,12 +165,33 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         pool.close()
 
 
-async def _main(config: Config) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await serve(config, stop)
+def run_process(
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[list[ListenAddress]], None] | None = None,
+) -> int:
+    """Run one serving process until SIGTERM or SIGINT; return its exit code."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(config, stop, reuse_port=reuse_port, on_ready=on_ready)
+
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run())
+    except ListenError as exc:
+        print(f"dns2dot: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"dns2dot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,15 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.verbose)
     raise_file_limit()
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(_main(config))
-    except ListenError as exc:
-        print(f"dns2dot: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ConfigError as exc:
-        print(f"dns2dot: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    if config.workers > 1:
+        return workers.supervise(
+            config,
+            lambda worker_config, on_ready: run_process(
+                worker_config, reuse_port=True, on_ready=on_ready
+            ),
+            lambda listening: log.info("%s", startup_line(config, listening)),
+        )
+    return run_process(config)

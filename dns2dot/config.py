@@ -45,6 +45,7 @@ class Config:
     idle_timeout: float = 10.0
     max_tcp_clients: int = 10000
     max_inflight_per_client: int = 256
+    workers: int = 1
     verbose: bool = False
     config: str | None = None
 
@@ -225,6 +226,13 @@ OPTIONS: tuple[Option, ...] = (
         ("--max-inflight-per-client",),
         _positive(int, "max-inflight-per-client"),
         "unanswered queries per TCP client before it is read no further (default 256)",
+        "N",
+    ),
+    Option(
+        "workers",
+        ("--workers",),
+        _positive(int, "workers"),
+        "serving processes sharing the listen addresses (SO_REUSEPORT; default 1)",
         "N",
     ),
     Option("config", ("-c", "--config"), None, "YAML file with the same settings", "FILE"),

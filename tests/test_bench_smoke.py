@@ -1,0 +1,70 @@
+"""The benchmark harness works end to end: ``python -m bench --smoke`` starts the upstream,
+every peer and dns2dot, runs every workload briefly, stops everything and writes a
+results.json in which every cell has numbers. No timing is asserted: benchmarks are not
+tests (DESIGN.md, "How performance is measured").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# every cell the smoke run must produce, and the numbers each one must carry
+PERF = ("qps", "avg_ms", "max_ms", "lost")
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "throughput/dot/upstream": PERF,
+    "throughput/tcp/socat": PERF,
+    "throughput/udp/stubby": PERF,
+    "throughput/tcp/stubby": PERF,
+    "throughput/udp/unbound-fwd": PERF,
+    "throughput/tcp/unbound-fwd": PERF,
+    "throughput/udp/dnsdist": PERF,
+    "throughput/tcp/dnsdist": PERF,
+    "throughput/udp/dns2dot": PERF,
+    "throughput/tcp/dns2dot": PERF,
+    "throughput/tcp/dns2dot-pipe": PERF,
+    "published/tcp/socat": PERF,
+    "published/tcp/dns2dot": PERF,
+    "published/tcp/dns2dot-pipe": PERF,
+    "coldstart/udp/dns2dot": ("first_ms", "warm_ms", "after_drop_ms", "after_drop_warm_ms"),
+    "coldstart/tcp/socat": ("first_ms", "warm_ms"),
+    "coldstart/tcp/dns2dot-pipe": ("first_ms", "warm_ms"),
+    "idle/tcp/dns2dot": ("clients_open", "rss_per_client_kib", "udp_qps", "udp_lost"),
+    "sustained/udp/dns2dot": (*PERF, "rss_first_kib", "rss_last_kib", "rss_growth_kib"),
+}
+
+
+@pytest.mark.integration
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = [sys.executable, "-m", "bench", "--smoke", "--out", str(out)]
+    have_chart = importlib.util.find_spec("matplotlib") is not None
+    if not have_chart:
+        argv.append("--no-chart")
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"bench --smoke exited {proc.returncode}:\n{output[-6000:]}"
+
+    results = json.loads((out / "results.json").read_text())
+    cells = {c["id"]: c for c in results["cells"]}
+    missing = sorted(set(EXPECTED) - set(cells))
+    assert not missing, f"cells missing from results.json: {missing}"
+    for cid, keys in EXPECTED.items():
+        cell = cells[cid]
+        assert cell["ok"], f"{cid} failed: {cell['error']}"
+        for key in keys:
+            value = cell["metrics"].get(key)
+            assert isinstance(value, (int, float)), f"{cid}: {key} is {value!r}"
+    assert all(s["error"] is None for s in results["servers"]), results["servers"]
+    assert results["targets"], "no targets reported"
+    assert {t["result"] for t in results["targets"]} <= {"PASS", "MISS"}
+    assert (out / "report.txt").read_text().strip()
+    if have_chart:
+        assert (out / "results.png").stat().st_size > 0
