@@ -20,12 +20,14 @@ from tornado.netutil import bind_sockets
 
 from dns2dot import check, tls, workers
 from dns2dot import config as config_module
+from dns2dot.admission import AccessList, Admission, RateLimiter
 from dns2dot.config import Config, ListenAddress
 from dns2dot.errors import ConfigError, Dns2DotError
 from dns2dot.resolver import Resolver
+from dns2dot.strategy import Strategy
 from dns2dot.tcp_server import DnsTcpServer, TcpLimits
 from dns2dot.udp_server import start_udp, udp_socket
-from dns2dot.upstream import UpstreamPool
+from dns2dot.upstream import Lifecycle, UpstreamPool
 
 log = logging.getLogger("dns2dot")
 
@@ -135,21 +137,36 @@ async def serve(
     """Run the proxy until ``stop`` is set; then close everything it opened."""
     context = tls.client_context(config.cafile)
     bound = bind_listeners(config.listen, reuse_port=reuse_port)
-    pool = UpstreamPool(list(config.upstreams), context, connect_timeout=config.timeout)
-    resolver = Resolver(pool, config.timeout)
+    loop = asyncio.get_running_loop()
+    pool = UpstreamPool(
+        list(config.upstreams),
+        context,
+        strategy=Strategy(config.strategy),
+        lifecycle=Lifecycle(
+            connect_timeout=config.timeout,
+            idle_timeout=config.upstream_idle_timeout,
+            max_queries=config.max_queries_per_connection,
+        ),
+    )
+    resolver = Resolver(pool, config.timeout, max_inflight=config.max_inflight)
+    admission = Admission(
+        AccessList(config.allow),
+        RateLimiter(config.ratelimit) if config.ratelimit else None,
+        clock=loop.time,
+    )
     limits = TcpLimits(
         idle_timeout=config.idle_timeout,
         max_clients=config.max_tcp_clients,
         max_inflight=config.max_inflight_per_client,
     )
-    tcp_server = DnsTcpServer(resolver, pool, config.mode, limits)
+    tcp_server = DnsTcpServer(resolver, pool, admission, config.mode, limits)
     transports: list[asyncio.DatagramTransport] = []
     resolver.start()
     tcp_server.start_sweeping()
     try:
         for _, tcp_sockets, udp_sock in bound:
             tcp_server.add_sockets(tcp_sockets)
-            transport, _ = await start_udp(resolver, udp_sock)
+            transport, _ = await start_udp(resolver, admission, udp_sock)
             transports.append(transport)
         listening = [address for address, _, _ in bound]
         if on_ready is None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from dns2dot.admission import DEFAULT_ALLOW, Network, parse_networks
 from dns2dot.errors import ConfigError
+from dns2dot.strategy import STRATEGIES
 from dns2dot.upstream import UpstreamSpec
 
 DEFAULT_UPSTREAMS = ("1.1.1.1#cloudflare-dns.com", "1.0.0.1#cloudflare-dns.com")
@@ -46,6 +48,12 @@ class Config:
     max_tcp_clients: int = 10000
     max_inflight_per_client: int = 256
     workers: int = 1
+    strategy: str = "failover"
+    upstream_idle_timeout: float = 8.0
+    max_queries_per_connection: int = 50000
+    max_inflight: int = 20000
+    allow: tuple[Network, ...] = ()
+    ratelimit: float | None = None
     verbose: bool = False
     config: str | None = None
 
@@ -132,6 +140,19 @@ def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def _strategy(text: str) -> str:
+    if text not in STRATEGIES:
+        raise ConfigError(f"--strategy: '{text}' is not one of {', '.join(STRATEGIES)}")
+    return text
+
+
+def _allow(text: str) -> Network:
+    try:
+        return parse_networks([text])[0]
+    except ValueError as exc:
+        raise ConfigError(f"--allow: {exc}") from None
 
 
 def _mode(text: str) -> str:
@@ -227,6 +248,50 @@ OPTIONS: tuple[Option, ...] = (
         _positive(int, "max-inflight-per-client"),
         "unanswered queries per TCP client before it is read no further (default 256)",
         "N",
+    ),
+    Option(
+        "strategy",
+        ("--strategy",),
+        _strategy,
+        "how upstreams share queries: failover (default), round-robin, fastest, race",
+        "NAME",
+    ),
+    Option(
+        "upstream-idle-timeout",
+        ("--upstream-idle-timeout",),
+        _positive(float, "upstream-idle-timeout"),
+        "seconds before an idle upstream connection is closed (default 8)",
+        "SECONDS",
+    ),
+    Option(
+        "max-queries-per-connection",
+        ("--max-queries-per-connection",),
+        _positive(int, "max-queries-per-connection"),
+        "queries on one upstream connection before a fresh one takes over (default 50000)",
+        "N",
+    ),
+    Option(
+        "max-inflight",
+        ("--max-inflight",),
+        _positive(int, "max-inflight"),
+        "queries waiting for upstreams at once; more are answered REFUSED (default 20000)",
+        "N",
+    ),
+    Option(
+        "allow",
+        ("--allow",),
+        _allow,
+        "client network (CIDR) to serve, repeatable; others get REFUSED "
+        "(default: loopback and private ranges)",
+        "CIDR",
+        repeatable=True,
+    ),
+    Option(
+        "ratelimit",
+        ("--ratelimit",),
+        _positive(float, "ratelimit"),
+        "UDP queries per second per client /24 or /56; beyond it, TC=1 (default off)",
+        "QPS",
     ),
     Option(
         "workers",
@@ -382,5 +447,6 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
     if pins:
         upstreams = tuple(u if u.pins else replace(u, pins=tuple(pins)) for u in upstreams)
     listen = parsed.pop("listen") or (ListenAddress("127.0.0.1", 53),)
+    parsed["allow"] = parsed["allow"] or parse_networks(DEFAULT_ALLOW)
     settings = {k: v for k, v in parsed.items() if v is not None}
     return Config(listen=tuple(dict.fromkeys(listen)), upstreams=tuple(upstreams), **settings)

@@ -20,9 +20,10 @@ from typing import Any
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.tcpserver import TCPServer
 
+from dns2dot.admission import Admission, Verdict
 from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
-from dns2dot.resolver import Resolver, servfail
+from dns2dot.resolver import Resolver, refuse, servfail
 from dns2dot.upstream import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
@@ -211,12 +212,14 @@ class DnsTcpServer(TCPServer):
         self,
         resolver: Resolver,
         pool: UpstreamPool,
+        admission: Admission,
         mode: str = "pool",
         limits: TcpLimits | None = None,
     ) -> None:
         super().__init__(read_chunk_size=READ_CHUNK, max_buffer_size=4 * READ_CHUNK)
         self.resolver = resolver
         self.pool = pool
+        self.admission = admission
         self.mode = mode
         self.limits = limits or TcpLimits()
         self.sessions: set[PoolSession | PipeSession] = set()
@@ -245,7 +248,10 @@ class DnsTcpServer(TCPServer):
         stream.set_nodelay(True)
         stream.max_write_buffer_size = self.limits.max_write_buffer
         session: PoolSession | PipeSession
-        if self.mode == "pipe":
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.admission.verdict(host, datagram=False) is not Verdict.SERVE:
+            session = PoolSession(stream, refuse, self.limits)
+        elif self.mode == "pipe":
             session = PipeSession(stream, self.pool, self.limits)
         else:
             session = PoolSession(stream, self.resolver.handle, self.limits)

@@ -16,7 +16,8 @@ import socket
 from typing import Any
 
 from dns2dot import wire
-from dns2dot.resolver import Resolver, validate
+from dns2dot.admission import Admission, Verdict
+from dns2dot.resolver import Resolver, turn_away, validate
 
 log = logging.getLogger("dns2dot.udp")
 
@@ -26,8 +27,9 @@ SOCKET_BUFFER = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_m
 class UdpShim(asyncio.DatagramProtocol):
     """Receives queries, answers each exactly once (or drops what is not DNS)."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Resolver, admission: Admission) -> None:
         self.resolver = resolver
+        self.admission = admission
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -36,6 +38,12 @@ class UdpShim(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         transport = self.transport
         if transport is None:
+            return
+        verdict = self.admission.verdict(addr[0], datagram=True)
+        if verdict is not Verdict.SERVE:
+            response = turn_away(data, verdict)
+            if response is not None:
+                transport.sendto(response, addr)
             return
         result = validate(data)
         if isinstance(result, wire.Query):
@@ -74,8 +82,10 @@ def udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.sock
 
 
 async def start_udp(
-    resolver: Resolver, sock: socket.socket
+    resolver: Resolver, admission: Admission, sock: socket.socket
 ) -> tuple[asyncio.DatagramTransport, UdpShim]:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(lambda: UdpShim(resolver), sock=sock)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: UdpShim(resolver, admission), sock=sock
+    )
     return transport, protocol

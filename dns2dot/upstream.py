@@ -3,8 +3,9 @@
 ``UpstreamConnection`` is one TLS stream with one reader loop and many queries in
 flight, each under an ID unique on that connection, matched back by ID *and* question.
 ``UpstreamServer`` is one configured upstream: its connections, its TLS session for
-resumption, its health. ``UpstreamPool`` puts an :class:`Exchange` on the preferred
-usable server, and moves it elsewhere when a connection fails.
+resumption, its health. ``UpstreamPool`` puts an :class:`Exchange` on the upstream(s)
+its strategy picks, and moves it elsewhere when a connection fails or an upstream
+answers SERVFAIL or REFUSED.
 
 Per-query work here runs in plain callbacks rather than coroutines: a coroutine and a
 future per query were the largest cost in the profile of the UDP path.
@@ -33,7 +34,7 @@ from dns2dot.errors import (
     UpstreamTimeoutError,
 )
 from dns2dot.framing import FrameDecoder, frame
-from dns2dot.strategy import Health, failover_order
+from dns2dot.strategy import Health, Strategy
 from dns2dot.tls import classify_failure, describe_failure
 
 log = logging.getLogger("dns2dot.upstream")
@@ -42,6 +43,7 @@ READ_CHUNK = 65536
 MAX_INFLIGHT_PER_CONNECTION = 4096
 MAX_CONNECTIONS_PER_SERVER = 4
 RESENDS = 1  # a query lost with its connection is sent again once (DESIGN.md)
+_RETRY_RCODES = frozenset({wire.Rcode.SERVFAIL, wire.Rcode.REFUSED})
 
 
 @dataclass(frozen=True)
@@ -63,24 +65,24 @@ class UpstreamSpec:
         return f"{host}:{self.port}" + (f"#{self.name}" if self.name else "")
 
 
+@dataclass
+class Lifecycle:
+    """How long upstream connections live; see the README's option table."""
+
+    connect_timeout: float = 3.0
+    idle_timeout: float = 8.0  # below the 10 s some public resolvers enforce
+    max_queries: int = 50000  # per connection, then a fresh one takes over
+
+
 class Exchange:
     """One client query on its way through the upstreams; answered exactly once.
 
     ``reply`` receives the bytes for the client: the upstream's answer under the
-    client's ID, or an error response built here.
+    client's ID, or an error response built here. ``legs`` are the connections it is
+    waiting on (two while racing), ``tried`` a bit mask of the upstreams it was sent to.
     """
 
-    __slots__ = (
-        "connection",
-        "deadline",
-        "done",
-        "key",
-        "msg",
-        "query",
-        "reply",
-        "resends",
-        "upstream_id",
-    )
+    __slots__ = ("deadline", "done", "key", "legs", "msg", "query", "reply", "resends", "tried")
 
     def __init__(
         self,
@@ -96,15 +98,15 @@ class Exchange:
         self.deadline = deadline
         self.done = False
         self.resends = 0
-        self.connection: UpstreamConnection | None = None
-        self.upstream_id = -1
+        self.tried = 0
+        self.legs: list[tuple[UpstreamConnection, int]] = []
 
     def finish(self, answer: bytes) -> None:
         """Deliver an upstream answer under the client's ID."""
         if self.done:
             return
         self.done = True
-        self.connection = None
+        self._detach()
         self.reply(wire.with_id(answer, self.query.id))
 
     def fail(self, error: UpstreamError) -> None:
@@ -112,8 +114,7 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        if self.connection is not None:
-            self.connection.forget(self)
+        self._detach()
         if isinstance(error, UpstreamTimeoutError):
             ede, text = 22, "No Reachable Authority"  # RFC 8914 §5.23
         else:
@@ -122,51 +123,78 @@ class Exchange:
             wire.error_response(self.msg, wire.Rcode.SERVFAIL, self.query, ede=ede, ede_text=text)
         )
 
+    def _detach(self) -> None:
+        for connection, uid in self.legs:
+            connection.forget(uid, self)
+        self.legs.clear()
+
 
 class UpstreamConnection:
     """One TLS stream to one upstream, carrying many queries at once.
 
     Queries sent before the handshake completes are buffered and written in one go;
-    writes made in one loop iteration are coalesced into one TLS record batch.
+    writes made in one loop iteration are coalesced into one batch of TLS records.
     """
 
     def __init__(self, server: UpstreamServer) -> None:
         self.server = server
-        self._pending: dict[int, Exchange] = {}
+        self._pending: dict[int, tuple[Exchange, float]] = {}
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         # Random start: IDs need only be unique per connection, but need not be guessable.
         self._next_id = random.getrandbits(16)
         self._stream: SSLIOStream | None = None
         self.closed = False
+        self.queries = 0
         self._loop = asyncio.get_running_loop()
+        self.last_active = self._loop.time()
         self._task = self._loop.create_task(self._run())
 
     @property
     def inflight(self) -> int:
         return len(self._pending)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether new queries may be put on this connection."""
+        return (
+            not self.closed
+            and self.queries < self.server.lifecycle.max_queries
+            and len(self._pending) < MAX_INFLIGHT_PER_CONNECTION
+        )
+
     def send(self, exchange: Exchange) -> None:
         uid = self._allocate_id()
-        exchange.connection = self
-        exchange.upstream_id = uid
-        self._pending[uid] = exchange
+        now = self._loop.time()
+        self._pending[uid] = (exchange, now)
+        exchange.legs.append((self, uid))
+        self.queries += 1
+        self.last_active = now
         self._outbox.append(frame(wire.with_id(exchange.msg, uid)))
         if self._stream is not None and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def forget(self, exchange: Exchange) -> None:
-        """Stop waiting for an answer (the exchange timed out or was answered elsewhere)."""
-        if self._pending.get(exchange.upstream_id) is exchange:
-            del self._pending[exchange.upstream_id]
-        exchange.connection = None
+    def forget(self, uid: int, exchange: Exchange) -> None:
+        """Stop waiting for ``exchange`` here (answered elsewhere, or timed out)."""
+        entry = self._pending.get(uid)
+        if entry is not None and entry[0] is exchange:
+            del self._pending[uid]
+            self._maybe_retire()
 
     def close(self) -> None:
         if self._stream is not None:
             self._stream.close()
         else:
             self._task.cancel()
+
+    def idle_since(self, now: float) -> float:
+        return 0.0 if self._pending or self._outbox else now - self.last_active
+
+    def _maybe_retire(self) -> None:
+        """Close a connection that reached its query cap once its last answer is in."""
+        if not self._pending and self.queries >= self.server.lifecycle.max_queries:
+            self.close()
 
     def _allocate_id(self) -> int:
         uid = self._next_id
@@ -218,37 +246,34 @@ class UpstreamConnection:
 
     def _on_answer(self, msg: bytes) -> None:
         uid = wire.message_id(msg)
-        exchange = self._pending.get(uid)
-        if exchange is None:
+        entry = self._pending.get(uid)
+        if entry is None:
             log.debug("%s: answer with unknown ID %d ignored", self.server, uid)
             return
+        exchange, sent_at = entry
         key = wire.answer_key(msg)
-        if key != exchange.key:
-            if key is None and wire.rcode_of(msg) != wire.Rcode.NOERROR:
-                # An error answer that omits the question (RFC 1035 allows it).
-                del self._pending[uid]
-                exchange.connection = None
-                self.server.pool.retry_or_fail(exchange, UpstreamClosedError("error"))
-                return
+        if key != exchange.key and not (key is None and wire.rcode_of(msg)):
+            # Answers echo the question; an error answer may omit it (RFC 1035).
             log.debug("%s: answer for ID %d echoes another question", self.server, uid)
             return
         del self._pending[uid]
-        exchange.connection = None
-        exchange.finish(msg)
+        exchange.legs.remove((self, uid))
+        now = self._loop.time()
+        self.last_active = now
+        self.server.answered(now, now - sent_at)
+        self.server.pool.answered(exchange, msg)
+        self._maybe_retire()
 
     def _abandon(self, error: UpstreamError, *, sent: bool) -> None:
         """Hand the queries still pending back to the pool, then forget this connection."""
         self.closed = True
-        self.server.connection_closed(self, error, connected=self._stream is not None)
-        pending = list(self._pending.values())
+        self.server.connection_closed(self)
+        pending = [exchange for exchange, _ in self._pending.values()]
         self._pending.clear()
         self._outbox.clear()
         for exchange in pending:
-            exchange.connection = None
-            if sent:
-                self.server.pool.retry_or_fail(exchange, error)
-            else:
-                self.server.pool.submit(exchange)
+            exchange.legs[:] = [leg for leg in exchange.legs if leg[0] is not self]
+            self.server.pool.lost(exchange, self.server, error, sent=sent)
 
 
 class UpstreamServer:
@@ -257,17 +282,20 @@ class UpstreamServer:
     def __init__(
         self,
         pool: UpstreamPool,
+        index: int,
         spec: UpstreamSpec,
         context: ssl.SSLContext,
-        connect_timeout: float,
+        lifecycle: Lifecycle,
     ) -> None:
         self.pool = pool
+        self.index = index
         self.spec = spec
         self.context = context
-        self.connect_timeout = connect_timeout
+        self.lifecycle = lifecycle
         self.health = Health()
         self.connections: list[UpstreamConnection] = []
         self.tls_session: ssl.SSLSession | None = None
+        self.last_answer = 0.0
         self._last_problem: str | None = None
 
     def __str__(self) -> str:
@@ -277,21 +305,26 @@ class UpstreamServer:
         """Put the exchange on the least busy connection; False if all are full."""
         best: UpstreamConnection | None = None
         for connection in self.connections:
-            if best is None or connection.inflight < best.inflight:
+            if connection.accepting and (best is None or connection.inflight < best.inflight):
                 best = connection
-        if best is None or best.inflight >= MAX_INFLIGHT_PER_CONNECTION:
+        if best is None:
             if len(self.connections) >= MAX_CONNECTIONS_PER_SERVER:
                 return False
-            best = UpstreamConnection(self)
-            self.connections.append(best)
+            best = self.connect()
         best.send(exchange)
         return True
+
+    def connect(self) -> UpstreamConnection:
+        connection = UpstreamConnection(self)
+        self.connections.append(connection)
+        return connection
 
     async def open_stream(self) -> SSLIOStream:
         """A verified TLS stream to this upstream, resuming the last session if any.
 
         The socket is wrapped here rather than by tornado so that ``session=`` can be
-        passed (DESIGN.md, "TLS session resumption"); the name is checked by OpenSSL.
+        passed (DESIGN.md, "TLS session resumption"); the name is checked by OpenSSL,
+        the pins (if any) right after the handshake, before anything is sent.
         """
         spec = self.spec
         family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
@@ -301,7 +334,7 @@ class UpstreamServer:
         loop = asyncio.get_running_loop()
         stream: SSLIOStream | None = None
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(self.lifecycle.connect_timeout):
                 await loop.sock_connect(sock, (spec.host, spec.port))
                 tls_sock = self.context.wrap_socket(
                     sock,
@@ -336,35 +369,62 @@ class UpstreamServer:
         log.debug(
             "%s: connected, %s, session %s",
             self,
-            stream.socket.version(),
-            "resumed" if stream.socket.session_reused else "new",
+            tls_sock.version(),
+            "resumed" if tls_sock.session_reused else "new",
         )
         return stream
 
     def _failed(self, cause: BaseException) -> UpstreamError:
         """Mark the upstream down and log the reason, once per distinct reason."""
         problem = describe_failure(cause)
+        self.mark_down(problem)
+        if isinstance(cause, ssl.SSLError | PinMismatchError):
+            # Never resume a session with a peer that failed verification.
+            self.tls_session = None
+        return classify_failure(cause)(f"{self}: {problem}")
+
+    def mark_down(self, problem: str) -> None:
         delay = self.health.failed(asyncio.get_running_loop().time())
         if problem != self._last_problem:
             log.warning("%s: %s; not used for %.1f s", self, problem, delay)
             self._last_problem = problem
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
-        if isinstance(cause, ssl.SSLError | PinMismatchError):
-            # Never resume a session with a peer that failed verification.
-            self.tls_session = None
-        return classify_failure(cause)(f"{self}: {problem}")
 
     def remember_session(self, stream: SSLIOStream) -> None:
         session = getattr(stream.socket, "session", None)
         if session is not None:
             self.tls_session = session
 
-    def connection_closed(
-        self, connection: UpstreamConnection, error: UpstreamError, *, connected: bool
-    ) -> None:
+    def answered(self, now: float, rtt: float) -> None:
+        self.last_answer = now
+        self.health.answered(rtt)
+
+    def timed_out(self, now: float, timeout: float) -> None:
+        """A query sent here got no answer in time: a silent upstream is taken out.
+
+        Silent means no answer at all for a whole timeout while queries were waiting;
+        a single slow answer among many good ones does not count.
+        """
+        if self.health.up and now - self.last_answer > timeout:
+            self.mark_down("no answers (timed out)")
+            for connection in list(self.connections):
+                connection.close()
+
+    def maintain(self, now: float) -> None:
+        """Close idle connections; start a probe when the backoff has run out."""
+        for connection in list(self.connections):
+            if connection.idle_since(now) > self.lifecycle.idle_timeout:
+                connection.close()
+        if self.health.probe_due(now) and not self.connections:
+            self.health.probing = True
+            self.connect()
+
+    def connection_closed(self, connection: UpstreamConnection) -> None:
         if connection in self.connections:
             self.connections.remove(connection)
+        if self.health.probing and not self.connections:
+            self.health.probing = False
 
     def close(self) -> None:
         for connection in list(self.connections):
@@ -372,51 +432,106 @@ class UpstreamServer:
 
 
 class UpstreamPool:
-    """The configured upstreams, in order of preference (failover)."""
+    """The configured upstreams and the strategy that spreads queries over them."""
 
     def __init__(
         self,
         specs: list[UpstreamSpec],
         context: ssl.SSLContext,
         *,
-        connect_timeout: float = 3.0,
-        clock: Callable[[], float] | None = None,
+        strategy: Strategy | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
-        self.servers = [UpstreamServer(self, s, context, connect_timeout) for s in specs]
-        self._clock = clock
-
-    def _now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        return asyncio.get_running_loop().time()
+        self.lifecycle = lifecycle or Lifecycle()
+        self.servers = [
+            UpstreamServer(self, i, s, context, self.lifecycle) for i, s in enumerate(specs)
+        ]
+        self.strategy = strategy or Strategy()
+        self._healths = [server.health for server in self.servers]
+        self._loop = asyncio.get_running_loop()
 
     def submit(self, exchange: Exchange) -> None:
-        """Send the exchange to the most preferred usable upstream, or fail it now."""
+        """Send the exchange where the strategy says, or fail it now if nowhere is usable."""
         if exchange.done:
             return
-        now = self._now()
-        if now >= exchange.deadline:
+        if self._loop.time() >= exchange.deadline:
             exchange.fail(UpstreamTimeoutError("deadline passed"))
             return
-        for index in failover_order([s.health for s in self.servers], now):
-            if self.servers[index].send(exchange):
-                return
-        exchange.fail(UpstreamConnectError("no upstream is usable"))
+        if not self._send(exchange, self.strategy.fanout) and not exchange.legs:
+            exchange.fail(UpstreamConnectError("no upstream is usable"))
 
-    def retry_or_fail(self, exchange: Exchange, error: UpstreamError) -> None:
-        """A sent query lost its connection: send it again once, then give up."""
+    def _send(self, exchange: Exchange, fanout: int) -> int:
+        """Send to up to ``fanout`` usable upstreams not tried yet; return how many."""
+        sent = 0
+        for index in self.strategy.order(self._healths):
+            if exchange.tried >> index & 1:
+                continue
+            if self.servers[index].send(exchange):
+                exchange.tried |= 1 << index
+                sent += 1
+                if sent >= fanout:
+                    break
+        return sent
+
+    def answered(self, exchange: Exchange, answer: bytes) -> None:
+        """An upstream answered: deliver it, unless another upstream may do better.
+
+        SERVFAIL and REFUSED are one upstream's trouble, not the name's: they are
+        retried on an upstream not tried yet, within the same deadline.
+        """
         if exchange.done:
             return
-        if exchange.resends < RESENDS:
+        if wire.rcode_of(answer) in _RETRY_RCODES:
+            if exchange.legs:
+                return  # the other leg of a race may still answer well
+            if self._loop.time() < exchange.deadline and self._send(exchange, 1):
+                return
+        exchange.finish(answer)
+
+    def hedge(self, exchange: Exchange) -> None:
+        """Half the deadline has passed: also ask one more upstream, if there is one."""
+        if not exchange.done:
+            self._send(exchange, 1)
+
+    def lost(
+        self, exchange: Exchange, server: UpstreamServer, error: UpstreamError, *, sent: bool
+    ) -> None:
+        """A connection closed under the exchange: send it again elsewhere or fail it.
+
+        A query that was never written goes wherever the strategy now says; one that
+        was written is sent again once (it may have reached the upstream already).
+        """
+        if exchange.done or exchange.legs:
+            return
+        exchange.tried &= ~(1 << server.index)
+        if not sent:
+            self.submit(exchange)
+        elif exchange.resends < RESENDS:
             exchange.resends += 1
             self.submit(exchange)
         else:
             exchange.fail(error)
 
+    def timed_out(self, exchange: Exchange, timeout: float) -> None:
+        now = self._loop.time()
+        servers = {connection.server for connection, _ in exchange.legs}
+        exchange.fail(UpstreamTimeoutError("no answer in time"))
+        for server in servers:
+            server.timed_out(now, timeout)
+
+    def maintain(self) -> None:
+        now = self._loop.time()
+        for server in self.servers:
+            server.maintain(now)
+
+    @property
+    def usable(self) -> bool:
+        return any(health.up for health in self._healths)
+
     async def open_pipe_stream(self) -> tuple[UpstreamServer, SSLIOStream]:
-        """A fresh TLS stream of its own for a pipe session, first usable upstream first."""
+        """A fresh TLS stream of its own for a pipe session, in the strategy's order."""
         last: UpstreamError = UpstreamConnectError("no upstream is usable")
-        for index in failover_order([s.health for s in self.servers], self._now()):
+        for index in self.strategy.order(self._healths):
             server = self.servers[index]
             try:
                 return server, await server.open_stream()
