@@ -21,9 +21,10 @@ from tornado.netutil import bind_sockets
 from dns2dot import check, tls, workers
 from dns2dot import config as config_module
 from dns2dot.admission import AccessList, Admission, RateLimiter
+from dns2dot.cache import Cache, CachePolicy
 from dns2dot.config import Config, ListenAddress
 from dns2dot.errors import ConfigError, Dns2DotError
-from dns2dot.resolver import Resolver
+from dns2dot.resolver import AnswerPolicy, Resolver
 from dns2dot.strategy import Strategy
 from dns2dot.tcp_server import DnsTcpServer, TcpLimits
 from dns2dot.udp_server import start_udp, udp_socket
@@ -46,9 +47,10 @@ def setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # tornado and asyncio repeat, less clearly, what dns2dot already says.
+    # tornado's and asyncio's warnings repeat, less clearly, what dns2dot already says
+    # (TLS failures); their errors (an exception in a callback) must still show.
     for name in ("tornado", "asyncio"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def raise_file_limit() -> None:
@@ -148,7 +150,26 @@ async def serve(
             max_queries=config.max_queries_per_connection,
         ),
     )
-    resolver = Resolver(pool, config.timeout, max_inflight=config.max_inflight)
+    cache = None
+    if config.cache_size:
+        cache = Cache(
+            CachePolicy(
+                max_entries=config.cache_size,
+                min_ttl=config.cache_min_ttl,
+                max_ttl=config.cache_max_ttl,
+                stale_ttl=config.serve_stale,
+            )
+        )
+    resolver = Resolver(
+        pool,
+        config.timeout,
+        max_inflight=config.max_inflight,
+        cache=cache,
+        policy=AnswerPolicy(
+            pad_block=0 if config.no_padding else 128,
+            keep_client_subnet=config.keep_client_subnet,
+        ),
+    )
     admission = Admission(
         AccessList(config.allow),
         RateLimiter(config.ratelimit) if config.ratelimit else None,

@@ -12,6 +12,7 @@ import argparse
 import base64
 import binascii
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -48,6 +49,12 @@ class Config:
     max_tcp_clients: int = 10000
     max_inflight_per_client: int = 256
     workers: int = 1
+    cache_size: int = 10000
+    cache_min_ttl: int = 0
+    cache_max_ttl: int = 86400
+    serve_stale: int = 86400
+    no_padding: bool = False
+    keep_client_subnet: bool = False
     strategy: str = "failover"
     upstream_idle_timeout: float = 8.0
     max_queries_per_connection: int = 50000
@@ -135,7 +142,7 @@ def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
             value = kind(str(text))
         except ValueError:
             value = None
-        if value is None or value <= 0:
+        if value is None or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"--{option}: '{text}' is not a positive number")
         return value
 
@@ -153,6 +160,19 @@ def _allow(text: str) -> Network:
         return parse_networks([text])[0]
     except ValueError as exc:
         raise ConfigError(f"--allow: {exc}") from None
+
+
+def _non_negative(option: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text), 10)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ConfigError(f"--{option}: '{text}' is not a whole number >= 0")
+        return value
+
+    return parse
 
 
 def _mode(text: str) -> str:
@@ -294,13 +314,48 @@ OPTIONS: tuple[Option, ...] = (
         "QPS",
     ),
     Option(
+        "cache-size",
+        ("--cache-size",),
+        _non_negative("cache-size"),
+        "answers kept in the cache, per worker; 0 turns it off (default 10000)",
+        "ENTRIES",
+    ),
+    Option(
+        "cache-min-ttl",
+        ("--cache-min-ttl",),
+        _non_negative("cache-min-ttl"),
+        "lower clamp on cached TTLs, seconds (default 0)",
+        "SECONDS",
+    ),
+    Option(
+        "cache-max-ttl",
+        ("--cache-max-ttl",),
+        _non_negative("cache-max-ttl"),
+        "upper clamp on cached TTLs, seconds (default 86400)",
+        "SECONDS",
+    ),
+    Option(
+        "serve-stale",
+        ("--serve-stale",),
+        _non_negative("serve-stale"),
+        "how long past expiry an answer may be served stale (RFC 8767); 0: never (default 86400)",
+        "SECONDS",
+    ),
+    Option("no-padding", ("--no-padding",), None, "do not pad queries upstream (RFC 8467)"),
+    Option(
+        "keep-client-subnet",
+        ("--keep-client-subnet",),
+        None,
+        "forward the clients' EDNS Client Subnet option instead of removing it",
+    ),
+    Option(
         "workers",
         ("--workers",),
         _positive(int, "workers"),
         "serving processes sharing the listen addresses (SO_REUSEPORT; default 1)",
         "N",
     ),
-    Option("config", ("-c", "--config"), None, "YAML file with the same settings", "FILE"),
+    Option("config", ("-c", "--config"), str, "YAML file with the same settings", "FILE"),
     Option("verbose", ("-v", "--verbose"), None, "debug logging"),
 )
 _BY_KEY = {option.key: option for option in OPTIONS}
@@ -331,7 +386,7 @@ def build_parser(prog: str = "dns2dot") -> argparse.ArgumentParser:
         epilog="Every option also reads DNS2DOT_<OPTION> from the environment.",
     )
     for option in OPTIONS:
-        if option.name == "verbose":
+        if option.parse is None:
             parser.add_argument(
                 *option.flags, dest=option.dest, action="store_true", default=None, help=option.help
             )
@@ -356,7 +411,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(option.env)
         if raw is None:
             continue
-        if option.parse is None and option.name != "config":
+        if option.parse is None:
             if raw.strip().lower() not in _BOOLEANS:
                 raise ConfigError(f"{option.env}: '{raw}' is not a boolean")
             values[option.dest] = _BOOLEANS[raw.strip().lower()]

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 from dns2dot import wire
 from dns2dot.admission import Verdict
+from dns2dot.cache import Cache, CacheEntry, cache_key
 from dns2dot.errors import FormError, MessageError
 from dns2dot.upstream import Exchange, UpstreamPool
 
 SWEEP_INTERVAL = 0.05  # seconds between deadline checks: the timeout's precision
 MAINTENANCE_INTERVAL = 0.5  # seconds between upstream idle checks and probes
+PREFETCH_MIN_HITS = 2
 
 # Zone transfers are multi-message streams that a shared, pipelined connection
 # cannot carry; ``--mode pipe`` forwards them byte for byte.
@@ -71,23 +75,44 @@ def validate(msg: bytes) -> wire.Query | bytes | None:
         return None
 
 
-class Resolver:
-    """Answers queries through the upstream pool within ``timeout`` seconds.
+@dataclass(frozen=True)
+class AnswerPolicy:
+    """What the resolver does to queries and answers besides forwarding them."""
 
-    Deadlines are kept in a FIFO: every query gets the same timeout, so they expire
-    in arrival order and one periodic sweep replaces a timer per query. A second FIFO
-    holds the half-way marks at which a slow query is also sent to another upstream.
-    At most ``max_inflight`` queries wait at once; beyond that, new ones are refused
-    at once rather than queued behind a stuck upstream.
+    pad_block: int = 128  # RFC 8467 block-length padding upstream; 0: off
+    keep_client_subnet: bool = False  # forward the client's ECS option (RFC 7871)
+    stale_after: float = 1.8  # serve a stale entry once the upstream is this slow
+    prefetch: bool = True
+
+
+class Resolver:
+    """Answers queries from the cache or through the upstream pool within ``timeout``.
+
+    Deadlines are kept in FIFOs: every query gets the same timeout, so they expire in
+    arrival order and one periodic sweep replaces a timer per query. The other FIFOs
+    hold the half-way marks at which a slow query is also sent to another upstream,
+    and the moments at which a stale cache entry is served to a waiting client. At
+    most ``max_inflight`` queries wait at once; beyond that, new ones are refused at
+    once rather than queued behind a stuck upstream.
     """
 
-    def __init__(self, pool: UpstreamPool, timeout: float, max_inflight: int = 20000) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        timeout: float,
+        max_inflight: int = 20000,
+        cache: Cache | None = None,
+        policy: AnswerPolicy | None = None,
+    ) -> None:
         self.pool = pool
         self.timeout = timeout
         self.max_inflight = max_inflight
+        self.cache = cache
+        self.policy = policy or AnswerPolicy()
         self.inflight = 0
         self._deadlines: deque[Exchange] = deque()
         self._hedges: deque[Exchange] = deque()
+        self._stale: deque[tuple[float, Exchange]] = deque()
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_maintenance = 0.0
@@ -105,6 +130,20 @@ class Resolver:
         if query.qtype in _STREAM_TYPES:
             reply(wire.error_response(msg, wire.Rcode.NOTIMP, query))
             return
+        now = self._loop.time()
+        cache = self.cache
+        stale: CacheEntry | None = None
+        key = b""
+        if cache is not None:
+            key = cache_key(query)
+            entry = cache.get(key, now)
+            if entry is not None:
+                if entry.fresh(now):
+                    reply(cache.render(entry, query, now, stale=False))
+                    if self.policy.prefetch and self._prefetch_due(entry, now):
+                        self._prefetch(entry, key, msg, query, now)
+                    return
+                stale = entry
         if self.inflight >= self.max_inflight:
             reply(
                 wire.error_response(
@@ -113,15 +152,58 @@ class Resolver:
             )
             return
         self.inflight += 1
+        has_edns = query.edns is not None
 
         def counted(answer: bytes) -> None:
             self.inflight -= 1
-            reply(answer)
+            reply(wire.client_view(answer, has_edns))
 
-        exchange = Exchange(msg, query, counted, self._loop.time() + self.timeout)
+        exchange = self._exchange(msg, query, counted, now)
+        if cache is not None:
+            exchange.store = partial(self._store, key)
+            if stale is not None:
+                exchange.fallback = partial(self._render_stale, stale, query)
+                self._stale.append((now + self.policy.stale_after, exchange))
+        self.pool.submit(exchange)
+
+    def _exchange(
+        self, msg: bytes, query: wire.Query, reply: Callable[[bytes], None], now: float
+    ) -> Exchange:
+        upstream_msg = wire.prepare_upstream(
+            msg,
+            query,
+            pad_block=self.policy.pad_block,
+            keep_client_subnet=self.policy.keep_client_subnet,
+        )
+        exchange = Exchange(msg, query, reply, now + self.timeout, upstream_msg)
         self._deadlines.append(exchange)
         if len(self.pool.servers) > 1:
             self._hedges.append(exchange)
+        return exchange
+
+    def _store(self, key: bytes, answer: bytes) -> None:
+        assert self.cache is not None
+        self.cache.put(key, wire.client_view(answer, True), self._loop.time())
+
+    def _render_stale(self, entry: CacheEntry, query: wire.Query) -> bytes:
+        assert self.cache is not None
+        return self.cache.render(entry, query, self._loop.time(), stale=True)
+
+    @staticmethod
+    def _prefetch_due(entry: CacheEntry, now: float) -> bool:
+        """A popular entry in the last tenth of its life is refreshed before it expires."""
+        return (
+            entry.hits >= PREFETCH_MIN_HITS
+            and not entry.refreshing
+            and entry.expires - now < (entry.expires - entry.stored) / 10
+        )
+
+    def _prefetch(
+        self, entry: CacheEntry, key: bytes, msg: bytes, query: wire.Query, now: float
+    ) -> None:
+        entry.refreshing = True
+        exchange = self._exchange(msg, query, _ignore, now)
+        exchange.store = partial(self._store, key)
         self.pool.submit(exchange)
 
     def handle(self, msg: bytes, reply: Callable[[bytes], None]) -> None:
@@ -151,7 +233,14 @@ class Resolver:
                     break
                 self.pool.hedge(exchange)
             hedges.popleft()
+        stale = self._stale
+        while stale and (stale[0][1].done or stale[0][0] <= now):
+            stale.popleft()[1].answer_early()
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self.pool.maintain()
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+
+def _ignore(_: bytes) -> None:
+    """The reply of a prefetch: nobody is waiting for it."""

@@ -78,11 +78,28 @@ class Exchange:
     """One client query on its way through the upstreams; answered exactly once.
 
     ``reply`` receives the bytes for the client: the upstream's answer under the
-    client's ID, or an error response built here. ``legs`` are the connections it is
-    waiting on (two while racing), ``tried`` a bit mask of the upstreams it was sent to.
+    client's ID, or an error response built here. ``upstream_msg`` is what goes
+    upstream (padded, see :func:`wire.prepare_upstream`). ``legs`` are the connections
+    it is waiting on (two while racing), ``tried`` a bit mask of the upstreams it was
+    sent to. ``store`` sees every upstream answer (the cache); ``fallback`` may supply
+    an answer instead of SERVFAIL (a stale cache entry).
     """
 
-    __slots__ = ("deadline", "done", "key", "legs", "msg", "query", "reply", "resends", "tried")
+    __slots__ = (
+        "deadline",
+        "done",
+        "fallback",
+        "key",
+        "legs",
+        "msg",
+        "query",
+        "replied",
+        "reply",
+        "resends",
+        "store",
+        "tried",
+        "upstream_msg",
+    )
 
     def __init__(
         self,
@@ -90,16 +107,21 @@ class Exchange:
         query: wire.Query,
         reply: Callable[[bytes], None],
         deadline: float,
+        upstream_msg: bytes | None = None,
     ) -> None:
         self.msg = msg
+        self.upstream_msg = msg if upstream_msg is None else upstream_msg
         self.query = query
         self.key = query.key
         self.reply = reply
         self.deadline = deadline
         self.done = False
+        self.replied = False
         self.resends = 0
         self.tried = 0
         self.legs: list[tuple[UpstreamConnection, int]] = []
+        self.store: Callable[[bytes], None] | None = None
+        self.fallback: Callable[[], bytes] | None = None
 
     def finish(self, answer: bytes) -> None:
         """Deliver an upstream answer under the client's ID."""
@@ -107,14 +129,24 @@ class Exchange:
             return
         self.done = True
         self._detach()
-        self.reply(wire.with_id(answer, self.query.id))
+        if self.store is not None:
+            self.store(answer)
+        if not self.replied:
+            self.replied = True
+            self.reply(wire.with_id(answer, self.query.id))
 
     def fail(self, error: UpstreamError) -> None:
-        """Answer SERVFAIL: the RFC 8914 code says which kind of failure it was."""
+        """Answer SERVFAIL (or the fallback): the RFC 8914 code says what failed."""
         if self.done:
             return
         self.done = True
         self._detach()
+        if self.replied:
+            return
+        self.replied = True
+        if self.fallback is not None:
+            self.reply(self.fallback())
+            return
         if isinstance(error, UpstreamTimeoutError):
             ede, text = 22, "No Reachable Authority"  # RFC 8914 §5.23
         else:
@@ -122,6 +154,12 @@ class Exchange:
         self.reply(
             wire.error_response(self.msg, wire.Rcode.SERVFAIL, self.query, ede=ede, ede_text=text)
         )
+
+    def answer_early(self) -> None:
+        """Give the client the fallback now, but keep waiting upstream (to refresh)."""
+        if not self.replied and self.fallback is not None:
+            self.replied = True
+            self.reply(self.fallback())
 
     def _detach(self) -> None:
         for connection, uid in self.legs:
@@ -170,7 +208,7 @@ class UpstreamConnection:
         exchange.legs.append((self, uid))
         self.queries += 1
         self.last_active = now
-        self._outbox.append(frame(wire.with_id(exchange.msg, uid)))
+        self._outbox.append(frame(wire.with_id(exchange.upstream_msg, uid)))
         if self._stream is not None and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

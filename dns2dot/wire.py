@@ -37,6 +37,8 @@ RCODE_MASK = 0x000F
 
 MAX_NAME_LEN = 255
 MAX_LABEL_LEN = 63
+# A name has at most 127 labels, so a well-formed one never needs more jumps.
+MAX_POINTER_HOPS = 127
 MIN_UDP_PAYLOAD = 512
 # What dns2dot advertises in the OPT records it writes itself (DNS flag day 2020).
 OWN_UDP_PAYLOAD = 1232
@@ -127,13 +129,16 @@ def read_name(msg: bytes, offset: int) -> int:
 
     Compression pointers must point strictly before the previous jump target, so
     following them always terminates (no loops, no forward pointers), and into the
-    message body, not the header. The expanded name may not exceed 255 octets.
+    message body, not the header. The expanded name may not exceed 255 octets, and
+    it may take at most :data:`MAX_POINTER_HOPS` jumps: a chain of pointers to
+    pointers is legal but never needed, and unbounded it costs quadratic work.
     """
     end = len(msg)
     pos = offset
     after = -1  # where the name ends in the message, once a pointer was taken
     limit = offset  # every pointer must land before this
     total = 1  # the root label
+    hops = 0
     while True:
         if pos >= end:
             raise FormError("name runs past the end of the message")
@@ -149,6 +154,9 @@ def read_name(msg: bytes, offset: int) -> int:
                 raise FormError("compression pointer does not point backwards")
             if after < 0:
                 after = pos + 2
+            hops += 1
+            if hops > MAX_POINTER_HOPS:
+                raise FormError("too many compression pointers in one name")
             limit = target
             pos = target
             continue
@@ -330,7 +338,7 @@ def error_response(
         do = has_edns and query.edns.do  # type: ignore[union-attr]
     else:
         qend = _question_end_lenient(msg)
-        has_edns = _has_opt_lenient(msg, qend) if qend else False
+        has_edns = _find_opt_lenient(msg) is not None if qend else False
         do = False
     flags = (msg[2] << 8) | msg[3]
     flags = QR | RA | (flags & (OPCODE_MASK | RD | CD)) | (rcode & RCODE_MASK)
@@ -341,15 +349,12 @@ def error_response(
     return header + msg[HEADER_LEN:qend] + tail
 
 
-def _has_opt_lenient(msg: bytes, qend: int) -> bool:
-    """Whether a malformed query still visibly carries an OPT record."""
+def _find_opt_lenient(msg: bytes) -> tuple[int, int] | None:
+    """:func:`_find_opt` for a message that may be malformed: None when unreadable."""
     try:
-        _, _, _, ancount, nscount, arcount = HEADER.unpack_from(msg)
-        offset, _ = _skip_records(msg, qend, ancount + nscount)
-        _, edns = _skip_records(msg, offset, arcount)
+        return _find_opt(msg)
     except (FormError, struct.error):
-        return False
-    return edns is not None
+        return None
 
 
 def should_answer_malformed(msg: bytes) -> bool:
@@ -370,17 +375,13 @@ def truncate(answer: bytes) -> bytes:
     Tells a UDP client to ask again over TCP. The OPT record is rebuilt without
     options, so padding or EDE never pushes the stub past the client's limit.
     """
-    qid, flags, _, ancount, nscount, arcount = HEADER.unpack_from(answer)
+    qid, flags = struct.unpack_from("!HH", answer)
     qend = _question_end_lenient(answer)
     opt = b""
-    if arcount and qend:
-        try:
-            offset, _ = _skip_records(answer, qend, ancount + nscount)
-            _, edns = _skip_records(answer, offset, arcount)
-        except FormError:
-            edns = None
-        if edns is not None:
-            payload, _, ttl, _ = _RR_FIXED.unpack_from(answer, edns.offset + 3)
+    if qend:
+        found = _find_opt_lenient(answer)
+        if found is not None:
+            _, payload, ttl, _ = _RR_FIXED.unpack_from(answer, found[0] + 1)
             opt = b"\x00" + _RR_FIXED.pack(RdataType.OPT, payload, ttl, 0)
     header = HEADER.pack(qid, flags | TC, 1 if qend else 0, 0, 0, 1 if opt else 0)
     return header + answer[HEADER_LEN:qend] + opt
@@ -396,3 +397,108 @@ def fit_udp(answer: bytes, limit: int) -> bytes:
 def rcode_of(msg: bytes) -> int:
     """The header rcode (without the EDNS extension bits)."""
     return msg[3] & RCODE_MASK
+
+
+def _find_opt(msg: bytes) -> tuple[int, int] | None:
+    """(start, end) of the OPT record in the additional section, if there is one."""
+    _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(msg)
+    if not arcount:
+        return None
+    offset = _question_end_lenient(msg) if qdcount else HEADER_LEN
+    if qdcount and not offset:
+        return None
+    offset, _ = _skip_records(msg, offset, ancount + nscount)
+    for _ in range(arcount):
+        start = offset
+        offset = read_name(msg, offset)
+        rtype, _, _, rdlen = _RR_FIXED.unpack_from(msg, offset)
+        offset += 10 + rdlen
+        if rtype == RdataType.OPT:
+            return start, offset
+    return None
+
+
+def _options(rdata: bytes) -> list[tuple[int, bytes]]:
+    """The options in an OPT record's RDATA; a malformed tail is dropped."""
+    options = []
+    pos = 0
+    while pos + 4 <= len(rdata):
+        code, length = struct.unpack_from("!HH", rdata, pos)
+        if pos + 4 + length > len(rdata):
+            break
+        options.append((code, rdata[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    return options
+
+
+def _pack_options(options: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(_U16.pack(code) + _U16.pack(len(data)) + data for code, data in options)
+
+
+def _set_arcount(msg: bytes, arcount: int) -> bytes:
+    return msg[:10] + _U16.pack(arcount) + msg[12:]
+
+
+def prepare_upstream(
+    msg: bytes, query: Query, *, pad_block: int = 128, keep_client_subnet: bool = False
+) -> bytes:
+    """The query as it goes upstream: padded (RFC 7830, RFC 8467), ECS removed.
+
+    The client's OPT keeps its payload size, flags and other options; a client that
+    sent none gets one, so that the padding has somewhere to live (the answer's OPT is
+    removed again for it, see :func:`client_view`). ``pad_block=0`` turns padding off.
+    """
+    if query.edns is None:
+        if not pad_block:
+            return msg
+        opt_start, opt_end = len(msg), len(msg)
+        payload, ttl, options = OWN_UDP_PAYLOAD, 0, []
+        arcount = ((msg[10] << 8) | msg[11]) + 1
+    else:
+        opt_start = query.edns.offset
+        payload, ttl, rdlen = struct.unpack_from("!HIH", msg, opt_start + 3)
+        opt_end = opt_start + 11 + rdlen
+        options = _options(msg[opt_end - rdlen : opt_end])
+        drop = (
+            {EdnsOption.PADDING}
+            if keep_client_subnet
+            else {EdnsOption.PADDING, EdnsOption.CLIENT_SUBNET}
+        )
+        kept = [option for option in options if option[0] not in drop]
+        if not pad_block and len(kept) == len(options):
+            return msg
+        options = kept
+        arcount = (msg[10] << 8) | msg[11]
+    head = _set_arcount(msg[:opt_start], arcount) if query.edns is None else msg[:opt_start]
+    tail = msg[opt_end:]
+    body = _pack_options(options)
+    if pad_block:
+        unpadded = len(head) + 11 + len(body) + 4 + len(tail)
+        body += _U16.pack(EdnsOption.PADDING) + _U16.pack((-unpadded) % pad_block)
+        body += b"\x00" * ((-unpadded) % pad_block)
+    opt = b"\x00" + _RR_FIXED.pack(RdataType.OPT, payload, ttl, len(body)) + body
+    return head + opt + tail
+
+
+def client_view(answer: bytes, client_has_edns: bool) -> bytes:
+    """The answer as a cleartext client may see it: no padding, no OPT it did not ask for.
+
+    Padding protects the encrypted hop only and is removed (RFC 8467 §4); an OPT record
+    goes only to a client that sent one (RFC 6891 §7).
+    """
+    if len(answer) < HEADER_LEN or not (answer[10] or answer[11]):
+        return answer
+    found = _find_opt_lenient(answer)
+    if found is None:
+        return answer
+    start, end = found
+    arcount = (answer[10] << 8) | answer[11]
+    if not client_has_edns:
+        return _set_arcount(answer[:start], arcount - 1) + answer[end:]
+    rdlen = (answer[start + 9] << 8) | answer[start + 10]
+    options = _options(answer[end - rdlen : end])
+    kept = [option for option in options if option[0] != EdnsOption.PADDING]
+    if len(kept) == len(options):
+        return answer
+    body = _pack_options(kept)
+    return answer[: start + 9] + _U16.pack(len(body)) + body + answer[end:]

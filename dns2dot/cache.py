@@ -1,0 +1,217 @@
+"""The answer cache, with serve-stale (RFC 8767): pure, the clock is passed in.
+
+Entries are upstream answers in wire form, kept with the offsets of their TTL fields,
+so a hit costs one copy and a few ``struct`` writes instead of a parse and a render:
+the client's ID and spelling of the name (0x20 case) go in, and every TTL is counted
+down by the entry's age. Lifetimes follow the RFCs:
+
+- positive answers: the smallest TTL among their records (RFC 2181 §5.2);
+- NXDOMAIN and NODATA: min(SOA TTL, SOA MINIMUM) from the authority section
+  (RFC 2308 §5), and not cached at all without an SOA;
+- SERVFAIL from an upstream: a few seconds (RFC 9520 §3.2);
+- truncated, REFUSED, FORMERR, NOTIMP: never.
+
+Expired entries are kept for ``stale_ttl`` more seconds so they can be served when
+the upstreams fail (TTL 30, RFC 8767 §4), and the least recently used entry goes
+first when the entry or byte bound is reached.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from dns2dot import wire
+from dns2dot.errors import FormError
+
+_TTL = struct.Struct("!I")
+_TYPE_SOA = 6
+STALE_ANSWER_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
+ENTRY_OVERHEAD = 200  # bytes charged per entry beyond its answer, for the byte bound
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    answer: bytes  # ID zeroed, padding removed
+    ttl_offsets: tuple[int, ...]
+    ttls: tuple[int, ...]
+    stored: float
+    expires: float
+    stale_until: float
+    qname_len: int
+    hits: int = 0
+    refreshing: bool = False
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires
+
+    @property
+    def size(self) -> int:
+        return len(self.answer) + ENTRY_OVERHEAD
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    max_entries: int = 10000
+    max_bytes: int = 64 << 20
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    servfail_ttl: int = 2
+    stale_ttl: int = 86400  # how long past expiry an entry may still be served stale
+
+
+def cache_key(query: wire.Query) -> bytes:
+    """Name (case-folded), type, class, and the DO and CD bits: what changes the answer."""
+    do = 1 if query.edns is not None and query.edns.do else 0
+    cd = 2 if query.flags & wire.CD else 0
+    return query.key + bytes((do | cd,))
+
+
+def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None]:
+    """TTL field offsets and values of every record but OPT, and the negative TTL.
+
+    The negative TTL is min(SOA TTL, SOA MINIMUM) of the first SOA in the authority
+    section, or None when there is none.
+    """
+    _, _, qdcount, ancount, nscount, arcount = wire.HEADER.unpack_from(answer)
+    offset = wire.HEADER_LEN
+    for _ in range(qdcount):
+        offset = wire.read_name(answer, offset) + 4
+    offsets: list[int] = []
+    ttls: list[int] = []
+    negative: int | None = None
+    for index in range(ancount + nscount + arcount):
+        offset = wire.read_name(answer, offset)
+        if offset + 10 > len(answer):
+            raise FormError("record header truncated")
+        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", answer, offset)
+        end = offset + 10 + rdlen
+        if end > len(answer):
+            raise FormError("record data truncated")
+        if rtype != wire.RdataType.OPT:
+            offsets.append(offset + 4)
+            ttls.append(ttl)
+            in_authority = ancount <= index < ancount + nscount
+            if rtype == _TYPE_SOA and in_authority and negative is None and rdlen >= 20:
+                (minimum,) = _TTL.unpack_from(answer, end - 4)
+                negative = min(ttl, minimum)
+        offset = end
+    return offsets, ttls, negative
+
+
+class Cache:
+    """An LRU map from :func:`cache_key` to :class:`CacheEntry`, bounded in entries and bytes."""
+
+    def __init__(self, policy: CachePolicy | None = None) -> None:
+        self.policy = policy or CachePolicy()
+        self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes, now: float) -> CacheEntry | None:
+        """The entry for ``key``, fresh or stale-but-servable, else None."""
+        entry = self._entries.get(key)
+        if entry is None or now >= entry.stale_until:
+            if entry is not None:
+                self._remove(key)
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        if entry.fresh(now):
+            self.hits += 1
+            entry.hits += 1
+        else:
+            self.misses += 1
+        return entry
+
+    def lifetime(self, answer: bytes) -> tuple[int, list[int], list[int]] | None:
+        """How long an upstream answer may be cached, with its TTL offsets; None: never."""
+        if len(answer) < wire.HEADER_LEN or answer[2] & (wire.TC >> 8):
+            return None
+        rcode = wire.rcode_of(answer)
+        try:
+            offsets, ttls, negative = _walk_ttls(answer)
+        except FormError:
+            return None
+        policy = self.policy
+        if rcode == wire.Rcode.SERVFAIL:
+            return min(policy.servfail_ttl, policy.max_ttl), offsets, ttls
+        ancount = (answer[6] << 8) | answer[7]
+        if rcode == wire.Rcode.NOERROR and ancount:
+            ttl = min(ttl for ttl in ttls[:ancount]) if ttls else 0
+        elif rcode in (wire.Rcode.NOERROR, wire.Rcode.NXDOMAIN):
+            if negative is None:
+                return None  # RFC 2308 §5: no SOA, no negative caching
+            ttl = negative
+        else:
+            return None
+        ttl = max(policy.min_ttl, min(policy.max_ttl, ttl))
+        # Records are served with TTLs no larger than the clamp, so stubs agree with us.
+        ttls = [max(policy.min_ttl, min(policy.max_ttl, t)) for t in ttls]
+        if rcode != wire.Rcode.NOERROR or not ancount:
+            ttls = [min(t, ttl) for t in ttls]
+        return ttl, offsets, ttls
+
+    def put(self, key: bytes, answer: bytes, now: float) -> bool:
+        """Store an upstream answer (padding already removed); False if not cacheable."""
+        found = self.lifetime(answer)
+        if found is None:
+            return False
+        ttl, offsets, ttls = found
+        if ttl <= 0:
+            return False
+        qname_len = wire.read_name(answer, wire.HEADER_LEN) - wire.HEADER_LEN
+        entry = CacheEntry(
+            answer=b"\x00\x00" + answer[2:],
+            ttl_offsets=tuple(offsets),
+            ttls=tuple(ttls),
+            stored=now,
+            expires=now + ttl,
+            stale_until=now + ttl + self.policy.stale_ttl,
+            qname_len=qname_len,
+        )
+        if key in self._entries:
+            self._remove(key)
+        self._entries[key] = entry
+        self.bytes += entry.size
+        while self._entries and (
+            len(self._entries) > self.policy.max_entries or self.bytes > self.policy.max_bytes
+        ):
+            oldest = next(iter(self._entries))
+            self._remove(oldest)
+        return True
+
+    def _remove(self, key: bytes) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= entry.size
+
+    def render(self, entry: CacheEntry, query: wire.Query, now: float, *, stale: bool) -> bytes:
+        """The cached answer for this client: its ID, its spelling, TTLs counted down.
+
+        A stale answer carries TTL 30 and, for a client with EDNS, Extended DNS Error 3
+        "Stale Answer" (RFC 8914 §5.4); otherwise the answer's own OPT is replaced by
+        one reflecting the client's EDNS (or removed, see :func:`wire.client_view`).
+        """
+        buf = bytearray(entry.answer)
+        wire.HEADER.pack_into(buf, 0, query.id, *wire.HEADER.unpack_from(buf, 0)[1:])
+        if len(query.qname) == entry.qname_len:
+            buf[wire.HEADER_LEN : wire.HEADER_LEN + entry.qname_len] = query.qname
+        age = int(now - entry.stored)
+        for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+            _TTL.pack_into(buf, offset, STALE_ANSWER_TTL if stale else max(0, ttl - age))
+        answer = wire.client_view(bytes(buf), query.edns is not None)
+        if stale and query.edns is not None:
+            answer = wire.client_view(answer, False)
+            arcount = (answer[10] << 8) | answer[11]
+            answer = (
+                answer[:10]
+                + struct.pack("!H", arcount + 1)
+                + answer[12:]
+                + wire.opt_record(do=query.edns.do, options=wire.ede_option(3, "Stale Answer"))
+            )
+        return answer
