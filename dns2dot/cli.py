@@ -25,10 +25,11 @@ from dns2dot.cache import Cache, CachePolicy
 from dns2dot.config import Config, ListenAddress
 from dns2dot.errors import ConfigError, Dns2DotError
 from dns2dot.resolver import AnswerPolicy, Resolver
+from dns2dot.rules import build_rules
 from dns2dot.strategy import Strategy
 from dns2dot.tcp_server import DnsTcpServer, TcpLimits
 from dns2dot.udp_server import start_udp, udp_socket
-from dns2dot.upstream import Lifecycle, UpstreamPool
+from dns2dot.upstream import Lifecycle, UpstreamPool, UpstreamSpec
 
 log = logging.getLogger("dns2dot")
 
@@ -160,6 +161,19 @@ async def serve(
                 stale_ttl=config.serve_stale,
             )
         )
+    zones: dict[str, list[UpstreamSpec]] = {}
+    for zone, spec in config.forward:
+        zones.setdefault(zone, []).append(spec)
+    rules = build_rules(
+        hosts=config.hosts,
+        blocklists=config.blocklist,
+        block_answer=config.block_answer,
+        forward_zones=list(zones),
+    )
+    zone_pools = [
+        UpstreamPool(specs, context, strategy=Strategy("failover"), lifecycle=pool.lifecycle)
+        for specs in zones.values()
+    ]
     resolver = Resolver(
         pool,
         config.timeout,
@@ -169,6 +183,8 @@ async def serve(
             pad_block=0 if config.no_padding else 128,
             keep_client_subnet=config.keep_client_subnet,
         ),
+        rules=rules,
+        zone_pools=zone_pools,
     )
     admission = Admission(
         AccessList(config.allow),
@@ -200,7 +216,8 @@ async def serve(
         for transport in transports:
             transport.close()
         resolver.stop()
-        pool.close()
+        for upstream_pool in (pool, *zone_pools):
+            upstream_pool.close()
 
 
 def run_process(

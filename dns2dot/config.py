@@ -22,6 +22,7 @@ import yaml
 
 from dns2dot.admission import DEFAULT_ALLOW, Network, parse_networks
 from dns2dot.errors import ConfigError
+from dns2dot.rules import name_to_wire
 from dns2dot.strategy import STRATEGIES
 from dns2dot.upstream import UpstreamSpec
 
@@ -55,6 +56,10 @@ class Config:
     serve_stale: int = 86400
     no_padding: bool = False
     keep_client_subnet: bool = False
+    forward: tuple[tuple[str, UpstreamSpec], ...] = ()
+    hosts: tuple[str, ...] = ()
+    blocklist: tuple[str, ...] = ()
+    block_answer: tuple[str, ...] = ()
     strategy: str = "failover"
     upstream_idle_timeout: float = 8.0
     max_queries_per_connection: int = 50000
@@ -104,10 +109,23 @@ def parse_listen(text: str) -> ListenAddress:
     return ListenAddress(_ip(host, what), 53 if port is None else _port(port, what))
 
 
-def parse_upstream(text: str) -> UpstreamSpec:
-    """``IP[:PORT][#TLS_NAME]``, IPv6 in brackets when a port is given."""
-    what = "--upstream"
-    address, _, name = text.strip().partition("#")
+def parse_upstream(
+    text: str, *, allow_plain: bool = False, what: str = "--upstream"
+) -> UpstreamSpec:
+    """``IP[:PORT][#TLS_NAME]``, IPv6 in brackets when a port is given.
+
+    ``plain://IP[:PORT]`` (cleartext DNS over TCP, port 53) only where ``allow_plain``:
+    for a forwarding rule that names it explicitly, never as a general upstream.
+    """
+    text = text.strip()
+    if text.startswith("plain://"):
+        if not allow_plain:
+            raise ConfigError(
+                f"{what}: '{text}': cleartext upstreams are allowed only in forwarding rules"
+            )
+        host, port = _split_host_port(text[len("plain://") :], what)
+        return UpstreamSpec(_ip(host, what), 53 if port is None else _port(port, what), tls=False)
+    address, _, name = text.partition("#")
     host, port = _split_host_port(address, what)
     return UpstreamSpec(
         host=_ip(host, what),
@@ -173,6 +191,20 @@ def _non_negative(option: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def parse_forward(text: str) -> tuple[str, UpstreamSpec]:
+    """``ZONE=UPSTREAM``: queries at or below ZONE go to UPSTREAM (DoT, or plain://)."""
+    zone, sep, spec = text.partition("=")
+    if not sep or not zone.strip():
+        raise ConfigError(f"--forward: '{text}' is not ZONE=UPSTREAM")
+    try:
+        name_to_wire(zone)
+    except ValueError as exc:
+        raise ConfigError(f"--forward: {exc}") from None
+    return zone.strip().rstrip(".").lower(), parse_upstream(
+        spec, allow_plain=True, what="--forward"
+    )
 
 
 def _mode(text: str) -> str:
@@ -349,6 +381,40 @@ OPTIONS: tuple[Option, ...] = (
         "forward the clients' EDNS Client Subnet option instead of removing it",
     ),
     Option(
+        "forward",
+        ("--forward",),
+        parse_forward,
+        "send a zone to its own upstream: ZONE=IP[:PORT][#NAME] or ZONE=plain://IP[:PORT] "
+        "(cleartext, only this way), repeatable",
+        "ZONE=UPSTREAM",
+        repeatable=True,
+    ),
+    Option(
+        "hosts",
+        ("--hosts",),
+        str,
+        "hosts-format file answered locally (A, AAAA and PTR), repeatable",
+        "FILE",
+        repeatable=True,
+    ),
+    Option(
+        "blocklist",
+        ("--blocklist",),
+        str,
+        "file of names (one a line, or hosts format) to block, subdomains included, repeatable",
+        "FILE",
+        repeatable=True,
+        yaml_key="blocklists",
+    ),
+    Option(
+        "block-answer",
+        ("--block-answer",),
+        str,
+        "answer for blocked names: nxdomain (default) or an IPv4 and/or IPv6 address",
+        "ANSWER",
+        repeatable=True,
+    ),
+    Option(
         "workers",
         ("--workers",),
         _positive(int, "workers"),
@@ -447,6 +513,35 @@ def _yaml_upstream(entry: Any, path: str) -> UpstreamSpec:
     )
 
 
+def _yaml_rules(rules: Any, path: str) -> dict[str, Any]:
+    """The ``rules:`` section: ``forward``, ``hosts``, ``blocklists``, ``block_answer``."""
+    where = f"--config: {path}: rules"
+    if not isinstance(rules, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    values: dict[str, Any] = {}
+    for key, value in rules.items():
+        if key == "forward":
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: forward: a list of {{zone, upstreams}}")
+            pairs = []
+            for entry in value:
+                if not isinstance(entry, dict) or set(entry) - {"zone", "upstreams"}:
+                    raise ConfigError(f"{where}: forward: each entry has zone and upstreams")
+                upstreams = entry.get("upstreams") or []
+                if isinstance(upstreams, str):
+                    upstreams = [upstreams]
+                if not entry.get("zone") or not upstreams:
+                    raise ConfigError(f"{where}: forward: each entry has zone and upstreams")
+                pairs += [parse_forward(f"{entry['zone']}={spec}") for spec in upstreams]
+            values["forward"] = pairs
+        elif key in ("hosts", "blocklists", "block_answer"):
+            items = value if isinstance(value, list) else [value]
+            values[_BY_KEY[key].dest] = [str(item) for item in items]
+        else:
+            raise ConfigError(f"{where}: unknown setting '{key}'")
+    return values
+
+
 def _from_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -460,6 +555,9 @@ def _from_yaml(path: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"--config: {path}: the top level must be a mapping")
     values: dict[str, Any] = {}
+    rules = document.pop("rules", None)
+    if rules is not None:
+        values.update(_yaml_rules(rules, path))
     for key, value in document.items():
         option = _BY_KEY.get(str(key).replace("-", "_"))
         if option is None or option.name == "config":

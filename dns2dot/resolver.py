@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -17,6 +17,7 @@ from dns2dot import wire
 from dns2dot.admission import Verdict
 from dns2dot.cache import Cache, CacheEntry, cache_key
 from dns2dot.errors import FormError, MessageError
+from dns2dot.rules import RuleSet
 from dns2dot.upstream import Exchange, UpstreamPool
 
 SWEEP_INTERVAL = 0.05  # seconds between deadline checks: the timeout's precision
@@ -103,8 +104,12 @@ class Resolver:
         max_inflight: int = 20000,
         cache: Cache | None = None,
         policy: AnswerPolicy | None = None,
+        rules: RuleSet | None = None,
+        zone_pools: Sequence[UpstreamPool] = (),
     ) -> None:
         self.pool = pool
+        self.rules = rules if rules is not None and not rules.empty else None
+        self.zone_pools = list(zone_pools)
         self.timeout = timeout
         self.max_inflight = max_inflight
         self.cache = cache
@@ -130,6 +135,14 @@ class Resolver:
         if query.qtype in _STREAM_TYPES:
             reply(wire.error_response(msg, wire.Rcode.NOTIMP, query))
             return
+        pool = self.pool
+        if self.rules is not None:
+            matched = self.rules.match(query, msg)
+            if isinstance(matched, bytes):
+                reply(matched)
+                return
+            if matched is not None:
+                pool = self.zone_pools[matched]
         now = self._loop.time()
         cache = self.cache
         stale: CacheEntry | None = None
@@ -158,16 +171,21 @@ class Resolver:
             self.inflight -= 1
             reply(wire.client_view(answer, has_edns))
 
-        exchange = self._exchange(msg, query, counted, now)
+        exchange = self._exchange(msg, query, counted, now, pool)
         if cache is not None:
             exchange.store = partial(self._store, key)
             if stale is not None:
                 exchange.fallback = partial(self._render_stale, stale, query)
                 self._stale.append((now + self.policy.stale_after, exchange))
-        self.pool.submit(exchange)
+        pool.submit(exchange)
 
     def _exchange(
-        self, msg: bytes, query: wire.Query, reply: Callable[[bytes], None], now: float
+        self,
+        msg: bytes,
+        query: wire.Query,
+        reply: Callable[[bytes], None],
+        now: float,
+        pool: UpstreamPool,
     ) -> Exchange:
         upstream_msg = wire.prepare_upstream(
             msg,
@@ -177,7 +195,7 @@ class Resolver:
         )
         exchange = Exchange(msg, query, reply, now + self.timeout, upstream_msg)
         self._deadlines.append(exchange)
-        if len(self.pool.servers) > 1:
+        if len(pool.servers) > 1:
             self._hedges.append(exchange)
         return exchange
 
@@ -202,7 +220,7 @@ class Resolver:
         self, entry: CacheEntry, key: bytes, msg: bytes, query: wire.Query, now: float
     ) -> None:
         entry.refreshing = True
-        exchange = self._exchange(msg, query, _ignore, now)
+        exchange = self._exchange(msg, query, _ignore, now, self.pool)
         exchange.store = partial(self._store, key)
         self.pool.submit(exchange)
 
@@ -222,7 +240,7 @@ class Resolver:
             if not exchange.done:
                 if exchange.deadline > now:
                     break
-                self.pool.timed_out(exchange, self.timeout)
+                (exchange.pool or self.pool).timed_out(exchange, self.timeout)
             deadlines.popleft()
         hedges = self._hedges
         half = self.timeout / 2
@@ -231,14 +249,15 @@ class Resolver:
             if not exchange.done:
                 if exchange.deadline - half > now:
                     break
-                self.pool.hedge(exchange)
+                (exchange.pool or self.pool).hedge(exchange)
             hedges.popleft()
         stale = self._stale
         while stale and (stale[0][1].done or stale[0][0] <= now):
             stale.popleft()[1].answer_early()
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
-            self.pool.maintain()
+            for pool in (self.pool, *self.zone_pools):
+                pool.maintain()
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 

@@ -21,7 +21,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 from dns2dot import wire, x509
 from dns2dot.errors import (
@@ -54,6 +54,7 @@ class UpstreamSpec:
     port: int = 853
     name: str | None = None
     pins: tuple[str, ...] = field(default=())
+    tls: bool = True  # False only for a rule's explicitly named cleartext upstream
 
     @property
     def verify_name(self) -> str:
@@ -62,6 +63,8 @@ class UpstreamSpec:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
+        if not self.tls:
+            return f"plain://{host}:{self.port}"
         return f"{host}:{self.port}" + (f"#{self.name}" if self.name else "")
 
 
@@ -92,6 +95,7 @@ class Exchange:
         "key",
         "legs",
         "msg",
+        "pool",
         "query",
         "replied",
         "reply",
@@ -120,6 +124,7 @@ class Exchange:
         self.resends = 0
         self.tried = 0
         self.legs: list[tuple[UpstreamConnection, int]] = []
+        self.pool: UpstreamPool | None = None
         self.store: Callable[[bytes], None] | None = None
         self.fallback: Callable[[], bytes] | None = None
 
@@ -181,7 +186,7 @@ class UpstreamConnection:
         self._flush_scheduled = False
         # Random start: IDs need only be unique per connection, but need not be guessable.
         self._next_id = random.getrandbits(16)
-        self._stream: SSLIOStream | None = None
+        self._stream: IOStream | None = None
         self.closed = False
         self.queries = 0
         self._loop = asyncio.get_running_loop()
@@ -357,7 +362,7 @@ class UpstreamServer:
         self.connections.append(connection)
         return connection
 
-    async def open_stream(self) -> SSLIOStream:
+    async def open_stream(self) -> IOStream:
         """A verified TLS stream to this upstream, resuming the last session if any.
 
         The socket is wrapped here rather than by tornado so that ``session=`` can be
@@ -370,7 +375,16 @@ class UpstreamServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
-        stream: SSLIOStream | None = None
+        stream: IOStream | None = None
+        if not spec.tls:
+            try:
+                async with asyncio.timeout(self.lifecycle.connect_timeout):
+                    await loop.sock_connect(sock, (spec.host, spec.port))
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                raise self._failed(exc) from exc
+            self.health.succeeded()
+            return IOStream(sock)
         try:
             async with asyncio.timeout(self.lifecycle.connect_timeout):
                 await loop.sock_connect(sock, (spec.host, spec.port))
@@ -429,7 +443,7 @@ class UpstreamServer:
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
 
-    def remember_session(self, stream: SSLIOStream) -> None:
+    def remember_session(self, stream: IOStream) -> None:
         session = getattr(stream.socket, "session", None)
         if session is not None:
             self.tls_session = session
@@ -492,6 +506,7 @@ class UpstreamPool:
         """Send the exchange where the strategy says, or fail it now if nowhere is usable."""
         if exchange.done:
             return
+        exchange.pool = self
         if self._loop.time() >= exchange.deadline:
             exchange.fail(UpstreamTimeoutError("deadline passed"))
             return
@@ -566,7 +581,7 @@ class UpstreamPool:
     def usable(self) -> bool:
         return any(health.up for health in self._healths)
 
-    async def open_pipe_stream(self) -> tuple[UpstreamServer, SSLIOStream]:
+    async def open_pipe_stream(self) -> tuple[UpstreamServer, IOStream]:
         """A fresh TLS stream of its own for a pipe session, in the strategy's order."""
         last: UpstreamError = UpstreamConnectError("no upstream is usable")
         for index in self.strategy.order(self._healths):
