@@ -11,9 +11,11 @@ import contextlib
 import errno
 import logging
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from tornado.netutil import bind_sockets
@@ -24,6 +26,14 @@ from dns2dot.admission import AccessList, Admission, RateLimiter
 from dns2dot.cache import Cache, CachePolicy
 from dns2dot.config import Config, ListenAddress
 from dns2dot.errors import ConfigError, Dns2DotError
+from dns2dot.metrics import (
+    SNAPSHOT_INTERVAL,
+    MetricsServer,
+    Snapshot,
+    merge,
+    read_snapshots,
+    write_snapshot,
+)
 from dns2dot.resolver import AnswerPolicy, Resolver
 from dns2dot.rules import build_rules
 from dns2dot.strategy import Strategy
@@ -71,8 +81,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def _bind_error(address: ListenAddress, exc: OSError) -> ListenError:
-    where = f"--listen {address}"
+def _bind_error(address: ListenAddress, exc: OSError, option: str = "--listen") -> ListenError:
+    where = f"{option} {address}"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return ListenError(
             f"{where}: permission denied; ports below 1024 need root or "
@@ -136,8 +146,13 @@ async def serve(
     *,
     reuse_port: bool = False,
     on_ready: Callable[[list[ListenAddress]], None] | None = None,
+    snapshot_file: tuple[str, str] | None = None,
 ) -> None:
-    """Run the proxy until ``stop`` is set; then close everything it opened."""
+    """Run the proxy until ``stop`` is set; then close everything it opened.
+
+    Metrics: a process of its own serves ``--metrics`` itself; a worker instead writes
+    its snapshot to ``snapshot_file`` (directory, name) for the supervisor to serve.
+    """
     context = tls.client_context(config.cafile)
     bound = bind_listeners(config.listen, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
@@ -200,6 +215,23 @@ async def serve(
     transports: list[asyncio.DatagramTransport] = []
     resolver.start()
     tcp_server.start_sweeping()
+    latest: list[Snapshot] = []
+    publisher: asyncio.TimerHandle | None = None
+
+    def publish() -> None:
+        nonlocal publisher
+        snap = resolver.snapshot()
+        snap["tcp_clients"] = len(tcp_server.sessions)
+        latest[:] = [snap]
+        if snapshot_file is not None:
+            write_snapshot(*snapshot_file, snap)
+        publisher = loop.call_later(SNAPSHOT_INTERVAL, publish)
+
+    metrics_server: MetricsServer | None = None
+    if config.metrics is not None or snapshot_file is not None:
+        publish()
+    if config.metrics is not None and snapshot_file is None:
+        metrics_server = start_metrics(config.metrics, lambda: merge(latest))
     try:
         for _, tcp_sockets, udp_sock in bound:
             tcp_server.add_sockets(tcp_sockets)
@@ -212,6 +244,10 @@ async def serve(
             on_ready(listening)
         await stop.wait()
     finally:
+        if publisher is not None:
+            publisher.cancel()
+        if metrics_server is not None:
+            metrics_server.stop()
         tcp_server.stop()
         for transport in transports:
             transport.close()
@@ -220,11 +256,19 @@ async def serve(
             upstream_pool.close()
 
 
+def start_metrics(address: ListenAddress, source: Callable[[], Snapshot]) -> MetricsServer:
+    try:
+        return MetricsServer(address.host, address.port, source).start()
+    except OSError as exc:
+        raise _bind_error(address, exc, option="--metrics") from None
+
+
 def run_process(
     config: Config,
     *,
     reuse_port: bool = False,
     on_ready: Callable[[list[ListenAddress]], None] | None = None,
+    snapshot_file: tuple[str, str] | None = None,
 ) -> int:
     """Run one serving process until SIGTERM or SIGINT; return its exit code."""
 
@@ -233,7 +277,9 @@ def run_process(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(config, stop, reuse_port=reuse_port, on_ready=on_ready)
+        await serve(
+            config, stop, reuse_port=reuse_port, on_ready=on_ready, snapshot_file=snapshot_file
+        )
 
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -262,11 +308,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.verbose)
     raise_file_limit()
     if config.workers > 1:
+        return run_workers(config)
+    return run_process(config)
+
+
+def run_workers(config: Config) -> int:
+    """Supervise ``--workers`` processes; serve their summed metrics from here."""
+    snapshots = tempfile.mkdtemp(prefix="dns2dot-metrics-")
+    metrics_server: MetricsServer | None = None
+    try:
+        if config.metrics is not None:
+            try:
+                metrics_server = start_metrics(
+                    config.metrics, lambda: merge(read_snapshots(snapshots))
+                )
+            except ListenError as exc:
+                print(f"dns2dot: error: {exc}", file=sys.stderr)
+                return exc.exit_code
         return workers.supervise(
             config,
-            lambda worker_config, on_ready: run_process(
-                worker_config, reuse_port=True, on_ready=on_ready
+            lambda worker_config, index, on_ready: run_process(
+                worker_config,
+                reuse_port=True,
+                on_ready=on_ready,
+                snapshot_file=(snapshots, f"worker-{index}"),
             ),
             lambda listening: log.info("%s", startup_line(config, listening)),
         )
-    return run_process(config)
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+        shutil.rmtree(snapshots, ignore_errors=True)

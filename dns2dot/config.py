@@ -50,6 +50,7 @@ class Config:
     max_tcp_clients: int = 10000
     max_inflight_per_client: int = 256
     workers: int = 1
+    metrics: ListenAddress | None = None
     cache_size: int = 10000
     cache_min_ttl: int = 0
     cache_max_ttl: int = 86400
@@ -78,10 +79,7 @@ def _ip(text: str, what: str) -> str:
 
 
 def _port(text: str, what: str) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        port = -1
+    port = int(text, 10) if text.isascii() and text.isdigit() else -1
     if not 0 <= port <= 65535:
         raise ConfigError(f"{what}: '{text}' is not a port number")
     return port
@@ -102,9 +100,8 @@ def _split_host_port(text: str, what: str) -> tuple[str, str | None]:
     return text, None
 
 
-def parse_listen(text: str) -> ListenAddress:
+def parse_listen(text: str, what: str = "--listen") -> ListenAddress:
     """``IPv4:PORT`` or ``[IPv6]:PORT`` (port 53 when omitted)."""
-    what = "--listen"
     host, port = _split_host_port(text.strip(), what)
     return ListenAddress(_ip(host, what), 53 if port is None else _port(port, what))
 
@@ -136,8 +133,13 @@ def parse_upstream(
 
 def _tls_name(name: str, what: str) -> str:
     labels = name.rstrip(".").split(".")
-    if len(name) > 253 or not all(
-        0 < len(label) <= 63 and all(c.isalnum() or c in "-_*" for c in label) for label in labels
+    if (
+        not name.isascii()
+        or len(name) > 253
+        or not all(
+            0 < len(label) <= 63 and all(c.isalnum() or c in "-_*" for c in label)
+            for label in labels
+        )
     ):
         raise ConfigError(f"{what}: '{name}' is not a valid TLS name")
     return name.rstrip(".").lower()
@@ -415,6 +417,13 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option(
+        "metrics",
+        ("--metrics",),
+        lambda text: parse_listen(text, what="--metrics"),
+        "serve Prometheus /metrics, /healthz and /readyz on ADDR (default off)",
+        "ADDR",
+    ),
+    Option(
         "workers",
         ("--workers",),
         _positive(int, "workers"),
@@ -494,17 +503,17 @@ def _yaml_upstream(entry: Any, path: str) -> UpstreamSpec:
     if isinstance(entry, str):
         return parse_upstream(entry)
     if not isinstance(entry, dict):
-        raise ConfigError(f"{path}: upstreams: each entry is a string or a mapping")
+        raise ConfigError(f"--config: {path}: upstreams: each entry is a string or a mapping")
     unknown = set(entry) - {"address", "name", "pins"}
     if unknown:
-        raise ConfigError(f"{path}: upstreams: unknown setting '{sorted(unknown)[0]}'")
+        raise ConfigError(f"--config: {path}: upstreams: unknown setting '{sorted(unknown)[0]}'")
     if "address" not in entry:
-        raise ConfigError(f"{path}: upstreams: an entry has no 'address'")
+        raise ConfigError(f"--config: {path}: upstreams: an entry has no 'address'")
     spec = parse_upstream(str(entry["address"]))
     name = entry.get("name")
     pins = entry.get("pins") or []
     if not isinstance(pins, list) or not all(isinstance(p, str) for p in pins):
-        raise ConfigError(f"{path}: upstreams: 'pins' is a list of base64 strings")
+        raise ConfigError(f"--config: {path}: upstreams: 'pins' is a list of base64 strings")
     return UpstreamSpec(
         spec.host,
         spec.port,

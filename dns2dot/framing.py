@@ -7,9 +7,7 @@ coalesced messages, one byte at a time) and hands back whole messages.
 from __future__ import annotations
 
 from dns2dot.errors import FramingError
-from dns2dot.wire import HEADER_LEN
-
-MAX_MESSAGE_LEN = 0xFFFF
+from dns2dot.wire import HEADER_LEN, MAX_MESSAGE_LEN
 
 
 def frame(msg: bytes) -> bytes:

@@ -17,6 +17,7 @@ from dns2dot import wire
 from dns2dot.admission import Verdict
 from dns2dot.cache import Cache, CacheEntry, cache_key
 from dns2dot.errors import FormError, MessageError
+from dns2dot.metrics import Stats
 from dns2dot.rules import RuleSet
 from dns2dot.upstream import Exchange, UpstreamPool
 
@@ -106,8 +107,10 @@ class Resolver:
         policy: AnswerPolicy | None = None,
         rules: RuleSet | None = None,
         zone_pools: Sequence[UpstreamPool] = (),
+        stats: Stats | None = None,
     ) -> None:
         self.pool = pool
+        self.stats = stats or Stats()
         self.rules = rules if rules is not None and not rules.empty else None
         self.zone_pools = list(zone_pools)
         self.timeout = timeout
@@ -130,20 +133,26 @@ class Resolver:
             self._sweeper.cancel()
             self._sweeper = None
 
-    def resolve(self, msg: bytes, query: wire.Query, reply: Callable[[bytes], None]) -> None:
+    def resolve(
+        self,
+        msg: bytes,
+        query: wire.Query,
+        reply: Callable[[bytes], None],
+        transport: str = "udp",
+    ) -> None:
         """Answer ``query`` (whose raw bytes are ``msg``) through ``reply``, once."""
+        now = self._loop.time()
         if query.qtype in _STREAM_TYPES:
-            reply(wire.error_response(msg, wire.Rcode.NOTIMP, query))
+            self._local(wire.error_response(msg, wire.Rcode.NOTIMP, query), query, reply, transport)
             return
         pool = self.pool
         if self.rules is not None:
             matched = self.rules.match(query, msg)
             if isinstance(matched, bytes):
-                reply(matched)
+                self._local(matched, query, reply, transport)
                 return
             if matched is not None:
                 pool = self.zone_pools[matched]
-        now = self._loop.time()
         cache = self.cache
         stale: CacheEntry | None = None
         key = b""
@@ -152,23 +161,28 @@ class Resolver:
             entry = cache.get(key, now)
             if entry is not None:
                 if entry.fresh(now):
-                    reply(cache.render(entry, query, now, stale=False))
+                    answer = cache.render(entry, query, now, stale=False)
+                    self._local(answer, query, reply, transport)
                     if self.policy.prefetch and self._prefetch_due(entry, now):
                         self._prefetch(entry, key, msg, query, now)
                     return
                 stale = entry
         if self.inflight >= self.max_inflight:
-            reply(
-                wire.error_response(
-                    msg, wire.Rcode.REFUSED, query, ede=0, ede_text="dns2dot is overloaded"
-                )
+            self.stats.refused["overload"] += 1
+            overloaded = wire.error_response(
+                msg, wire.Rcode.REFUSED, query, ede=0, ede_text="dns2dot is overloaded"
             )
+            self._local(overloaded, query, reply, transport)
             return
         self.inflight += 1
         has_edns = query.edns is not None
+        stats = self.stats
+        loop = self._loop
+        qtype = query.qtype
 
         def counted(answer: bytes) -> None:
             self.inflight -= 1
+            stats.answered(transport, qtype, answer[3] & 0x0F, loop.time() - now)
             reply(wire.client_view(answer, has_edns))
 
         exchange = self._exchange(msg, query, counted, now, pool)
@@ -178,6 +192,55 @@ class Resolver:
                 exchange.fallback = partial(self._render_stale, stale, query)
                 self._stale.append((now + self.policy.stale_after, exchange))
         pool.submit(exchange)
+
+    def _local(
+        self, answer: bytes, query: wire.Query, reply: Callable[[bytes], None], transport: str
+    ) -> None:
+        """Send an answer made without an upstream (cache, rule, error), and count it."""
+        self.stats.answered(transport, query.qtype, answer[3] & 0x0F, 0.0)
+        reply(answer)
+
+    def handle(self, msg: bytes, reply: Callable[[bytes], None], transport: str = "tcp") -> None:
+        """Validate a client's message, then resolve it or answer the error at once."""
+        result = validate(msg)
+        if isinstance(result, wire.Query):
+            self.resolve(msg, result, reply, transport)
+        elif result is not None:
+            self.stats.answered(transport, 0, result[3] & 0x0F, 0.0)
+            reply(result)
+        else:
+            self.stats.dropped["malformed"] += 1
+
+    def turned_away(self, verdict: Verdict) -> None:
+        """Count a client the admission check did not serve."""
+        if verdict is Verdict.REFUSE:
+            self.stats.refused["acl"] += 1
+        else:
+            self.stats.dropped["ratelimit"] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        """The counters and gauges of this process, for the metrics endpoint."""
+        cache = self.cache
+        upstreams = {}
+        for pool in (self.pool, *self.zone_pools):
+            for server in pool.servers:
+                upstreams[str(server)] = {
+                    "up": 1 if server.health.up else 0,
+                    "srtt": server.health.srtt,
+                    "failures": dict(server.failures),
+                    "handshakes": dict(server.handshakes),
+                }
+        return self.stats.snapshot(
+            cache={
+                "hits": cache.hits if cache else 0,
+                "misses": cache.misses if cache else 0,
+                "entries": len(cache) if cache else 0,
+            },
+            inflight=self.inflight,
+            upstreams=upstreams,
+            rules=dict(self.rules.hits) if self.rules else {},
+            ready=self.pool.usable,
+        )
 
     def _exchange(
         self,
@@ -223,14 +286,6 @@ class Resolver:
         exchange = self._exchange(msg, query, _ignore, now, self.pool)
         exchange.store = partial(self._store, key)
         self.pool.submit(exchange)
-
-    def handle(self, msg: bytes, reply: Callable[[bytes], None]) -> None:
-        """Validate a client's message, then resolve it or answer the error at once."""
-        result = validate(msg)
-        if isinstance(result, wire.Query):
-            self.resolve(msg, result, reply)
-        elif result is not None:
-            reply(result)
 
     def _sweep(self) -> None:
         now = self._loop.time()

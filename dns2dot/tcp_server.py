@@ -23,6 +23,7 @@ from tornado.tcpserver import TCPServer
 from dns2dot.admission import Admission, Verdict
 from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
+from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
 from dns2dot.upstream import UpstreamPool
 
@@ -70,8 +71,10 @@ class PoolSession:
         client_stream: IOStream,
         handler: Callable[[bytes, Callable[[bytes], None]], None],
         limits: TcpLimits,
+        stats: Stats,
     ) -> None:
         self.client_stream = client_stream
+        self._stats = stats
         self._handler = handler
         self._limits = limits
         self._loop = asyncio.get_running_loop()
@@ -83,10 +86,13 @@ class PoolSession:
         self.last_active = self._loop.time()
         self.frame_started = 0.0
 
-    def expired(self, now: float) -> bool:
+    def expired(self, now: float) -> str | None:
+        """Why this session should be closed now, or None."""
         if self._decoder.buffered and now - self.frame_started > self._limits.frame_timeout:
-            return True
-        return self._inflight == 0 and now - self.last_active > self._limits.idle_timeout
+            return "slow_frame"
+        if self._inflight == 0 and now - self.last_active > self._limits.idle_timeout:
+            return "idle"
+        return None
 
     async def run(self) -> None:
         stream = self.client_stream
@@ -107,6 +113,7 @@ class PoolSession:
                     handle(msg, reply)
                 if decoder.error is not None:
                     log.debug("closing client: %s", decoder.error)
+                    self._stats.dropped["framing"] += 1
                     break
                 if decoder.buffered and not was_buffered:
                     self.frame_started = now
@@ -140,6 +147,7 @@ class PoolSession:
             stream.write(data)
         except StreamBufferFullError:
             log.debug("closing client that does not read its answers")
+            self._stats.dropped["unread_output"] += 1
             stream.close()
         except StreamClosedError:
             pass
@@ -158,8 +166,11 @@ class PipeSession:
     just dropping, so a pipe client too always gets an answer.
     """
 
-    def __init__(self, client_stream: IOStream, pool: UpstreamPool, limits: TcpLimits) -> None:
+    def __init__(
+        self, client_stream: IOStream, pool: UpstreamPool, limits: TcpLimits, stats: Stats
+    ) -> None:
         self.client_stream = client_stream
+        self._stats = stats
         self.upstream_stream: IOStream | None = None
         self._pool = pool
         self._limits = limits
@@ -167,16 +178,16 @@ class PipeSession:
         self.last_active = self._loop.time()
         self._fallback: PoolSession | None = None
 
-    def expired(self, now: float) -> bool:
+    def expired(self, now: float) -> str | None:
         if self._fallback is not None:
             return self._fallback.expired(now)
-        return now - self.last_active > self._limits.idle_timeout
+        return "idle" if now - self.last_active > self._limits.idle_timeout else None
 
     async def run(self) -> None:
         try:
             _, self.upstream_stream = await self._pool.open_pipe_stream()
         except UpstreamError:
-            self._fallback = PoolSession(self.client_stream, servfail, self._limits)
+            self._fallback = PoolSession(self.client_stream, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
         self.upstream_stream.set_nodelay(True)
@@ -242,6 +253,7 @@ class DnsTcpServer(TCPServer):
             if not self._full_logged:
                 log.warning("%d TCP clients connected: refusing more", len(self.sessions))
                 self._full_logged = True
+            self.resolver.stats.dropped["max_clients"] += 1
             stream.close()
             return
         self._full_logged = False
@@ -249,12 +261,14 @@ class DnsTcpServer(TCPServer):
         stream.max_write_buffer_size = self.limits.max_write_buffer
         session: PoolSession | PipeSession
         host = address[0] if isinstance(address, tuple) else str(address)
+        stats = self.resolver.stats
         if self.admission.verdict(host, datagram=False) is not Verdict.SERVE:
-            session = PoolSession(stream, refuse, self.limits)
+            stats.refused["acl"] += 1
+            session = PoolSession(stream, refuse, self.limits, stats)
         elif self.mode == "pipe":
-            session = PipeSession(stream, self.pool, self.limits)
+            session = PipeSession(stream, self.pool, self.limits, stats)
         else:
-            session = PoolSession(stream, self.resolver.handle, self.limits)
+            session = PoolSession(stream, self.resolver.handle, self.limits, stats)
         self.sessions.add(session)
         try:
             await session.run()
@@ -264,6 +278,10 @@ class DnsTcpServer(TCPServer):
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for session in [s for s in self.sessions if s.expired(now)]:
-            session.close()
+        dropped = self.resolver.stats.dropped
+        for session in list(self.sessions):
+            reason = session.expired(now)
+            if reason is not None:
+                dropped[reason] += 1
+                session.close()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)

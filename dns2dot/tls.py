@@ -11,7 +11,12 @@ import ssl
 
 import certifi
 
-from dns2dot.errors import ConfigError, UpstreamConnectError, UpstreamTLSError
+from dns2dot.errors import (
+    ConfigError,
+    PinMismatchError,
+    UpstreamConnectError,
+    UpstreamTLSError,
+)
 
 
 def client_context(cafile: str | None = None) -> ssl.SSLContext:
@@ -58,3 +63,16 @@ def classify_failure(exc: BaseException) -> type[UpstreamConnectError | Upstream
     if isinstance(exc, ssl.SSLError | UpstreamTLSError):
         return UpstreamTLSError
     return UpstreamConnectError
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A short label for the metrics: connect, timeout, tls, pin."""
+    if isinstance(exc, PinMismatchError):
+        return "pin"
+    if isinstance(exc, UpstreamTLSError):
+        return "tls"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "connect"

@@ -17,7 +17,7 @@ from typing import Any
 
 from dns2dot import wire
 from dns2dot.admission import Admission, Verdict
-from dns2dot.resolver import Resolver, turn_away, validate
+from dns2dot.resolver import Resolver, turn_away
 
 log = logging.getLogger("dns2dot.udp")
 
@@ -41,21 +41,17 @@ class UdpShim(asyncio.DatagramProtocol):
             return
         verdict = self.admission.verdict(addr[0], datagram=True)
         if verdict is not Verdict.SERVE:
+            self.resolver.turned_away(verdict)
             response = turn_away(data, verdict)
             if response is not None:
                 transport.sendto(response, addr)
             return
-        result = validate(data)
-        if isinstance(result, wire.Query):
-            limit = result.udp_limit
 
-            def reply(answer: bytes) -> None:
-                if not transport.is_closing():
-                    transport.sendto(wire.fit_udp(answer, limit), addr)
+        def reply(answer: bytes) -> None:
+            if not transport.is_closing():
+                transport.sendto(wire.fit_udp(answer, data), addr)
 
-            self.resolver.resolve(data, result, reply)
-        elif result is not None:
-            transport.sendto(result, addr)
+        self.resolver.handle(data, reply, "udp")
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for clients that went away: nothing to answer to.

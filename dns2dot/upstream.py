@@ -18,6 +18,7 @@ import logging
 import random
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from dns2dot.errors import (
 )
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.strategy import Health, Strategy
-from dns2dot.tls import classify_failure, describe_failure
+from dns2dot.tls import classify_failure, describe_failure, failure_kind
 
 log = logging.getLogger("dns2dot.upstream")
 
@@ -310,7 +311,7 @@ class UpstreamConnection:
     def _abandon(self, error: UpstreamError, *, sent: bool) -> None:
         """Hand the queries still pending back to the pool, then forget this connection."""
         self.closed = True
-        self.server.connection_closed(self)
+        self.server.connection_closed(self, with_queries=bool(self._pending) and sent)
         pending = [exchange for exchange, _ in self._pending.values()]
         self._pending.clear()
         self._outbox.clear()
@@ -340,6 +341,8 @@ class UpstreamServer:
         self.tls_session: ssl.SSLSession | None = None
         self.last_answer = 0.0
         self._last_problem: str | None = None
+        self.failures: Counter[str] = Counter()  # by kind, for the metrics
+        self.handshakes: Counter[str] = Counter()  # "true" (resumed) / "false"
 
     def __str__(self) -> str:
         return str(self.spec)
@@ -415,6 +418,7 @@ class UpstreamServer:
             if isinstance(exc, StreamClosedError) and exc.real_error is not None:
                 cause = exc.real_error
             raise self._failed(cause) from exc
+        self.handshakes["true" if tls_sock.session_reused else "false"] += 1
         if self.health.succeeded() or self._last_problem is not None:
             log.warning("%s: usable again", self)
         self._last_problem = None
@@ -429,6 +433,7 @@ class UpstreamServer:
     def _failed(self, cause: BaseException) -> UpstreamError:
         """Mark the upstream down and log the reason, once per distinct reason."""
         problem = describe_failure(cause)
+        self.failures[failure_kind(cause)] += 1
         self.mark_down(problem)
         if isinstance(cause, ssl.SSLError | PinMismatchError):
             # Never resume a session with a peer that failed verification.
@@ -458,6 +463,7 @@ class UpstreamServer:
         Silent means no answer at all for a whole timeout while queries were waiting;
         a single slow answer among many good ones does not count.
         """
+        self.failures["timeout"] += 1
         if self.health.up and now - self.last_answer > timeout:
             self.mark_down("no answers (timed out)")
             for connection in list(self.connections):
@@ -472,7 +478,9 @@ class UpstreamServer:
             self.health.probing = True
             self.connect()
 
-    def connection_closed(self, connection: UpstreamConnection) -> None:
+    def connection_closed(self, connection: UpstreamConnection, *, with_queries: bool) -> None:
+        if with_queries:
+            self.failures["closed"] += 1
         if connection in self.connections:
             self.connections.remove(connection)
         if self.health.probing and not self.connections:

@@ -40,6 +40,7 @@ MAX_LABEL_LEN = 63
 # A name has at most 127 labels, so a well-formed one never needs more jumps.
 MAX_POINTER_HOPS = 127
 MIN_UDP_PAYLOAD = 512
+MAX_MESSAGE_LEN = 0xFFFF  # the TCP length prefix is 16 bits
 # What dns2dot advertises in the OPT records it writes itself (DNS flag day 2020).
 OWN_UDP_PAYLOAD = 1232
 
@@ -338,8 +339,10 @@ def error_response(
         do = has_edns and query.edns.do  # type: ignore[union-attr]
     else:
         qend = _question_end_lenient(msg)
-        has_edns = _find_opt_lenient(msg) is not None if qend else False
-        do = False
+        found = _find_opt_lenient(msg) if qend else None
+        has_edns = found is not None
+        # RFC 3225 §3: the DO bit is copied into the response.
+        do = found is not None and bool(msg[found[0] + 7] & 0x80)
     flags = (msg[2] << 8) | msg[3]
     flags = QR | RA | (flags & (OPCODE_MASK | RD | CD)) | (rcode & RCODE_MASK)
     need_opt = has_edns or rcode > 15
@@ -387,8 +390,17 @@ def truncate(answer: bytes) -> bytes:
     return header + answer[HEADER_LEN:qend] + opt
 
 
-def fit_udp(answer: bytes, limit: int) -> bytes:
-    """The answer as it may go back over UDP to a client that accepts ``limit`` bytes."""
+def fit_udp(answer: bytes, query_msg: bytes) -> bytes:
+    """The answer as it may go back over UDP to the client that sent ``query_msg``.
+
+    The client's limit is only worked out for answers over 512 bytes, the rare case.
+    """
+    if len(answer) <= MIN_UDP_PAYLOAD:
+        return answer
+    try:
+        limit = parse_query(query_msg).udp_limit
+    except (FormError, MessageError):
+        limit = MIN_UDP_PAYLOAD
     if len(answer) <= limit:
         return answer
     return truncate(answer)
@@ -413,6 +425,8 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
         offset = read_name(msg, offset)
         rtype, _, _, rdlen = _RR_FIXED.unpack_from(msg, offset)
         offset += 10 + rdlen
+        if offset > len(msg):
+            raise FormError("record data truncated")
         if rtype == RdataType.OPT:
             return start, offset
     return None
@@ -477,7 +491,15 @@ def prepare_upstream(
         body += _U16.pack(EdnsOption.PADDING) + _U16.pack((-unpadded) % pad_block)
         body += b"\x00" * ((-unpadded) % pad_block)
     opt = b"\x00" + _RR_FIXED.pack(RdataType.OPT, payload, ttl, len(body)) + body
-    return head + opt + tail
+    prepared = head + opt + tail
+    if len(prepared) > MAX_MESSAGE_LEN:
+        # No room for padding (RFC 1035 §4.2.2: 65535 octets at most over TCP).
+        return (
+            msg
+            if pad_block == 0
+            else prepare_upstream(msg, query, pad_block=0, keep_client_subnet=keep_client_subnet)
+        )
+    return prepared
 
 
 def client_view(answer: bytes, client_has_edns: bool) -> bytes:

@@ -29,7 +29,7 @@ READY_TIMEOUT = 30.0
 RESTART_WINDOW = 30.0  # seconds
 MAX_RESTARTS = 5  # within RESTART_WINDOW, before the supervisor gives up
 
-RunWorker = Callable[[Config, Callable[[list[ListenAddress]], None]], int]
+RunWorker = Callable[[Config, int, Callable[[list[ListenAddress]], None]], int]
 
 
 def fixed_ports(addresses: tuple[ListenAddress, ...]) -> tuple[ListenAddress, ...]:
@@ -66,7 +66,7 @@ def supervise(
                 def ready(_: list[ListenAddress]) -> None:
                     os.write(ready_write, b".")
 
-                code = run_worker(config, ready)
+                code = run_worker(config, index, ready)
             finally:
                 os._exit(code)
         children[pid] = index
