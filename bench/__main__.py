@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,10 +57,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dns2dot-args", default="", help="extra arguments for every dns2dot started")
     p.add_argument(
+        "--dns2dot-root",
+        type=Path,
+        default=peers.REPO,
+        help="directory to run 'python -m dns2dot' from (default: this checkout; "
+        "e.g. a worktree of another commit to compare)",
+    )
+    p.add_argument(
         "--clients", type=int, default=None, help="dnsperf -c for throughput (default 10)"
     )
     p.add_argument(
         "--duration", type=float, default=None, help="dnsperf -l for throughput cells (default 10)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="throughput rounds (each over every server); the median q/s run is reported",
     )
     p.add_argument("--published-duration", type=float, default=None, help="default 20")
     p.add_argument("--sustained-duration", type=float, default=None, help="default 60")
@@ -89,6 +103,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
         smoke=args.smoke,
         dns2dot_args=shlex.split(args.dns2dot_args),
         idle_dns2dot_args=shlex.split(args.idle_dns2dot_args),
+        dns2dot_root=args.dns2dot_root.resolve(),
     )
     if args.smoke:
         s.duration, s.published_duration, s.sustained_duration = 1.5, 2.0, 3.0
@@ -100,6 +115,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
         "sustained_duration",
         "sustained_qps",
         "idle_clients",
+        "repeat",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -140,6 +156,25 @@ def preflight(args: argparse.Namespace) -> None:
             raise SystemExit(f"bench: {why}")
 
 
+@dataclass
+class Run:
+    """What one run gathered; filled in as it goes, reported even if it was cut short."""
+
+    args: argparse.Namespace
+    settings: Settings
+    chosen: list[str]
+    out: Path
+    registry: Registry
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    t0: float = field(default_factory=time.monotonic)
+    load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    cells: list[Cell] = field(default_factory=list)
+    servers: dict[str, peers.Server] = field(default_factory=dict)
+    upstream: peers.Server | None = None
+    zone_info: dict[str, object] = field(default_factory=dict)
+    interrupted: str | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = make_settings(args)
@@ -147,130 +182,113 @@ def main(argv: list[str] | None = None) -> int:
     preflight(args)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = (args.out or Path(__file__).resolve().parent / "results" / stamp).resolve()
-    work, logs = out / "work", out / "logs"
-    work.mkdir(parents=True, exist_ok=True)
+    (out / "work").mkdir(parents=True, exist_ok=True)
     soft, hard = raise_nofile(settings.idle_clients + 2048)
     print(
         f"bench: {os.cpu_count()} cores, nothing pinned; RLIMIT_NOFILE {soft}/{hard}; "
         f"workloads {','.join(chosen)}{' (smoke)' if args.smoke else ''}; out {out}",
         flush=True,
     )
-
-    registry = Registry(logs)
-    cells: list[Cell] = []
-    servers: dict[str, peers.Server] = {}
-    upstream: peers.Server | None = None
-    zone_info: dict[str, object] = {}
-    interrupted: str | None = None
-    t0 = time.monotonic()
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    run = Run(args, settings, chosen, out, Registry(out / "logs"))
+    if run.load_start[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"bench: WARNING: load average {run.load_start[0]:.2f} before start: something "
+            "else is running, the figures will be noisy (ratios from one run still compare)",
+            file=sys.stderr,
+            flush=True,
+        )
     with signals_raise():
         try:
-            pki = make_pki(work)
-            zone = write_zone(work, args.names, args.queries)
-            zone_info = {
-                "names": zone.names,
-                "records": zone.records,
-                "queries": zone.queries_total,
-                "mix": zone.mix,
-                "query_file": str(zone.queries),
-            }
-            upstream = peers.start_upstream(registry, work, pki, zone)
-            workloads.say_started(upstream)
-            servers = workloads.start_servers(registry, work, pki, zone, upstream, settings, chosen)
-            bench = Bench(settings, registry, work, pki, zone, upstream, servers, cells)
-            for name in chosen:
-                try:
-                    workloads.RUNNERS[name](bench)
-                except Exception:  # a harness bug becomes a loud failed cell
-                    crash = Cell(name, "harness", "harness", "-")
-                    bench.add(crash.fail(f"workload crashed:\n{traceback.format_exc()}"))
+            measure(run)
         except (KeyboardInterrupt, Interrupted) as exc:
-            interrupted = str(exc) or "SIGINT"
+            run.interrupted = str(exc) or "SIGINT"
             print(
-                f"\nbench: interrupted ({interrupted}); stopping everything",
+                f"\nbench: interrupted ({run.interrupted}); stopping everything",
                 file=sys.stderr,
                 flush=True,
             )
         finally:
             with shielded():
-                registry.stop_all()
-    return finish(
-        args,
-        settings,
-        chosen,
-        out,
-        cells,
-        servers,
-        upstream,
-        registry,
-        zone_info,
-        started,
-        time.monotonic() - t0,
-        interrupted,
+                run.registry.stop_all()
+    return finish(run)
+
+
+def measure(run: Run) -> None:
+    """Files, upstream, servers, then each chosen workload; a crash is a failed cell."""
+    work = run.out / "work"
+    pki = make_pki(work)
+    zone = write_zone(work, run.args.names, run.args.queries)
+    run.zone_info = {
+        "names": zone.names,
+        "records": zone.records,
+        "queries": zone.queries_total,
+        "mix": zone.mix,
+        "query_file": str(zone.queries),
+    }
+    run.upstream = peers.start_upstream(run.registry, work, pki, zone)
+    workloads.say_started(run.upstream)
+    run.servers = workloads.start_servers(
+        run.registry, work, pki, zone, run.upstream, run.settings, run.chosen
     )
+    bench = Bench(run.settings, run.registry, work, pki, zone, run.upstream, run.servers, run.cells)
+    for name in run.chosen:
+        try:
+            workloads.RUNNERS[name](bench)
+        except Exception:  # a harness bug becomes a loud failed cell
+            crash = Cell(name, "harness", "harness", "-")
+            bench.add(crash.fail(f"workload crashed:\n{traceback.format_exc()}"))
 
 
-def finish(
-    args: argparse.Namespace,
-    settings: Settings,
-    chosen: list[str],
-    out: Path,
-    cells: list[Cell],
-    servers: dict[str, peers.Server],
-    upstream: peers.Server | None,
-    registry: Registry,
-    zone_info: dict[str, object],
-    started: str,
-    elapsed: float,
-    interrupted: str | None,
-) -> int:
+def finish(run: Run) -> int:
     """Report, JSON, chart, exit code: done after every process was stopped."""
-    all_servers = ([upstream] if upstream else []) + list(servers.values())
+    elapsed = time.monotonic() - run.t0
+    settings, cells, out = run.settings, run.cells, run.out
+    all_servers = ([run.upstream] if run.upstream else []) + list(run.servers.values())
     failed_servers = [
         f"{s.label}: {(s.error or '').splitlines()[0]}" for s in all_servers if s.error
     ]
-    tgts = report.targets(cells, chosen)
+    tgts = report.targets(cells, run.chosen)
     sdict = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
     text = report.render(cells, tgts, sdict, failed_servers)
     print("\n" + text)
     payload: dict[str, object] = {
         "meta": {
-            "started": started,
+            "started": run.started,
             "elapsed_s": round(elapsed, 1),
             "argv": sys.argv,
             "smoke": settings.smoke,
-            "workloads": chosen,
-            "interrupted": interrupted,
+            "workloads": run.chosen,
+            "interrupted": run.interrupted,
             "cores": os.cpu_count(),
             "pinned": False,
-            "loadavg": os.getloadavg(),
+            "loadavg_start": run.load_start,
+            "loadavg_end": os.getloadavg(),
             "note": "nothing pinned: dnsperf, the upstream and the server share the cores",
             "versions": peers.tool_versions(),
-            "zone": zone_info,
+            "zone": run.zone_info,
         },
         "settings": sdict,
         "servers": [s.summary() for s in all_servers],
         "cells": [c.as_dict() for c in cells],
         "targets": tgts,
-        "processes": registry.history,
+        "processes": run.registry.history,
     }
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "results.json", payload)
     (out / "report.txt").write_text(text + "\n")
     print(f"bench: wrote {out / 'results.json'} and {out / 'report.txt'}")
-    if not args.no_chart and cells:
+    if not run.args.no_chart and cells:
         try:
             chart.draw(
                 [c.as_dict() for c in cells],
                 out / "results.png",
-                f"dns2dot bench {started}{' (smoke)' if settings.smoke else ''}",
+                f"dns2dot bench {run.started}{' (smoke)' if settings.smoke else ''}",
             )
             print(f"bench: wrote {out / 'results.png'}")
-        except Exception as exc:
+        except Exception as exc:  # the numbers are written already; say why, fail loudly
             print(f"bench: chart failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    if interrupted:
+    if run.interrupted:
         return 130
     bad = [c for c in cells if not c.ok]
     if bad or failed_servers or not cells:

@@ -56,8 +56,8 @@ def draw(cells: list[dict[str, object]], path: Path, title: str) -> None:
 
     ax = axes[1]
     names = [str(c["label"]) for c in pub]
-    avg = [float(c["metrics"]["avg_ms"]) for c in pub]  # type: ignore[index, arg-type]
-    mx = [float(c["metrics"]["max_ms"]) for c in pub]  # type: ignore[index, arg-type]
+    avg = [float(c["metrics"]["avg_ms"]) for c in pub]  # type: ignore[index]
+    mx = [float(c["metrics"]["max_ms"]) for c in pub]  # type: ignore[index]
     xs = list(range(len(names)))
     ax.bar([x - 0.2 for x in xs], avg, 0.4, label="avg", color="#4C72B0")
     ax.bar([x + 0.2 for x in xs], mx, 0.4, label="max", color="#C44E52")

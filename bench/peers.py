@@ -232,10 +232,10 @@ def start_dnsdist(registry: Registry, work: Path, pki: Pki, uport: int, probe_na
     return _launch(registry, server, argv, probe_name, pki)
 
 
-def dns2dot_available() -> str | None:
-    """None if ``python -m dns2dot`` can be imported from the repo, else why not."""
-    if not (REPO / "dns2dot" / "__main__.py").exists():
-        return f"{REPO / 'dns2dot' / '__main__.py'} does not exist (dns2dot not written yet?)"
+def dns2dot_available(root: Path) -> str | None:
+    """None if ``python -m dns2dot`` can run from ``root``, else why not."""
+    if not (root / "dns2dot" / "__main__.py").exists():
+        return f"{root / 'dns2dot' / '__main__.py'} does not exist (dns2dot not written yet?)"
     return None
 
 
@@ -248,9 +248,11 @@ def start_dns2dot(
     mode: str,
     extra_args: list[str],
     key: str,
+    root: Path = REPO,
     probe: bool = True,
 ) -> Server:
-    """``python -m dns2dot`` from the repo root; ready once it prints its startup line.
+    """``python -m dns2dot`` run from ``root`` (this checkout by default, or another one to
+    compare); ready once it prints its startup line.
 
     With ``probe=False`` nothing is queried, so the first query the caller sends is the
     one that pays for the upstream TLS handshake (the cold-start workload).
@@ -274,13 +276,13 @@ def start_dns2dot(
         *extra_args,
     ]
     server.argv = argv
-    missing = dns2dot_available()
+    missing = dns2dot_available(root)
     if missing:
         server.error = missing
         return server
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
     try:
-        server.proc = registry.start(key, argv, cwd=REPO, env=env)
+        server.proc = registry.start(key, argv, cwd=root, env=env)
         server.ready_s = server.proc.wait_for_log(DNS2DOT_READY, START_TIMEOUT)
     except StartError as exc:
         server.error = str(exc)

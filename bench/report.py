@@ -320,7 +320,7 @@ def render(
     if sus is not None:
         m = sus.metrics
         out.append(
-            f"== sustained: dns2dot UDP at {sus.detail.get('target_qps')} q/s (-Q) "
+            f"== sustained: dns2dot UDP at {_f(sus.detail.get('target_qps'))} q/s (-Q) "
             f"for {settings['sustained_duration']:g} s"
         )
         out.append(
@@ -352,8 +352,10 @@ def render(
         for s in failed_servers:
             out.append(f"   server {s}")
         for c in failed:
-            first = (c.error or "unknown").strip().splitlines()
-            out.append(f"   {c.id}: {first[0] if first else 'unknown'}")
+            lines = (c.error or "unknown").strip().splitlines() or ["unknown"]
+            out.append(f"   {c.id}: {lines[0]}")
+            if len(lines) > 1:  # the end of a log tail: usually the actual exception
+                out.append(f"      ... {lines[-1].strip()}")
         out.append("")
     return "\n".join(out)
 

@@ -50,6 +50,9 @@ class Config:
     max_tcp_clients: int = 10000
     max_inflight_per_client: int = 256
     workers: int = 1
+    grace_period: float = 5.0
+    log_format: str = "text"
+    log_queries: bool = False
     metrics: ListenAddress | None = None
     cache_size: int = 10000
     cache_min_ttl: int = 0
@@ -207,6 +210,12 @@ def parse_forward(text: str) -> tuple[str, UpstreamSpec]:
     return zone.strip().rstrip(".").lower(), parse_upstream(
         spec, allow_plain=True, what="--forward"
     )
+
+
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise ConfigError(f"--log-format: '{text}' is not one of text, json")
+    return text
 
 
 def _mode(text: str) -> str:
@@ -429,6 +438,26 @@ OPTIONS: tuple[Option, ...] = (
         _positive(int, "workers"),
         "serving processes sharing the listen addresses (SO_REUSEPORT; default 1)",
         "N",
+    ),
+    Option(
+        "grace-period",
+        ("--grace-period",),
+        _positive(float, "grace-period"),
+        "on SIGTERM/SIGINT, seconds to finish queries in flight (default 5)",
+        "SECONDS",
+    ),
+    Option(
+        "log-format",
+        ("--log-format",),
+        _log_format,
+        "text (default) or json (one object a line)",
+        "FORMAT",
+    ),
+    Option(
+        "log-queries",
+        ("--log-queries",),
+        None,
+        "log every query's name, type and outcome (off by default: names are private)",
     ),
     Option("config", ("-c", "--config"), str, "YAML file with the same settings", "FILE"),
     Option("verbose", ("-v", "--verbose"), None, "debug logging"),

@@ -8,10 +8,16 @@ with SERVFAIL when the deadline passes (``--timeout``), never silence.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+
+import dns.exception
+import dns.name
+import dns.rcode
+import dns.rdatatype
 
 from dns2dot import wire
 from dns2dot.admission import Verdict
@@ -20,6 +26,8 @@ from dns2dot.errors import FormError, MessageError
 from dns2dot.metrics import Stats
 from dns2dot.rules import RuleSet
 from dns2dot.upstream import Exchange, UpstreamPool
+
+qlog = logging.getLogger("dns2dot.query")
 
 SWEEP_INTERVAL = 0.05  # seconds between deadline checks: the timeout's precision
 MAINTENANCE_INTERVAL = 0.5  # seconds between upstream idle checks and probes
@@ -111,6 +119,7 @@ class Resolver:
     ) -> None:
         self.pool = pool
         self.stats = stats or Stats()
+        self.log_queries = False
         self.rules = rules if rules is not None and not rules.empty else None
         self.zone_pools = list(zone_pools)
         self.timeout = timeout
@@ -182,7 +191,10 @@ class Resolver:
 
         def counted(answer: bytes) -> None:
             self.inflight -= 1
-            stats.answered(transport, qtype, answer[3] & 0x0F, loop.time() - now)
+            elapsed = loop.time() - now
+            stats.answered(transport, qtype, answer[3] & 0x0F, elapsed)
+            if self.log_queries:
+                log_query(transport, query, answer, elapsed)
             reply(wire.client_view(answer, has_edns))
 
         exchange = self._exchange(msg, query, counted, now, pool)
@@ -198,6 +210,8 @@ class Resolver:
     ) -> None:
         """Send an answer made without an upstream (cache, rule, error), and count it."""
         self.stats.answered(transport, query.qtype, answer[3] & 0x0F, 0.0)
+        if self.log_queries:
+            log_query(transport, query, answer, 0.0)
         reply(answer)
 
     def handle(self, msg: bytes, reply: Callable[[bytes], None], transport: str = "tcp") -> None:
@@ -314,6 +328,22 @@ class Resolver:
             for pool in (self.pool, *self.zone_pools):
                 pool.maintain()
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+
+def log_query(transport: str, query: wire.Query, answer: bytes, seconds: float) -> None:
+    """One line per query, only with ``--log-queries``: names are private."""
+    try:
+        name = dns.name.from_wire(query.qname, 0)[0].to_text()
+    except dns.exception.DNSException:
+        name = "?"
+    qlog.info(
+        "%s %s %s %s %.1fms",
+        transport,
+        name,
+        dns.rdatatype.to_text(dns.rdatatype.RdataType(query.qtype)),
+        dns.rcode.to_text(dns.rcode.Rcode(answer[3] & 0x0F)),
+        seconds * 1000,
+    )
 
 
 def _ignore(_: bytes) -> None:

@@ -240,8 +240,13 @@ class DnsTcpServer(TCPServer):
     def start_sweeping(self) -> None:
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
-    def stop(self) -> None:
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; connected clients are still served."""
         super().stop()
+
+    def stop(self) -> None:
+        """Stop accepting and close every client connection."""
+        super().stop()  # idempotent in tornado
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -31,6 +31,8 @@ class UdpShim(asyncio.DatagramProtocol):
         self.resolver = resolver
         self.admission = admission
         self.transport: asyncio.DatagramTransport | None = None
+        # While shutting down, new queries are refused so clients move on at once.
+        self.draining = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -40,6 +42,8 @@ class UdpShim(asyncio.DatagramProtocol):
         if transport is None:
             return
         verdict = self.admission.verdict(addr[0], datagram=True)
+        if self.draining:
+            verdict = Verdict.REFUSE
         if verdict is not Verdict.SERVE:
             self.resolver.turned_away(verdict)
             response = turn_away(data, verdict)

@@ -3,7 +3,7 @@
 Every worker binds sockets of its own with ``SO_REUSEPORT`` (UDP too: tornado's
 ``reuse_port`` is TCP only, see DESIGN.md), so the kernel spreads clients over the
 processes and the GIL stops being the ceiling. The parent only supervises: it forwards
-SIGTERM/SIGINT, restarts a worker that dies (unless they die in a loop), and logs the
+SIGTERM/SIGINT/SIGHUP, restarts a worker that dies (unless they die in a loop), and logs the
 startup line once every worker is listening.
 """
 
@@ -62,6 +62,7 @@ def supervise(
                 os.close(ready_read)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
                 def ready(_: list[ListenAddress]) -> None:
                     os.write(ready_write, b".")
@@ -78,8 +79,14 @@ def supervise(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(config.workers):
         spawn(index)
 

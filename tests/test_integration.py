@@ -368,7 +368,7 @@ def dnsperf(port: int, datafile: Path, *, tcp: bool, runs: int = 3) -> PerfResul
         "-n",
         str(runs),
         "-l",
-        "60",
+        "20",
         "-c",
         "4",
         "-t",
@@ -376,7 +376,7 @@ def dnsperf(port: int, datafile: Path, *, tcp: bool, runs: int = 3) -> PerfResul
     ]
     if tcp:
         argv += ["-m", "tcp"]
-    out = run_tool(argv, timeout=90)
+    out = run_tool(argv, timeout=60)
 
     def num(label: str) -> int:
         m = re.search(rf"{label}:\s+(\d+)", out)

@@ -329,14 +329,14 @@ class FakeUpstream:
                 with self._lock:
                     self._sni.append(name)
 
-            ctx.sni_callback = on_sni  # type: ignore[assignment]
+            ctx.sni_callback = on_sni
             self._contexts[kind] = ctx
         return ctx
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             await self._serve(reader, writer)
         except (
@@ -348,7 +348,7 @@ class FakeUpstream:
         ):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
 

@@ -35,7 +35,7 @@ def free_port() -> int:
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             tcp.bind((LOOPBACK, 0))
-            port = tcp.getsockname()[1]
+            port = int(tcp.getsockname()[1])
             if port in _handed_out:
                 continue
             try:
@@ -215,3 +215,37 @@ def is_truncated(msg: dns.message.Message) -> bool:
 def question_names(msgs: Iterable[dns.message.Message]) -> list[str]:
     """The first question name of each message, as text."""
     return [m.question[0].name.to_text() if m.question else "" for m in msgs]
+
+
+def udp_many(
+    port: int, queries: Iterable[dns.message.Message], timeout: float = 10.0
+) -> dict[int, list[bytes]]:
+    """Send every query from one UDP socket at once; collect replies by ID until all
+    have one or ``timeout`` runs out. Lists longer than one reveal duplicate answers."""
+    qs = list(queries)
+    got: dict[int, list[bytes]] = {q.id: [] for q in qs}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for q in qs:
+            s.sendto(q.to_wire(), (LOOPBACK, port))
+        deadline = time.monotonic() + timeout
+        while any(not v for v in got.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            s.settimeout(remaining)
+            try:
+                data, _ = s.recvfrom(65535)
+            except TimeoutError:
+                break
+            if len(data) >= 2:
+                got.setdefault(int.from_bytes(data[:2], "big"), []).append(data)
+        # a short grace period to catch a duplicate answer
+        s.settimeout(0.2)
+        try:
+            for _ in range(1000):
+                data, _ = s.recvfrom(65535)
+                if len(data) >= 2:
+                    got.setdefault(int.from_bytes(data[:2], "big"), []).append(data)
+        except TimeoutError:
+            pass
+    return got

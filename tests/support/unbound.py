@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import dns.message
 import dns.query
@@ -90,7 +91,7 @@ class UnboundUpstream:
     proc: subprocess.Popen[bytes]
     log_path: Path
     pki: Pki
-    _log: object = field(repr=False, default=None)
+    _log: IO[bytes] | None = field(repr=False, default=None)
 
     @property
     def spec(self) -> str:
@@ -122,8 +123,8 @@ class UnboundUpstream:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-        if hasattr(self._log, "close"):
-            self._log.close()  # type: ignore[union-attr]
+        if self._log is not None:
+            self._log.close()
 
 
 def start_unbound(

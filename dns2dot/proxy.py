@@ -1,0 +1,258 @@
+"""One serving process, assembled from a :class:`~dns2dot.config.Config`.
+
+:class:`Proxy` binds the listeners, builds the upstream pools, rules, cache and
+resolver, and knows how to reload them (SIGHUP: a new configuration replaces the old
+one without dropping client connections or the cache), how to drain (SIGTERM: stop
+accepting, finish what is in flight within a grace period) and how to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tornado.netutil import bind_sockets
+
+from dns2dot import tls
+from dns2dot.admission import AccessList, Admission, RateLimiter
+from dns2dot.cache import Cache, CachePolicy
+from dns2dot.config import Config, ListenAddress
+from dns2dot.errors import Dns2DotError
+from dns2dot.metrics import Snapshot, Stats
+from dns2dot.resolver import AnswerPolicy, Resolver
+from dns2dot.rules import RuleSet, build_rules
+from dns2dot.strategy import Strategy
+from dns2dot.tcp_server import DnsTcpServer, TcpLimits
+from dns2dot.udp_server import UdpShim, start_udp, udp_socket
+from dns2dot.upstream import Lifecycle, UpstreamPool, UpstreamSpec
+
+log = logging.getLogger("dns2dot")
+
+DRAIN_POLL = 0.05  # seconds between checks while draining
+
+
+class ListenError(Dns2DotError):
+    """A listen address could not be bound; ``exit_code`` says whose fault it is."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def bind_error(address: ListenAddress, exc: OSError, option: str = "--listen") -> ListenError:
+    where = f"{option} {address}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ListenError(
+            f"{where}: permission denied; ports below 1024 need root or "
+            f"CAP_NET_BIND_SERVICE, or listen on a port above 1024 (e.g. -l {address.host}:5353)",
+            2,
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ListenError(f"{where}: no such address on this host", 2)
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(f"{where}: address already in use", 1)
+    return ListenError(f"{where}: {exc.strerror or exc}", 1)
+
+
+@dataclass
+class Listener:
+    address: ListenAddress
+    tcp: list[socket.socket]
+    udp: socket.socket
+
+
+def bind_listeners(
+    addresses: Sequence[ListenAddress], *, reuse_port: bool = False
+) -> list[Listener]:
+    """TCP and UDP sockets for every address; port 0 picks one port for both.
+
+    With ``reuse_port`` every worker binds sockets of its own (``SO_REUSEPORT``) and
+    the kernel spreads clients across them, UDP included.
+    """
+    bound: list[Listener] = []
+    try:
+        for address in addresses:
+            family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+            try:
+                tcp = bind_sockets(
+                    address.port, address.host, family=family, backlog=1024, reuse_port=reuse_port
+                )
+                port = tcp[0].getsockname()[1]
+                try:
+                    udp = udp_socket(address.host, port, reuse_port=reuse_port)
+                except OSError:
+                    for sock in tcp:
+                        sock.close()
+                    raise
+            except OSError as exc:
+                raise bind_error(address, exc) from None
+            bound.append(Listener(ListenAddress(address.host, port), tcp, udp))
+    except ListenError:
+        for listener in bound:
+            for sock in [*listener.tcp, listener.udp]:
+                sock.close()
+        raise
+    return bound
+
+
+def _cache_policy(config: Config) -> CachePolicy:
+    return CachePolicy(
+        max_entries=config.cache_size,
+        min_ttl=config.cache_min_ttl,
+        max_ttl=config.cache_max_ttl,
+        stale_ttl=config.serve_stale,
+    )
+
+
+def _answer_policy(config: Config) -> AnswerPolicy:
+    return AnswerPolicy(
+        pad_block=0 if config.no_padding else 128,
+        keep_client_subnet=config.keep_client_subnet,
+    )
+
+
+class Upstreams:
+    """The main pool, the rules, and the pools of the zones the rules forward."""
+
+    def __init__(self, config: Config, context: ssl.SSLContext) -> None:
+        lifecycle = Lifecycle(
+            connect_timeout=config.timeout,
+            idle_timeout=config.upstream_idle_timeout,
+            max_queries=config.max_queries_per_connection,
+        )
+        zones: dict[str, list[UpstreamSpec]] = {}
+        for zone, spec in config.forward:
+            zones.setdefault(zone, []).append(spec)
+        self.rules: RuleSet = build_rules(
+            hosts=config.hosts,
+            blocklists=config.blocklist,
+            block_answer=config.block_answer,
+            forward_zones=list(zones),
+        )
+        self.pool = UpstreamPool(
+            list(config.upstreams), context, strategy=Strategy(config.strategy), lifecycle=lifecycle
+        )
+        self.zone_pools = [
+            UpstreamPool(specs, context, strategy=Strategy("failover"), lifecycle=lifecycle)
+            for specs in zones.values()
+        ]
+
+    def close(self) -> None:
+        for pool in (self.pool, *self.zone_pools):
+            pool.close()
+
+
+class Proxy:
+    """The listeners, upstreams, cache and resolver of one process."""
+
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+        self.config = config
+        self._loop = asyncio.get_running_loop()
+        context = tls.client_context(config.cafile)
+        self.upstreams = Upstreams(config, context)
+        self.listeners = bind_listeners(config.listen, reuse_port=reuse_port)
+        self.stats = Stats()
+        self.resolver = Resolver(
+            self.upstreams.pool,
+            config.timeout,
+            max_inflight=config.max_inflight,
+            cache=Cache(_cache_policy(config)) if config.cache_size else None,
+            policy=_answer_policy(config),
+            rules=self.upstreams.rules,
+            zone_pools=self.upstreams.zone_pools,
+            stats=self.stats,
+        )
+        self.resolver.log_queries = config.log_queries
+        self.admission = Admission(
+            AccessList(config.allow),
+            RateLimiter(config.ratelimit) if config.ratelimit else None,
+            clock=self._loop.time,
+        )
+        self.limits = TcpLimits(
+            idle_timeout=config.idle_timeout,
+            max_clients=config.max_tcp_clients,
+            max_inflight=config.max_inflight_per_client,
+        )
+        self.tcp_server = DnsTcpServer(
+            self.resolver, self.upstreams.pool, self.admission, config.mode, self.limits
+        )
+        self.transports: list[asyncio.DatagramTransport] = []
+        self.shims: list[UdpShim] = []
+
+    async def start(self) -> list[ListenAddress]:
+        """Start serving; return the addresses (port 0 resolved)."""
+        self.resolver.start()
+        self.tcp_server.start_sweeping()
+        for listener in self.listeners:
+            self.tcp_server.add_sockets(listener.tcp)
+            transport, shim = await start_udp(self.resolver, self.admission, listener.udp)
+            self.transports.append(transport)
+            self.shims.append(shim)
+        return [listener.address for listener in self.listeners]
+
+    def reload(self, config: Config) -> None:
+        """Apply a new configuration; raises (keeping the old one) if it cannot be built.
+
+        Client connections and the cache survive. Listen addresses, the TCP mode,
+        workers and the metrics address are fixed for the life of the process.
+        """
+        fixed = [
+            name
+            for name in ("listen", "mode", "workers", "metrics")
+            if getattr(config, name) != getattr(self.config, name)
+        ]
+        if fixed:
+            log.warning("reload: %s only change on restart", ", ".join(fixed))
+        context = tls.client_context(config.cafile)
+        upstreams = Upstreams(config, context)  # may raise ConfigError: nothing changed yet
+        old = self.upstreams
+        self.upstreams = upstreams
+        resolver = self.resolver
+        resolver.pool = upstreams.pool
+        resolver.zone_pools = upstreams.zone_pools
+        resolver.rules = upstreams.rules if not upstreams.rules.empty else None
+        resolver.timeout = config.timeout
+        resolver.max_inflight = config.max_inflight
+        resolver.policy = _answer_policy(config)
+        resolver.log_queries = config.log_queries
+        if not config.cache_size:
+            resolver.cache = None
+        elif resolver.cache is None:
+            resolver.cache = Cache(_cache_policy(config))
+        else:
+            resolver.cache.policy = _cache_policy(config)
+        self.tcp_server.pool = upstreams.pool
+        self.admission.access = AccessList(config.allow)
+        self.admission.limiter = RateLimiter(config.ratelimit) if config.ratelimit else None
+        self.limits.idle_timeout = config.idle_timeout
+        self.limits.max_clients = config.max_tcp_clients
+        self.limits.max_inflight = config.max_inflight_per_client
+        # Queries already on the old upstreams finish there (or time out) first.
+        self._loop.call_later(max(config.timeout, self.config.timeout) + 1.0, old.close)
+        self.config = config
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new work, then wait up to ``grace`` seconds for queries in flight."""
+        self.tcp_server.stop_accepting()
+        for shim in self.shims:
+            shim.draining = True
+        deadline = self._loop.time() + grace
+        while self.resolver.inflight and self._loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+
+    def close(self) -> None:
+        self.tcp_server.stop()
+        for transport in self.transports:
+            transport.close()
+        self.resolver.stop()
+        self.upstreams.close()
+
+    def snapshot(self) -> Snapshot:
+        snap = self.resolver.snapshot()
+        snap["tcp_clients"] = len(self.tcp_server.sessions)
+        return snap
