@@ -38,15 +38,20 @@ PREFETCH_MIN_HITS = 2
 _STREAM_TYPES = frozenset({wire.RdataType.AXFR, wire.RdataType.IXFR})
 
 
-def servfail(msg: bytes, reply: Callable[[bytes], None]) -> None:
-    """Answer a message SERVFAIL without resolving it: for when no upstream is usable."""
+def servfail(msg: bytes, reply: Callable[[bytes], None]) -> bool:
+    """Answer a message SERVFAIL without resolving it: for when no upstream is usable.
+
+    Like every handler, returns whether ``reply`` is (or will be) called.
+    """
     result = validate(msg)
     if isinstance(result, wire.Query):
         result = wire.error_response(
             msg, wire.Rcode.SERVFAIL, result, ede=23, ede_text="Network Error"
         )
-    if result is not None:
-        reply(result)
+    if result is None:
+        return False
+    reply(result)
+    return True
 
 
 def turn_away(msg: bytes, verdict: Verdict) -> bytes | None:
@@ -63,11 +68,13 @@ def turn_away(msg: bytes, verdict: Verdict) -> bytes | None:
     return response[:2] + bytes([response[2] | (wire.TC >> 8)]) + response[3:]
 
 
-def refuse(msg: bytes, reply: Callable[[bytes], None]) -> None:
+def refuse(msg: bytes, reply: Callable[[bytes], None]) -> bool:
     """Answer every query REFUSED: the handler for TCP clients not on the access list."""
     response = turn_away(msg, Verdict.REFUSE) if len(msg) >= wire.HEADER_LEN else None
-    if response is not None:
-        reply(response)
+    if response is None:
+        return False
+    reply(response)
+    return True
 
 
 def validate(msg: bytes) -> wire.Query | bytes | None:
@@ -214,8 +221,11 @@ class Resolver:
             log_query(transport, query, answer, 0.0)
         reply(answer)
 
-    def handle(self, msg: bytes, reply: Callable[[bytes], None], transport: str = "tcp") -> None:
-        """Validate a client's message, then resolve it or answer the error at once."""
+    def handle(self, msg: bytes, reply: Callable[[bytes], None], transport: str = "tcp") -> bool:
+        """Validate a client's message, then resolve it or answer the error at once.
+
+        Returns whether ``reply`` is (or will be) called: False for a dropped message.
+        """
         result = validate(msg)
         if isinstance(result, wire.Query):
             self.resolve(msg, result, reply, transport)
@@ -224,6 +234,8 @@ class Resolver:
             reply(result)
         else:
             self.stats.dropped["malformed"] += 1
+            return False
+        return True
 
     def turned_away(self, verdict: Verdict) -> None:
         """Count a client the admission check did not serve."""

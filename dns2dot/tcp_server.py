@@ -64,12 +64,14 @@ class PoolSession:
 
     At most ``max_inflight`` of its queries are unanswered at once; beyond that the
     session stops reading until answers drain, so one client cannot take every slot.
+    When the client breaks the framing, what it sent before is still answered
+    (RFC 7766 §6.2.4: outstanding queries are answered before a server closes).
     """
 
     def __init__(
         self,
         client_stream: IOStream,
-        handler: Callable[[bytes, Callable[[bytes], None]], None],
+        handler: Callable[[bytes, Callable[[bytes], None]], bool],
         limits: TcpLimits,
         stats: Stats,
     ) -> None:
@@ -82,7 +84,8 @@ class PoolSession:
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._inflight = 0
-        self._drained: asyncio.Future[None] | None = None
+        self._below = 0  # the waiter wakes when fewer than this many are in flight
+        self._waiter: asyncio.Future[None] | None = None
         self.last_active = self._loop.time()
         self.frame_started = 0.0
 
@@ -102,18 +105,22 @@ class PoolSession:
         try:
             while True:
                 if self._inflight >= self._limits.max_inflight:
-                    self._drained = self._loop.create_future()
-                    await self._drained
+                    await self._until_fewer_than(self._limits.max_inflight)
                 data = await stream.read_bytes(READ_CHUNK, partial=True)
                 now = self._loop.time()
                 self.last_active = now
                 was_buffered = decoder.buffered
                 for msg in decoder.feed(data):
                     self._inflight += 1
-                    handle(msg, reply)
+                    if not handle(msg, reply):
+                        self._inflight -= 1  # dropped: no answer will come
                 if decoder.error is not None:
                     log.debug("closing client: %s", decoder.error)
                     self._stats.dropped["framing"] += 1
+                    await self._until_fewer_than(1)
+                    written = self._flush()
+                    if written is not None:
+                        await written
                     break
                 if decoder.buffered and not was_buffered:
                     self.frame_started = now
@@ -122,40 +129,52 @@ class PoolSession:
         finally:
             stream.close()
 
+    async def _until_fewer_than(self, count: int) -> None:
+        """Wait until fewer than ``count`` queries are unanswered (or the client is gone)."""
+        while self._inflight >= count and not self.client_stream.closed():
+            self._below = count
+            self._waiter = self._loop.create_future()
+            await self._waiter
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _reply(self, answer: bytes) -> None:
         self._inflight -= 1
-        drained = self._drained
-        if drained is not None and self._inflight < self._limits.max_inflight:
-            self._drained = None
-            if not drained.done():
-                drained.set_result(None)
+        if self._waiter is not None and self._inflight < self._below:
+            self._wake()
         self.last_active = self._loop.time()
         self._outbox.append(frame(answer))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self) -> asyncio.Future[None] | None:
+        """Write the answers gathered in this loop iteration in one go."""
         self._flush_scheduled = False
         stream = self.client_stream
-        if stream.closed():
+        if not self._outbox or stream.closed():
             self._outbox.clear()
-            return
+            return None
         data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
         self._outbox.clear()
         try:
-            stream.write(data)
+            return stream.write(data)
         except StreamBufferFullError:
             log.debug("closing client that does not read its answers")
             self._stats.dropped["unread_output"] += 1
             stream.close()
         except StreamClosedError:
             pass
+        return None
 
     def close(self) -> None:
         self.client_stream.close()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._wake()
 
 
 class PipeSession:

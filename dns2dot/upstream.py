@@ -130,11 +130,17 @@ class Exchange:
         self.fallback: Callable[[], bytes] | None = None
 
     def finish(self, answer: bytes) -> None:
-        """Deliver an upstream answer under the client's ID."""
+        """Deliver an upstream answer under the client's ID.
+
+        An upstream's FORMERR may echo the malformed parts of the query back; the
+        client gets a clean FORMERR of ours instead.
+        """
         if self.done:
             return
         self.done = True
         self._detach()
+        if answer[3] & 0x0F == wire.Rcode.FORMERR:
+            answer = wire.error_response(self.msg, wire.Rcode.FORMERR, self.query)
         if self.store is not None:
             self.store(answer)
         if not self.replied:

@@ -133,6 +133,7 @@ def dig(port: int, *args: str) -> list[ToolAnswer]:
     out = run_tool(["dig", f"@{LOOPBACK}", "-p", str(port), "+tries=1", "+time=5", *args])
     answers = parse_tool_output(out)
     assert answers, f"dig printed no answer:\n{out}"
+    assert "ID mismatch" not in out, out
     return answers
 
 
@@ -141,6 +142,7 @@ def kdig(port: int, *args: str) -> list[ToolAnswer]:
     out = run_tool(["kdig", f"@{LOOPBACK}", "-p", str(port), "+retry=0", "+time=5", *args])
     answers = parse_tool_output(out)
     assert answers, f"kdig printed no answer:\n{out}"
+    assert "reply ID" not in out and "question sections are different" not in out, out
     return answers
 
 
@@ -154,9 +156,10 @@ def test_startup_line(served: Dns2Dot, unbound: UnboundUpstream) -> None:
 
 @pytest.mark.parametrize("transport", ["+notcp", "+tcp"])
 def test_dig_a(served: Dns2Dot, transport: str) -> None:
-    """dig over UDP and TCP gets unbound's record, with QR set and no error."""
-    (ans,) = dig(served.port, transport, "a.example.test", "A")
+    """dig over UDP and TCP gets unbound's record, with our ID, QR set and no error."""
+    (ans,) = dig(served.port, transport, "+qid=4242", "a.example.test", "A")
     assert ans.status == "NOERROR", ans.raw
+    assert ans.qid == 4242
     assert "qr" in ans.flags
     assert ("a.example.test.", "A", "192.0.2.10") in ans.records, ans.raw
 
