@@ -68,11 +68,11 @@ def cache_key(query: wire.Query) -> bytes:
     return query.key + bytes((do | cd,))
 
 
-def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None]:
-    """TTL field offsets and values of every record but OPT, and the negative TTL.
+def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[int, int] | None]:
+    """TTL field offsets and values of every record but OPT, the negative TTL, the OPT.
 
     The negative TTL is min(SOA TTL, SOA MINIMUM) of the first SOA in the authority
-    section, or None when there is none.
+    section, or None when there is none; the OPT is its (start, end), or None.
     """
     _, _, qdcount, ancount, nscount, arcount = wire.HEADER.unpack_from(answer)
     offset = wire.HEADER_LEN
@@ -81,7 +81,9 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None]:
     offsets: list[int] = []
     ttls: list[int] = []
     negative: int | None = None
+    opt: tuple[int, int] | None = None
     for index in range(ancount + nscount + arcount):
+        start = offset
         offset = wire.read_name(answer, offset)
         if offset + 10 > len(answer):
             raise FormError("record header truncated")
@@ -96,8 +98,10 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None]:
             if rtype == _TYPE_SOA and in_authority and negative is None and rdlen >= 20:
                 (minimum,) = _TTL.unpack_from(answer, end - 4)
                 negative = min(ttl, minimum)
+        elif index >= ancount + nscount:
+            opt = (start, end)
         offset = end
-    return offsets, ttls, negative
+    return offsets, ttls, negative, opt
 
 
 class Cache:
@@ -129,18 +133,21 @@ class Cache:
             self.misses += 1
         return entry
 
-    def lifetime(self, answer: bytes) -> tuple[int, list[int], list[int]] | None:
-        """How long an upstream answer may be cached, with its TTL offsets; None: never."""
+    def lifetime(
+        self, answer: bytes
+    ) -> tuple[int, list[int], list[int], tuple[int, int] | None] | None:
+        """How long an upstream answer may be cached, its TTL offsets and values, and
+        where its OPT record is; None: never cached."""
         if len(answer) < wire.HEADER_LEN or answer[2] & (wire.TC >> 8):
             return None
         rcode = wire.rcode_of(answer)
         try:
-            offsets, ttls, negative = _walk_ttls(answer)
-        except FormError:
+            offsets, ttls, negative, opt = _walk_ttls(answer)
+        except (FormError, struct.error):
             return None
         policy = self.policy
         if rcode == wire.Rcode.SERVFAIL:
-            return min(policy.servfail_ttl, policy.max_ttl), offsets, ttls
+            return min(policy.servfail_ttl, policy.max_ttl), offsets, ttls, opt
         ancount = (answer[6] << 8) | answer[7]
         if rcode == wire.Rcode.NOERROR and ancount:
             ttl = min(ttl for ttl in ttls[:ancount]) if ttls else 0
@@ -155,16 +162,22 @@ class Cache:
         ttls = [max(policy.min_ttl, min(policy.max_ttl, t)) for t in ttls]
         if rcode != wire.Rcode.NOERROR or not ancount:
             ttls = [min(t, ttl) for t in ttls]
-        return ttl, offsets, ttls
+        return ttl, offsets, ttls, opt
 
     def put(self, key: bytes, answer: bytes, now: float) -> bool:
-        """Store an upstream answer (padding already removed); False if not cacheable."""
+        """Store an upstream answer, padding removed; False if not cacheable."""
         found = self.lifetime(answer)
         if found is None:
             return False
-        ttl, offsets, ttls = found
+        ttl, offsets, ttls, opt = found
         if ttl <= 0:
             return False
+        if opt is not None:
+            stripped = wire.strip_padding(answer, *opt)
+            if stripped is not answer:
+                if opt[1] != len(answer):  # OPT not last: offsets after it moved
+                    return self.put(key, stripped, now)
+                answer = stripped
         qname_len = wire.read_name(answer, wire.HEADER_LEN) - wire.HEADER_LEN
         entry = CacheEntry(
             answer=b"\x00\x00" + answer[2:],

@@ -290,7 +290,7 @@ class Resolver:
 
     def _store(self, key: bytes, answer: bytes) -> None:
         assert self.cache is not None
-        self.cache.put(key, wire.client_view(answer, True), self._loop.time())
+        self.cache.put(key, answer, self._loop.time())
 
     def _render_stale(self, entry: CacheEntry, query: wire.Query) -> bytes:
         assert self.cache is not None

@@ -302,10 +302,14 @@ class UpstreamConnection:
             return
         exchange, sent_at = entry
         key = wire.answer_key(msg)
-        if key != exchange.key and not (key is None and wire.rcode_of(msg)):
-            # Answers echo the question; an error answer may omit it (RFC 1035).
-            log.debug("%s: answer for ID %d echoes another question", self.server, uid)
-            return
+        if key != exchange.key:
+            if key is None and msg[4] == msg[5] == 0 and wire.rcode_of(msg):
+                # An error answer without the question (RFC 1035 allows it): the client
+                # gets the same rcode in an answer of ours, never the upstream's bytes.
+                msg = wire.error_response(exchange.msg, wire.rcode_of(msg), exchange.query)
+            else:
+                log.debug("%s: answer for ID %d is not for that question", self.server, uid)
+                return
         del self._pending[uid]
         exchange.legs.remove((self, uid))
         now = self._loop.time()

@@ -14,8 +14,8 @@ the upstream's business.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from dns2dot.errors import FormError, MessageError
 
@@ -77,8 +77,7 @@ class EdnsOption(IntEnum):
     EDE = 15
 
 
-@dataclass(frozen=True, slots=True)
-class Edns:
+class Edns(NamedTuple):
     """The requester's OPT record (RFC 6891 §6.1.2)."""
 
     payload: int
@@ -87,9 +86,12 @@ class Edns:
     offset: int  # where the OPT record starts in the message
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A validated query: what the forwarder needs from it, and nothing more."""
+class Query(NamedTuple):
+    """A validated query: what the forwarder needs from it, and nothing more.
+
+    A named tuple rather than a frozen dataclass: one is built per query, and a frozen
+    dataclass's ``__init__`` cost more than the rest of the parse.
+    """
 
     id: int
     flags: int
@@ -98,15 +100,11 @@ class Query:
     qclass: int
     question_end: int
     edns: Edns | None
+    key: bytes  # the question case-folded: what an answer must echo (see question_key)
 
     @property
     def opcode(self) -> int:
         return (self.flags & OPCODE_MASK) >> 11
-
-    @property
-    def key(self) -> bytes:
-        """The question, case-folded: what an answer must echo to match this query."""
-        return question_key(self.qname, self.qtype, self.qclass)
 
     @property
     def udp_limit(self) -> int:
@@ -257,7 +255,9 @@ def parse_query(msg: bytes) -> Query:
         edns = None
     if offset != len(msg):
         raise FormError("trailing bytes after the last record")
-    query = Query(qid, flags, qname, qtype, qclass, qend, edns)
+    query = Query(
+        qid, flags, qname, qtype, qclass, qend, edns, qname.lower() + msg[qend - 4 : qend]
+    )
     if edns is not None and edns.version != 0:
         raise FormError("unsupported EDNS version", Rcode.BADVERS)
     return query
@@ -514,9 +514,14 @@ def client_view(answer: bytes, client_has_edns: bool) -> bytes:
     if found is None:
         return answer
     start, end = found
-    arcount = (answer[10] << 8) | answer[11]
     if not client_has_edns:
+        arcount = (answer[10] << 8) | answer[11]
         return _set_arcount(answer[:start], arcount - 1) + answer[end:]
+    return strip_padding(answer, start, end)
+
+
+def strip_padding(answer: bytes, start: int, end: int) -> bytes:
+    """The answer without the padding option of the OPT record at ``start:end``."""
     rdlen = (answer[start + 9] << 8) | answer[start + 10]
     options = _options(answer[end - rdlen : end])
     kept = [option for option in options if option[0] != EdnsOption.PADDING]

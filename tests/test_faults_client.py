@@ -50,7 +50,7 @@ pytestmark = pytest.mark.integration
 #: dns2dot's flags for this module: short query timeout, an idle timeout above the
 #: 5 s frame deadline (so a trickled frame is closed by the frame deadline, not by
 #: idleness) and a small per-client in-flight limit so pipelining runs through it.
-QUERY_TIMEOUT = 1
+QUERY_TIMEOUT = 2
 IDLE_TIMEOUT = 6
 FRAME_DEADLINE = 5
 MAX_INFLIGHT = 4
@@ -90,7 +90,7 @@ def server(
             str(QUERY_TIMEOUT),
             "--idle-timeout",
             str(IDLE_TIMEOUT),
-            "-v", "--max-inflight-per-client",
+            "--max-inflight-per-client",
             str(MAX_INFLIGHT),
         ],
     )

@@ -428,6 +428,23 @@ def test_tcp_raw_streams(server: Dns2Dot, data: bytes) -> None:
     assert_healthy(server, f"raw stream {data.hex()}")
 
 
+#: Up to 20 fuzzed messages framed correctly and written at once on one connection.
+pipelined_batches = st.lists(any_message, min_size=2, max_size=20).map(
+    lambda ms: b"".join(frame(m) for m in ms)
+)
+
+
+@FUZZ
+@given(data=pipelined_batches)
+def test_tcp_pipelined_batches(server: Dns2Dot, data: bytes) -> None:
+    """Up to 20 random and mutated messages pipelined in one write on one connection:
+    each answerable one is answered under its own ID, in any order; ignored ones do not
+    hold the connection up; the normal query after them is answered, unless a frame
+    below 12 bytes closed the connection (RFC 7766 §6.2.1.1, §7, §8)."""
+    tcp_raw_probe(server, data)
+    assert_healthy(server, f"pipelined batch {data.hex()}")
+
+
 def test_process_survived(server: Dns2Dot) -> None:
     """After all the fuzzing the process is alive, serves UDP and TCP, and logged no
     traceback or unhandled task exception (RFC 7766 §10: a server must withstand
