@@ -102,15 +102,19 @@ class PoolSession:
         decoder = self._decoder
         handle = self._handler
         reply = self._reply
+        limits = self._limits
         try:
             while True:
-                if self._inflight >= self._limits.max_inflight:
-                    await self._until_fewer_than(self._limits.max_inflight)
+                if self._inflight >= limits.max_inflight:
+                    await self._until_fewer_than(limits.max_inflight)
                 data = await stream.read_bytes(READ_CHUNK, partial=True)
                 now = self._loop.time()
                 self.last_active = now
                 was_buffered = decoder.buffered
                 for msg in decoder.feed(data):
+                    if self._inflight >= limits.max_inflight:
+                        # One read can hold thousands of queries: the cap holds per query.
+                        await self._until_fewer_than(limits.max_inflight)
                     self._inflight += 1
                     if not handle(msg, reply):
                         self._inflight -= 1  # dropped: no answer will come

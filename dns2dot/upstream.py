@@ -471,13 +471,19 @@ class UpstreamServer:
         """A query sent here got no answer in time: a silent upstream is taken out.
 
         Silent means no answer at all for a whole timeout while queries were waiting;
-        a single slow answer among many good ones does not count.
+        a single slow answer among many good ones does not count. Its connections are
+        closed (a stuck TLS session is the usual cause), but it is marked down only
+        when another upstream can take over: marking the only one down would turn a
+        slow spell into SERVFAIL for everyone.
         """
         self.failures["timeout"] += 1
-        if self.health.up and now - self.last_answer > timeout:
+        if not self.health.up or now - self.last_answer <= timeout:
+            return
+        self.last_answer = now  # one verdict per silent spell
+        for connection in list(self.connections):
+            connection.close()
+        if any(other.health.up for other in self.pool.servers if other is not self):
             self.mark_down("no answers (timed out)")
-            for connection in list(self.connections):
-                connection.close()
 
     def maintain(self, now: float) -> None:
         """Close idle connections; start a probe when the backoff has run out."""
