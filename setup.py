@@ -17,6 +17,7 @@ setup(
         "dnspython>=2.4",
         "PyYAML>=6",
         "prometheus-client>=0.17",
+        "h2>=4.1,<5",
         "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
     ],
     extras_require={

@@ -18,16 +18,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import dns.edns
 import dns.exception
 import dns.message
 import dns.rcode
 
 from dns2dot import config as config_module
-from dns2dot import tls, x509
+from dns2dot import tls, wire, x509
 from dns2dot.config import Config
-from dns2dot.errors import ConfigError
-from dns2dot.framing import frame
-from dns2dot.upstream import UpstreamSpec
+from dns2dot.errors import ConfigError, UpstreamTimeoutError
+from dns2dot.proxy import CONNECTION_TYPES
+from dns2dot.tls import TlsContexts
+from dns2dot.upstream import Exchange, UpstreamPool, UpstreamSpec
 
 
 @dataclass
@@ -37,6 +39,7 @@ class CheckResult:
     connect_ms: float | None = None
     tls_version: str | None = None
     cipher: str | None = None
+    alpn: str | None = None
     subject: str | None = None
     issuer: str | None = None
     expires: str | None = None
@@ -75,13 +78,15 @@ async def _unverified_certificate(spec: UpstreamSpec, timeout: float) -> bytes |
 
 
 async def check_upstream(
-    spec: UpstreamSpec, context: ssl.SSLContext, timeout: float, qname: str
+    spec: UpstreamSpec, contexts: TlsContexts, timeout: float, qname: str
 ) -> CheckResult:
+    """Connect, handshake and look at the certificate here; then ask one question."""
+    context = contexts.for_transport(spec.transport)
     result = CheckResult(str(spec))
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(spec.host, spec.port)
+            _, writer = await asyncio.open_connection(spec.host, spec.port)
     except (OSError, TimeoutError) as exc:
         result.error = tls.describe_failure(exc)
         return result
@@ -100,6 +105,7 @@ async def check_upstream(
     result.verified = True
     result.tls_version = sslobj.version()
     result.cipher = sslobj.cipher()[0]
+    result.alpn = sslobj.selected_alpn_protocol()
     peer = sslobj.getpeercert()
     result.subject = _name_of(peer.get("subject"))
     result.issuer = _name_of(peer.get("issuer"))
@@ -110,27 +116,45 @@ async def check_upstream(
             writer.close()
             result.error = "certificate key matches none of the configured pins"
             return result
+    writer.close()
+    await _test_query(spec, contexts, timeout, qname, result)
+    return result
+
+
+async def _test_query(
+    spec: UpstreamSpec, contexts: TlsContexts, timeout: float, qname: str, result: CheckResult
+) -> None:
+    """One query through the proxy's own upstream code: DoT or DoH, pins and all."""
+    pool = UpstreamPool([spec], contexts, connection_types=CONNECTION_TYPES)
     query = dns.message.make_query(qname, "NS")
+    msg = query.to_wire()
+    answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    exchange = Exchange(msg, wire.parse_query(msg), answered.set_result, loop.time() + timeout)
     started = time.perf_counter()
+    pool.submit(exchange)
     try:
         async with asyncio.timeout(timeout):
-            writer.write(frame(query.to_wire()))
-            length = int.from_bytes(await reader.readexactly(2), "big")
-            answer = dns.message.from_wire(await reader.readexactly(length))
-    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        result.error = f"test query: {tls.describe_failure(exc) or 'connection closed'}"
-        return result
-    except dns.exception.DNSException as exc:
-        result.error = f"test query: malformed answer ({exc})"
-        return result
+            raw = await answered
+    except TimeoutError:
+        exchange.fail(UpstreamTimeoutError("timed out"))
+        raw = b""
     finally:
-        writer.close()
+        pool.close()
     result.query_ms = (time.perf_counter() - started) * 1000
+    try:
+        answer = dns.message.from_wire(raw)
+    except dns.exception.DNSException as exc:
+        result.error = f"test query: no usable answer ({exc or 'timed out'})"
+        return
     result.rcode = dns.rcode.to_text(answer.rcode())
-    result.ok = answer.id == query.id
-    if not result.ok:
+    if answer.id != query.id:
         result.error = "test query: answer with another ID"
-    return result
+    elif answer.rcode() == dns.rcode.SERVFAIL and not answer.answer:
+        ede = [o for o in answer.options if o.otype == dns.edns.EDE]
+        result.error = "test query: SERVFAIL" + (f" ({ede[0].text})" if ede else "")
+    else:
+        result.ok = True
 
 
 def _describe_der(result: CheckResult, der: bytes) -> None:
@@ -146,7 +170,7 @@ def _cells(r: CheckResult) -> list[str]:
         r.upstream,
         "ok" if r.ok else "FAIL",
         f"{r.connect_ms:.1f}ms" if r.connect_ms is not None else "-",
-        f"{r.tls_version} {r.cipher}" if r.tls_version else "-",
+        " ".join(filter(None, (r.tls_version, r.cipher, r.alpn))) if r.tls_version else "-",
         r.expires or "-",
         f"{r.query_ms:.1f}ms {r.rcode}" if r.query_ms is not None else "-",
     ]
@@ -172,10 +196,10 @@ def render_table(results: Sequence[CheckResult]) -> str:
 
 
 async def run_checks(config: Config, qname: str) -> list[CheckResult]:
-    context = tls.client_context(config.cafile)
+    contexts = TlsContexts(config.cafile)
     return list(
         await asyncio.gather(
-            *(check_upstream(spec, context, config.timeout, qname) for spec in config.upstreams)
+            *(check_upstream(spec, contexts, config.timeout, qname) for spec in config.upstreams)
         )
     )
 

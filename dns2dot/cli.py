@@ -52,8 +52,13 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def startup_line(config: Config, listening: Sequence[ListenAddress]) -> str:
-    upstreams = ", ".join(str(spec) for spec in config.upstreams)
-    line = f"udp+tcp {', '.join(map(str, listening))} -> tls {upstreams}"
+    if all(spec.transport == "tls" for spec in config.upstreams):
+        upstreams = "tls " + ", ".join(str(spec) for spec in config.upstreams)
+    else:  # DoH upstreams say https:// themselves
+        upstreams = ", ".join(
+            f"tls {spec}" if spec.transport == "tls" else str(spec) for spec in config.upstreams
+        )
+    line = f"udp+tcp {', '.join(map(str, listening))} -> {upstreams}"
     if config.mode == "pipe":
         line += " (tcp mode pipe)"
     if config.workers > 1:

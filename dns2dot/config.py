@@ -124,7 +124,11 @@ def parse_upstream(
                 f"{what}: '{text}': cleartext upstreams are allowed only in forwarding rules"
             )
         host, port = _split_host_port(text[len("plain://") :], what)
-        return UpstreamSpec(_ip(host, what), 53 if port is None else _port(port, what), tls=False)
+        return UpstreamSpec(
+            _ip(host, what), 53 if port is None else _port(port, what), transport="plain"
+        )
+    if text.startswith("https://"):
+        return _parse_doh(text, what)
     address, _, name = text.partition("#")
     host, port = _split_host_port(address, what)
     return UpstreamSpec(
@@ -132,6 +136,38 @@ def parse_upstream(
         port=853 if port is None else _port(port, what),
         name=_tls_name(name, what) if name else None,
     )
+
+
+def _parse_doh(text: str, what: str, bootstrap: str | None = None) -> UpstreamSpec:
+    """``https://IP[:PORT][/PATH][#TLS_NAME]``; a host name needs ``bootstrap`` (YAML).
+
+    The TLS name is also the HTTP authority. Without a bootstrap address a name
+    cannot be reached without DNS, so on the command line write the IP and put the
+    name after ``#``: ``https://1.1.1.1/dns-query#cloudflare-dns.com``.
+    """
+    rest, _, name = text[len("https://") :].partition("#")
+    authority, slash, path = rest.partition("/")
+    path = "/" + path if slash else "/dns-query"
+    if not path.isascii() or any(c in path for c in " \r\n"):
+        raise ConfigError(f"{what}: '{text}': bad path")
+    host, port_text = _split_host_port(authority, what)
+    port = 443 if port_text is None else _port(port_text, what)
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        address = ""
+    if not address:
+        if bootstrap is None:
+            raise ConfigError(
+                f"{what}: '{text}': '{host}' is a name; give its IP: "
+                f"https://IP{path}#{host} (or 'bootstrap: IP' in the YAML)"
+            )
+        if name and name.rstrip(".").lower() != host.rstrip(".").lower():
+            raise ConfigError(f"{what}: '{text}': two different names")
+        return UpstreamSpec(
+            _ip(bootstrap, f"{what} bootstrap"), port, _tls_name(host, what), (), "https", path
+        )
+    return UpstreamSpec(address, port, _tls_name(name, what) if name else None, (), "https", path)
 
 
 def _tls_name(name: str, what: str) -> str:
@@ -533,21 +569,27 @@ def _yaml_upstream(entry: Any, path: str) -> UpstreamSpec:
         return parse_upstream(entry)
     if not isinstance(entry, dict):
         raise ConfigError(f"--config: {path}: upstreams: each entry is a string or a mapping")
-    unknown = set(entry) - {"address", "name", "pins"}
+    unknown = set(entry) - {"address", "name", "pins", "bootstrap"}
     if unknown:
         raise ConfigError(f"--config: {path}: upstreams: unknown setting '{sorted(unknown)[0]}'")
     if "address" not in entry:
         raise ConfigError(f"--config: {path}: upstreams: an entry has no 'address'")
-    spec = parse_upstream(str(entry["address"]))
+    address = str(entry["address"])
+    bootstrap = entry.get("bootstrap")
+    if bootstrap is not None and not address.startswith("https://"):
+        raise ConfigError(f"--config: {path}: upstreams: 'bootstrap' is for https:// upstreams")
+    if bootstrap is not None:
+        spec = _parse_doh(address, "--config: upstreams", str(bootstrap))
+    else:
+        spec = parse_upstream(address)
     name = entry.get("name")
     pins = entry.get("pins") or []
     if not isinstance(pins, list) or not all(isinstance(p, str) for p in pins):
         raise ConfigError(f"--config: {path}: upstreams: 'pins' is a list of base64 strings")
-    return UpstreamSpec(
-        spec.host,
-        spec.port,
-        _tls_name(str(name), "upstreams: name") if name else spec.name,
-        tuple(parse_pin(pin) for pin in pins),
+    return replace(
+        spec,
+        name=_tls_name(str(name), "upstreams: name") if name else spec.name,
+        pins=tuple(parse_pin(pin) for pin in pins),
     )
 
 

@@ -75,3 +75,6 @@ def setup_logging(verbose: bool = False, log_format: str = "text") -> None:
     # (TLS failures); their errors (an exception in a callback) must still show.
     for name in ("tornado", "asyncio"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # h2 and hpack log every frame and header at DEBUG: far too much even for -v.
+    for name in ("h2", "hpack"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -12,28 +12,38 @@ import asyncio
 import errno
 import logging
 import socket
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tornado.netutil import bind_sockets
 
-from dns2dot import tls
 from dns2dot.admission import AccessList, Admission, RateLimiter
 from dns2dot.cache import Cache, CachePolicy
 from dns2dot.config import Config, ListenAddress
+from dns2dot.doh import DohConnection
 from dns2dot.errors import Dns2DotError
 from dns2dot.metrics import Snapshot, Stats
 from dns2dot.resolver import AnswerPolicy, Resolver
 from dns2dot.rules import RuleSet, build_rules
 from dns2dot.strategy import Strategy
 from dns2dot.tcp_server import DnsTcpServer, TcpLimits
+from dns2dot.tls import TlsContexts
 from dns2dot.udp_server import UdpShim, start_udp, udp_socket
-from dns2dot.upstream import Lifecycle, UpstreamPool, UpstreamSpec
+from dns2dot.upstream import (
+    DEFAULT_CONNECTION_TYPES,
+    Lifecycle,
+    UpstreamConnection,
+    UpstreamPool,
+    UpstreamSpec,
+)
 
 log = logging.getLogger("dns2dot")
 
 DRAIN_POLL = 0.05  # seconds between checks while draining
+CONNECTION_TYPES: dict[str, type[UpstreamConnection]] = {
+    **DEFAULT_CONNECTION_TYPES,
+    "https": DohConnection,
+}
 
 
 class ListenError(Dns2DotError):
@@ -119,7 +129,7 @@ def _answer_policy(config: Config) -> AnswerPolicy:
 class Upstreams:
     """The main pool, the rules, and the pools of the zones the rules forward."""
 
-    def __init__(self, config: Config, context: ssl.SSLContext) -> None:
+    def __init__(self, config: Config, contexts: TlsContexts) -> None:
         lifecycle = Lifecycle(
             connect_timeout=config.timeout,
             idle_timeout=config.upstream_idle_timeout,
@@ -135,10 +145,20 @@ class Upstreams:
             forward_zones=list(zones),
         )
         self.pool = UpstreamPool(
-            list(config.upstreams), context, strategy=Strategy(config.strategy), lifecycle=lifecycle
+            list(config.upstreams),
+            contexts,
+            strategy=Strategy(config.strategy),
+            lifecycle=lifecycle,
+            connection_types=CONNECTION_TYPES,
         )
         self.zone_pools = [
-            UpstreamPool(specs, context, strategy=Strategy("failover"), lifecycle=lifecycle)
+            UpstreamPool(
+                specs,
+                contexts,
+                strategy=Strategy("failover"),
+                lifecycle=lifecycle,
+                connection_types=CONNECTION_TYPES,
+            )
             for specs in zones.values()
         ]
 
@@ -153,8 +173,7 @@ class Proxy:
     def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
         self.config = config
         self._loop = asyncio.get_running_loop()
-        context = tls.client_context(config.cafile)
-        self.upstreams = Upstreams(config, context)
+        self.upstreams = Upstreams(config, TlsContexts(config.cafile))
         self.listeners = bind_listeners(config.listen, reuse_port=reuse_port)
         self.stats = Stats()
         self.resolver = Resolver(
@@ -208,8 +227,7 @@ class Proxy:
         ]
         if fixed:
             log.warning("reload: %s only change on restart", ", ".join(fixed))
-        context = tls.client_context(config.cafile)
-        upstreams = Upstreams(config, context)  # may raise ConfigError: nothing changed yet
+        upstreams = Upstreams(config, TlsContexts(config.cafile))  # may raise: nothing changed
         old = self.upstreams
         self.upstreams = upstreams
         resolver = self.resolver

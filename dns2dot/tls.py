@@ -19,9 +19,13 @@ from dns2dot.errors import (
 )
 
 
-def client_context(cafile: str | None = None) -> ssl.SSLContext:
+def client_context(
+    cafile: str | None = None, alpn: tuple[str, ...] | None = None
+) -> ssl.SSLContext:
     """A verifying client context; raises :class:`ConfigError` for an unusable CA file."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
@@ -76,3 +80,17 @@ def failure_kind(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "connect"
+
+
+class TlsContexts:
+    """The client contexts of one configuration: DoT's, and DoH's (which offers h2).
+
+    Shared by every upstream of a transport, so TLS sessions and the CA store are too.
+    """
+
+    def __init__(self, cafile: str | None = None) -> None:
+        self.dot = client_context(cafile)
+        self.doh = client_context(cafile, alpn=("h2", "http/1.1"))
+
+    def for_transport(self, transport: str) -> ssl.SSLContext:
+        return self.doh if transport == "https" else self.dot

@@ -19,7 +19,7 @@ import random
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
@@ -36,7 +36,7 @@ from dns2dot.errors import (
 )
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.strategy import Health, Strategy
-from dns2dot.tls import classify_failure, describe_failure, failure_kind
+from dns2dot.tls import TlsContexts, classify_failure, describe_failure, failure_kind
 
 log = logging.getLogger("dns2dot.upstream")
 
@@ -49,13 +49,23 @@ _RETRY_RCODES = frozenset({wire.Rcode.SERVFAIL, wire.Rcode.REFUSED})
 
 @dataclass(frozen=True)
 class UpstreamSpec:
-    """One DoT upstream as configured: ``IP[:PORT][#TLS_NAME]`` plus optional pins."""
+    """One upstream as configured: where, how, and what its certificate must show.
+
+    ``transport`` is ``tls`` (DoT, ``IP[:PORT][#TLS_NAME]``), ``https`` (DoH,
+    ``https://IP[:PORT]/PATH[#TLS_NAME]``) or ``plain`` (cleartext DNS over TCP, only
+    ever for a forwarding rule that names it).
+    """
 
     host: str
     port: int = 853
     name: str | None = None
     pins: tuple[str, ...] = field(default=())
-    tls: bool = True  # False only for a rule's explicitly named cleartext upstream
+    transport: str = "tls"
+    path: str = "/dns-query"
+
+    @property
+    def tls(self) -> bool:
+        return self.transport != "plain"
 
     @property
     def verify_name(self) -> str:
@@ -64,9 +74,12 @@ class UpstreamSpec:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        if not self.tls:
+        if self.transport == "plain":
             return f"plain://{host}:{self.port}"
-        return f"{host}:{self.port}" + (f"#{self.name}" if self.name else "")
+        name = f"#{self.name}" if self.name else ""
+        if self.transport == "https":
+            return f"https://{host}:{self.port}{self.path}{name}"
+        return f"{host}:{self.port}{name}"
 
 
 @dataclass
@@ -180,19 +193,18 @@ class Exchange:
 
 
 class UpstreamConnection:
-    """One TLS stream to one upstream, carrying many queries at once.
+    """One stream to one upstream, carrying many queries at once; one reader loop.
 
-    Queries sent before the handshake completes are buffered and written in one go;
-    writes made in one loop iteration are coalesced into one batch of TLS records.
+    This base class keeps what every transport shares: the queries in flight (by a
+    key unique on the connection: the DNS ID for DoT, the stream ID for DoH), their
+    matching against the answer's question, retirement after ``max_queries``, and
+    handing the pending queries back to the pool when the connection dies.
+    Subclasses speak the transport: :meth:`send` and :meth:`_serve`.
     """
 
     def __init__(self, server: UpstreamServer) -> None:
         self.server = server
         self._pending: dict[int, tuple[Exchange, float]] = {}
-        self._outbox: list[bytes] = []
-        self._flush_scheduled = False
-        # Random start: IDs need only be unique per connection, but need not be guessable.
-        self._next_id = random.getrandbits(16)
         self._stream: IOStream | None = None
         self.closed = False
         self.queries = 0
@@ -205,8 +217,18 @@ class UpstreamConnection:
         return len(self._pending)
 
     @property
+    def load(self) -> int:
+        """Queries on this connection: in flight, and queued by the transport."""
+        return len(self._pending)
+
+    @property
+    def has_room(self) -> bool:
+        """Whether it can take one more query at all (DNS IDs are 16 bits)."""
+        return self.load < 0xFFFF
+
+    @property
     def accepting(self) -> bool:
-        """Whether new queries may be put on this connection."""
+        """Whether new queries should be put on this connection."""
         return (
             not self.closed
             and self.queries < self.server.lifecycle.max_queries
@@ -214,16 +236,15 @@ class UpstreamConnection:
         )
 
     def send(self, exchange: Exchange) -> None:
-        uid = self._allocate_id()
+        raise NotImplementedError
+
+    def _track(self, uid: int, exchange: Exchange) -> None:
+        """Remember ``exchange`` as waiting under ``uid`` here."""
         now = self._loop.time()
         self._pending[uid] = (exchange, now)
         exchange.legs.append((self, uid))
         self.queries += 1
         self.last_active = now
-        self._outbox.append(frame(wire.with_id(exchange.upstream_msg, uid)))
-        if self._stream is not None and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
 
     def forget(self, uid: int, exchange: Exchange) -> None:
         """Stop waiting for ``exchange`` here (answered elsewhere, or timed out)."""
@@ -239,12 +260,110 @@ class UpstreamConnection:
             self._task.cancel()
 
     def idle_since(self, now: float) -> float:
-        return 0.0 if self._pending or self._outbox else now - self.last_active
+        return 0.0 if self._pending else now - self.last_active
 
     def _maybe_retire(self) -> None:
         """Close a connection that reached its query cap once its last answer is in."""
         if not self._pending and self.queries >= self.server.lifecycle.max_queries:
             self.close()
+
+    async def _run(self) -> None:
+        try:
+            self._stream = await self.server.open_stream()
+        except UpstreamError as exc:
+            self._abandon(exc, sent=False)
+            return
+        except asyncio.CancelledError:
+            self._abandon(UpstreamClosedError("connection cancelled"), sent=False)
+            return
+        try:
+            await self._serve(self._stream)
+        except StreamClosedError:
+            pass
+        except (MessageError, FormError) as exc:
+            log.warning("%s: malformed answer (%s), reconnecting", self.server, exc)
+        finally:
+            self._stream.close()
+        self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)
+
+    async def _serve(self, stream: IOStream) -> None:
+        """Write what is queued, then read answers until the stream closes."""
+        raise NotImplementedError
+
+    def _deliver(self, uid: int, msg: bytes) -> None:
+        """An answer arrived for ``uid``: check it echoes the question, then hand it on."""
+        entry = self._pending.get(uid)
+        if entry is None:
+            log.debug("%s: answer for unknown ID %d ignored", self.server, uid)
+            return
+        exchange, sent_at = entry
+        key = wire.answer_key(msg)
+        if key != exchange.key:
+            if key is None and msg[4] == msg[5] == 0 and wire.rcode_of(msg):
+                # An error answer without the question (RFC 1035 allows it): the client
+                # gets the same rcode in an answer of ours, never the upstream's bytes.
+                msg = wire.error_response(exchange.msg, wire.rcode_of(msg), exchange.query)
+            else:
+                log.debug("%s: answer for ID %d is not for that question", self.server, uid)
+                return
+        self._release(uid)
+        now = self._loop.time()
+        self.last_active = now
+        self.server.answered(now, now - sent_at)
+        self.server.pool.answered(exchange, msg)
+        self._maybe_retire()
+
+    def _release(self, uid: int) -> Exchange:
+        exchange, _ = self._pending.pop(uid)
+        exchange.legs.remove((self, uid))
+        return exchange
+
+    def _give_back(self, uid: int, error: UpstreamError, *, sent: bool) -> None:
+        """Hand one pending query back to the pool (to be sent elsewhere, or failed)."""
+        if uid in self._pending:
+            exchange = self._release(uid)
+            self.server.pool.lost(exchange, self.server, error, sent=sent)
+            self._maybe_retire()
+
+    def _abandon(self, error: UpstreamError, *, sent: bool) -> None:
+        """Hand the queries still pending back to the pool, then forget this connection."""
+        self.closed = True
+        self.server.connection_closed(self, with_queries=bool(self._pending) and sent)
+        pending = [exchange for exchange, _ in self._pending.values()]
+        self._pending.clear()
+        self._drop_queued()
+        for exchange in pending:
+            exchange.legs[:] = [leg for leg in exchange.legs if leg[0] is not self]
+            self.server.pool.lost(exchange, self.server, error, sent=sent)
+
+    def _drop_queued(self) -> None:
+        """Forget whatever the transport queued but never wrote."""
+
+
+class DotConnection(UpstreamConnection):
+    """DNS over TLS (RFC 7858): length-prefixed messages, matched by DNS ID.
+
+    Queries sent before the handshake completes are buffered and written in one go;
+    writes made in one loop iteration are coalesced into one batch of TLS records.
+    """
+
+    def __init__(self, server: UpstreamServer) -> None:
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        # Random start: IDs need only be unique per connection, but need not be guessable.
+        self._next_id = random.getrandbits(16)
+        super().__init__(server)
+
+    def send(self, exchange: Exchange) -> None:
+        uid = self._allocate_id()
+        self._track(uid, exchange)
+        self._outbox.append(frame(wire.with_id(exchange.upstream_msg, uid)))
+        if self._stream is not None and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def idle_since(self, now: float) -> float:
+        return 0.0 if self._outbox else super().idle_since(now)
 
     def _allocate_id(self) -> int:
         uid = self._next_id
@@ -261,73 +380,29 @@ class UpstreamConnection:
         self._outbox.clear()
         self._stream.write(data)
 
-    async def _run(self) -> None:
-        server = self.server
-        try:
-            self._stream = await server.open_stream()
-        except UpstreamError as exc:
-            self._abandon(exc, sent=False)
-            return
-        except asyncio.CancelledError:
-            self._abandon(UpstreamClosedError("connection cancelled"), sent=False)
-            return
+    def _drop_queued(self) -> None:
+        self._outbox.clear()
+
+    async def _serve(self, stream: IOStream) -> None:
         self._flush()
-        stream = self._stream
         decoder = FrameDecoder(min_length=wire.HEADER_LEN)
         first = True
-        try:
-            while True:
-                data = await stream.read_bytes(READ_CHUNK, partial=True)
-                for msg in decoder.feed(data):
-                    self._on_answer(msg)
-                if decoder.error is not None:
-                    log.warning("%s: bad framing from upstream, reconnecting", server)
-                    break
-                if first:
-                    first = False
-                    server.remember_session(stream)
-        except StreamClosedError:
-            pass
-        except (MessageError, FormError) as exc:
-            log.warning("%s: malformed answer (%s), reconnecting", server, exc)
-        finally:
-            stream.close()
-        self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)
-
-    def _on_answer(self, msg: bytes) -> None:
-        uid = wire.message_id(msg)
-        entry = self._pending.get(uid)
-        if entry is None:
-            log.debug("%s: answer with unknown ID %d ignored", self.server, uid)
-            return
-        exchange, sent_at = entry
-        key = wire.answer_key(msg)
-        if key != exchange.key:
-            if key is None and msg[4] == msg[5] == 0 and wire.rcode_of(msg):
-                # An error answer without the question (RFC 1035 allows it): the client
-                # gets the same rcode in an answer of ours, never the upstream's bytes.
-                msg = wire.error_response(exchange.msg, wire.rcode_of(msg), exchange.query)
-            else:
-                log.debug("%s: answer for ID %d is not for that question", self.server, uid)
+        while True:
+            data = await stream.read_bytes(READ_CHUNK, partial=True)
+            for msg in decoder.feed(data):
+                self._deliver(wire.message_id(msg), msg)
+            if decoder.error is not None:
+                log.warning("%s: bad framing from upstream, reconnecting", self.server)
                 return
-        del self._pending[uid]
-        exchange.legs.remove((self, uid))
-        now = self._loop.time()
-        self.last_active = now
-        self.server.answered(now, now - sent_at)
-        self.server.pool.answered(exchange, msg)
-        self._maybe_retire()
+            if first:
+                first = False
+                self.server.remember_session(stream)
 
-    def _abandon(self, error: UpstreamError, *, sent: bool) -> None:
-        """Hand the queries still pending back to the pool, then forget this connection."""
-        self.closed = True
-        self.server.connection_closed(self, with_queries=bool(self._pending) and sent)
-        pending = [exchange for exchange, _ in self._pending.values()]
-        self._pending.clear()
-        self._outbox.clear()
-        for exchange in pending:
-            exchange.legs[:] = [leg for leg in exchange.legs if leg[0] is not self]
-            self.server.pool.lost(exchange, self.server, error, sent=sent)
+
+DEFAULT_CONNECTION_TYPES: Mapping[str, type[UpstreamConnection]] = {
+    "tls": DotConnection,
+    "plain": DotConnection,
+}
 
 
 class UpstreamServer:
@@ -358,20 +433,28 @@ class UpstreamServer:
         return str(self.spec)
 
     def send(self, exchange: Exchange) -> bool:
-        """Put the exchange on the least busy connection; False if all are full."""
+        """Put the exchange on the least busy connection, opening one if all are full.
+
+        At the connection limit it goes on the least loaded one anyway, to wait there:
+        a burst is queued, not failed. False only if no connection is left at all.
+        """
         best: UpstreamConnection | None = None
         for connection in self.connections:
-            if connection.accepting and (best is None or connection.inflight < best.inflight):
+            if connection.accepting and (best is None or connection.load < best.load):
                 best = connection
         if best is None:
-            if len(self.connections) >= MAX_CONNECTIONS_PER_SERVER:
-                return False
-            best = self.connect()
+            if len(self.connections) < MAX_CONNECTIONS_PER_SERVER:
+                best = self.connect()
+            else:
+                open_ones = [c for c in self.connections if not c.closed and c.has_room]
+                if not open_ones:
+                    return False
+                best = min(open_ones, key=lambda c: c.load)
         best.send(exchange)
         return True
 
     def connect(self) -> UpstreamConnection:
-        connection = UpstreamConnection(self)
+        connection = self.pool.connection_types[self.spec.transport](self)
         self.connections.append(connection)
         return connection
 
@@ -389,7 +472,7 @@ class UpstreamServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
         stream: IOStream | None = None
-        if not spec.tls:
+        if spec.transport == "plain":
             try:
                 async with asyncio.timeout(self.lifecycle.connect_timeout):
                     await loop.sock_connect(sock, (spec.host, spec.port))
@@ -513,14 +596,20 @@ class UpstreamPool:
     def __init__(
         self,
         specs: list[UpstreamSpec],
-        context: ssl.SSLContext,
+        contexts: TlsContexts,
         *,
         strategy: Strategy | None = None,
         lifecycle: Lifecycle | None = None,
+        connection_types: Mapping[str, type[UpstreamConnection]] | None = None,
     ) -> None:
         self.lifecycle = lifecycle or Lifecycle()
+        self.connection_types = connection_types or DEFAULT_CONNECTION_TYPES
+        unknown = {s.transport for s in specs} - set(self.connection_types)
+        if unknown:
+            raise ValueError(f"no connection type for transport {sorted(unknown)[0]!r}")
         self.servers = [
-            UpstreamServer(self, i, s, context, self.lifecycle) for i, s in enumerate(specs)
+            UpstreamServer(self, i, s, contexts.for_transport(s.transport), self.lifecycle)
+            for i, s in enumerate(specs)
         ]
         self.strategy = strategy or Strategy()
         self._healths = [server.health for server in self.servers]
@@ -607,9 +696,11 @@ class UpstreamPool:
 
     async def open_pipe_stream(self) -> tuple[UpstreamServer, IOStream]:
         """A fresh TLS stream of its own for a pipe session, in the strategy's order."""
-        last: UpstreamError = UpstreamConnectError("no upstream is usable")
+        last: UpstreamError = UpstreamConnectError("no DoT upstream is usable")
         for index in self.strategy.order(self._healths):
             server = self.servers[index]
+            if server.spec.transport != "tls":
+                continue  # a byte-for-byte pipe needs a DNS-over-TLS stream
             try:
                 return server, await server.open_stream()
             except UpstreamError as exc:
