@@ -304,7 +304,8 @@ OPTIONS: tuple[Option, ...] = (
         "upstream",
         ("-u", "--upstream"),
         parse_upstream,
-        "DoT upstream IP[:PORT][#TLS_NAME], repeatable, in order of preference",
+        "upstream, repeatable, in order of preference: DoT IP[:PORT][#TLS_NAME] or "
+        "DoH https://IP[:PORT]/PATH[#TLS_NAME]",
         "SPEC",
         repeatable=True,
         yaml_key="upstreams",
@@ -522,7 +523,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str = "dns2dot") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
-        description="Forward plain DNS (UDP and TCP) to DNS-over-TLS upstreams.",
+        description="Forward plain DNS (UDP and TCP) to DNS-over-TLS or DNS-over-HTTPS upstreams.",
         epilog="Every option also reads DNS2DOT_<OPTION> from the environment.",
     )
     for option in OPTIONS:
