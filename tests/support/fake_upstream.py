@@ -19,6 +19,13 @@ Modes (``FakeUpstream.configure(mode=...)``):
 ``garbage``         a frame holding the right ID followed by 0xff bytes (not DNS)
 ``garbage_raw``     unframed junk bytes on the stream
 ``slow``            answer correctly after ``delay`` seconds (each query on its own)
+
+Answer shaping (any mode that answers from the table): ``ttl`` sets the TTL of every
+record (60 by default); ``soa=True`` puts an SOA for ``example.test.`` in the authority
+section of NXDOMAIN and NODATA answers (RFC 2308 negative caching; off by default, so
+those answers are not cacheable); ``pad_answers=N`` adds an OPT with an RFC 7830
+padding option to every answer, padded to a multiple of N bytes, even when the query
+had no OPT (a misbehaving upstream; 0, the default, leaves answers unpadded).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ _Q_NUM = re.compile(r"^q(\d+)$")
 DEFAULT_A = "192.0.2.1"
 DEFAULT_AAAA = "2001:db8::1"
 OTHER_NAME = "other.example.test."
+SOA_ZONE = "example.test."
 
 
 def fake_address(name: str, default: str = DEFAULT_A) -> str:
@@ -72,9 +80,25 @@ def fake_address(name: str, default: str = DEFAULT_A) -> str:
     return default
 
 
-def answer(query: dns.message.Message, a_default: str = DEFAULT_A) -> dns.message.Message:
+def soa_rrset(ttl: int = 60) -> dns.rrset.RRset:
+    """The SOA of ``example.test.`` that negative answers carry with ``soa=True``;
+    TTL and MINIMUM are both ``ttl`` (so the negative TTL is ``ttl``)."""
+    return dns.rrset.from_text(
+        SOA_ZONE, ttl, "IN", "SOA", f"ns.{SOA_ZONE} host.{SOA_ZONE} 1 3600 600 86400 {ttl}"
+    )
+
+
+def answer(
+    query: dns.message.Message,
+    a_default: str = DEFAULT_A,
+    *,
+    ttl: int = 60,
+    soa: bool = False,
+) -> dns.message.Message:
     """The fake's table: ``nx*`` names -> NXDOMAIN; A -> :func:`fake_address`;
-    AAAA -> 2001:db8::1; TXT -> one string; any other type -> NODATA."""
+    AAAA -> 2001:db8::1; TXT -> one string; any other type -> NODATA.
+
+    Records carry ``ttl``; with ``soa`` NXDOMAIN and NODATA carry :func:`soa_rrset`."""
     r = dns.message.make_response(query)
     r.flags |= dns.flags.RA
     if not query.question:
@@ -84,13 +108,14 @@ def answer(query: dns.message.Message, a_default: str = DEFAULT_A) -> dns.messag
     name = q.name.to_text()
     if name.lower().startswith("nx"):
         r.set_rcode(dns.rcode.NXDOMAIN)
-        return r
-    if q.rdtype == dns.rdatatype.A:
-        r.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", fake_address(name, a_default)))
+    elif q.rdtype == dns.rdatatype.A:
+        r.answer.append(dns.rrset.from_text(q.name, ttl, "IN", "A", fake_address(name, a_default)))
     elif q.rdtype == dns.rdatatype.AAAA:
-        r.answer.append(dns.rrset.from_text(q.name, 60, "IN", "AAAA", DEFAULT_AAAA))
+        r.answer.append(dns.rrset.from_text(q.name, ttl, "IN", "AAAA", DEFAULT_AAAA))
     elif q.rdtype == dns.rdatatype.TXT:
-        r.answer.append(dns.rrset.from_text(q.name, 60, "IN", "TXT", '"fake upstream"'))
+        r.answer.append(dns.rrset.from_text(q.name, ttl, "IN", "TXT", '"fake upstream"'))
+    if soa and not r.answer:
+        r.authority.append(soa_rrset(ttl))
     return r
 
 
@@ -131,6 +156,9 @@ class FakeUpstream:
         reorder_wait: float = 0.5,
         delay: float = 1.0,
         port: int = 0,
+        ttl: int = 60,
+        soa: bool = False,
+        pad_answers: int = 0,
     ) -> None:
         self.pki = pki
         self.tls = tls
@@ -145,6 +173,9 @@ class FakeUpstream:
             reorder=reorder,
             reorder_wait=reorder_wait,
             delay=delay,
+            ttl=ttl,
+            soa=soa,
+            pad_answers=pad_answers,
         )
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._received: list[Received] = []
@@ -164,9 +195,20 @@ class FakeUpstream:
 
     def configure(self, **kw: object) -> None:
         """Change ``mode``, ``cert`` (good/wrong_name/expired/untrusted), ``a_default``,
-        ``close_after``, ``reorder``, ``reorder_wait`` or ``delay``; applies to the next
-        query (``cert``: to the next connection)."""
-        allowed = {"cert", "mode", "a_default", "close_after", "reorder", "reorder_wait", "delay"}
+        ``close_after``, ``reorder``, ``reorder_wait``, ``delay``, ``ttl``, ``soa`` or
+        ``pad_answers``; applies to the next query (``cert``: to the next connection)."""
+        allowed = {
+            "cert",
+            "mode",
+            "a_default",
+            "close_after",
+            "reorder",
+            "reorder_wait",
+            "delay",
+            "ttl",
+            "soa",
+            "pad_answers",
+        }
         unknown = set(kw) - allowed
         if unknown:
             raise ValueError(f"unknown fake upstream settings: {sorted(unknown)}")
@@ -437,7 +479,11 @@ class FakeUpstream:
             # Unparseable query: FORMERR with its ID, as a real server would.
             out = qid + b"\x81\x01" + b"\x00" * 8
         else:
-            r = answer(msg, str(self._get("a_default")))
+            shape = {
+                "ttl": int(self._get("ttl")),  # type: ignore[call-overload]
+                "soa": bool(self._get("soa")),
+            }
+            r = answer(msg, str(self._get("a_default")), **shape)
             if mode == "wrong_id":
                 r.id = (msg.id + 1) & 0xFFFF
             elif mode == "wrong_question":
@@ -445,6 +491,9 @@ class FakeUpstream:
                     OTHER_NAME, msg.question[0].rdtype if msg.question else "A"
                 )
                 other.id = msg.id
-                r = answer(other, str(self._get("a_default")))
+                r = answer(other, str(self._get("a_default")), **shape)
+            pad = int(self._get("pad_answers"))  # type: ignore[call-overload]
+            if pad > 0:
+                r.use_edns(0, ednsflags=max(msg.ednsflags, 0), payload=1232, pad=pad)
             out = r.to_wire()
         writer.write(struct.pack("!H", len(out)) + out)

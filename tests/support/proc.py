@@ -47,10 +47,15 @@ def dns2dot_command(args: Sequence[str], launcher: str = "module") -> list[str]:
     raise ValueError(f"unknown launcher {launcher!r}")
 
 
-def startup_line(text: str) -> str | None:
-    """The startup line in ``text`` (a log line containing ``dns2dot: udp+tcp``), if any."""
+#: The startup line with ``--log-format json`` contains this (the message field's start).
+JSON_STARTUP_MARK = '"message": "udp+tcp '
+
+
+def startup_line(text: str, mark: str = STARTUP_MARK) -> str | None:
+    """The startup line in ``text`` (a log line containing ``mark``, by default
+    ``dns2dot: udp+tcp``), if any."""
     for line in text.splitlines():
-        if STARTUP_MARK in line:
+        if mark in line:
             return line
     return None
 
@@ -99,12 +104,16 @@ def start_dns2dot(
     listen_port: int | None = None,
     listen_flag: bool = True,
     ready_timeout: float = 10.0,
+    startup_mark: str = STARTUP_MARK,
 ) -> Dns2Dot:
     """Start dns2dot with ``-l 127.0.0.1:PORT``, one ``-u`` per upstream, ``--cafile``,
     ``--mode`` and ``extra`` flags; wait for the startup line (bounded) and return it.
 
     ``listen_flag=False`` leaves ``-l`` out (the port then comes from ``env``,
     e.g. ``DNS2DOT_LISTEN``; pass the same ``listen_port``).
+
+    ``startup_mark`` is what the startup line contains (:data:`JSON_STARTUP_MARK` with
+    ``--log-format json``).
 
     Raises RuntimeError with the captured stderr if it exits or stays silent.
     """
@@ -134,7 +143,7 @@ def start_dns2dot(
         runner = Dns2Dot(port=port, argv=argv, proc=proc, stderr_path=stderr_path, startup="")
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
-            line = startup_line(runner.stderr())
+            line = startup_line(runner.stderr(), startup_mark)
             if line is not None:
                 runner.startup = line
                 return runner
@@ -143,7 +152,7 @@ def start_dns2dot(
             time.sleep(0.05)
         code = runner.stop()
         last = (
-            f"dns2dot did not log {STARTUP_MARK!r} within {ready_timeout}s "
+            f"dns2dot did not log {startup_mark!r} within {ready_timeout}s "
             f"(exit code {code}); argv={argv}\n--- output ---\n{runner.stderr()}"
         )
         if listen_port is not None or "in use" not in runner.stderr().lower():
