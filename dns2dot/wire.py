@@ -23,6 +23,7 @@ HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _U16 = struct.Struct("!H")
+_COUNTS = struct.Struct("!HHHH")
 
 # Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
 QR = 0x8000
@@ -356,7 +357,7 @@ def _find_opt_lenient(msg: bytes) -> tuple[int, int] | None:
     """:func:`_find_opt` for a message that may be malformed: None when unreadable."""
     try:
         return _find_opt(msg)
-    except (FormError, struct.error):
+    except (FormError, struct.error, IndexError):
         return None
 
 
@@ -411,21 +412,43 @@ def rcode_of(msg: bytes) -> int:
     return msg[3] & RCODE_MASK
 
 
+def _skip_name(msg: bytes, pos: int) -> int:
+    """The offset past the name at ``pos``, without following or checking pointers.
+
+    Only for locating records in a message that is not interpreted further by name
+    (an upstream's answer); raises IndexError when the message ends first.
+    """
+    while True:
+        length = msg[pos]
+        if length == 0:
+            return pos + 1
+        if length >= 0xC0:
+            return pos + 2
+        pos += length + 1
+
+
 def _find_opt(msg: bytes) -> tuple[int, int] | None:
-    """(start, end) of the OPT record in the additional section, if there is one."""
-    _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(msg)
+    """(start, end) of the OPT record in the additional section, if there is one.
+
+    On the path of every answer, so records are skipped, not validated.
+    """
+    qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(msg, 4)
     if not arcount:
         return None
-    offset = _question_end_lenient(msg) if qdcount else HEADER_LEN
-    if qdcount and not offset:
-        return None
-    offset, _ = _skip_records(msg, offset, ancount + nscount)
+    offset = HEADER_LEN
+    unpack = _RR_FIXED.unpack_from
+    for _ in range(qdcount):
+        offset = _skip_name(msg, offset) + 4
+    for _ in range(ancount + nscount):
+        offset = _skip_name(msg, offset) + 10
+        offset += (msg[offset - 2] << 8) | msg[offset - 1]
+    end = len(msg)
     for _ in range(arcount):
         start = offset
-        offset = read_name(msg, offset)
-        rtype, _, _, rdlen = _RR_FIXED.unpack_from(msg, offset)
+        offset = _skip_name(msg, offset)
+        rtype, _, _, rdlen = unpack(msg, offset)
         offset += 10 + rdlen
-        if offset > len(msg):
+        if offset > end:
             raise FormError("record data truncated")
         if rtype == RdataType.OPT:
             return start, offset
@@ -465,6 +488,10 @@ def prepare_upstream(
     if query.edns is None:
         if not pad_block:
             return msg
+        if pad_block == 128 and len(msg) <= MAX_MESSAGE_LEN - 15 - 127:
+            # The common case (a client without EDNS): one precomputed padded OPT.
+            arcount = ((msg[10] << 8) | msg[11]) + 1
+            return _set_arcount(msg, arcount) + _PADDED_OPT[(-(len(msg) + 15)) % 128]
         opt_start, opt_end = len(msg), len(msg)
         payload, ttl, options = OWN_UDP_PAYLOAD, 0, []
         arcount = ((msg[10] << 8) | msg[11]) + 1
@@ -500,6 +527,15 @@ def prepare_upstream(
             else prepare_upstream(msg, query, pad_block=0, keep_client_subnet=keep_client_subnet)
         )
     return prepared
+
+
+def _padded_opt(pad: int) -> bytes:
+    """An OPT record of our own carrying only a padding option of ``pad`` zero octets."""
+    body = _U16.pack(EdnsOption.PADDING) + _U16.pack(pad) + b"\x00" * pad
+    return b"\x00" + _RR_FIXED.pack(RdataType.OPT, OWN_UDP_PAYLOAD, 0, len(body)) + body
+
+
+_PADDED_OPT = tuple(_padded_opt(pad) for pad in range(128))
 
 
 def client_view(answer: bytes, client_has_edns: bool) -> bytes:
