@@ -70,10 +70,12 @@ class AccessList:
 
 
 class RateLimiter:
-    """A token bucket per /24 (IPv4) or /56 (IPv6): ``qps`` sustained, one second of burst."""
+    """A token bucket per /24 (IPv4) or /56 (IPv6): ``qps`` sustained, one second of
+    burst (at least one query, so that a rate below 1 still lets some through)."""
 
     def __init__(self, qps: float) -> None:
         self.qps = qps
+        self.burst = max(qps, 1.0)
         self._buckets: dict[str, tuple[float, float]] = {}
 
     @staticmethod
@@ -84,8 +86,8 @@ class RateLimiter:
 
     def allow(self, host: str, now: float) -> bool:
         key = self.prefix(host)
-        tokens, last = self._buckets.get(key, (self.qps, now))
-        tokens = min(self.qps, tokens + (now - last) * self.qps)
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.qps)
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             return False

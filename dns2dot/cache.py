@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from dns2dot import wire
-from dns2dot.errors import FormError
+from dns2dot.errors import FormError, MessageError
 
 _TTL = struct.Struct("!I")
 _TYPE_SOA = 6
@@ -139,6 +139,11 @@ class Cache:
         """How long an upstream answer may be cached, its TTL offsets and values, and
         where its OPT record is; None: never cached."""
         if len(answer) < wire.HEADER_LEN or answer[2] & (wire.TC >> 8):
+            return None
+        try:
+            if wire.answer_key(answer) is None:
+                return None  # no question to serve it for
+        except (FormError, MessageError):
             return None
         rcode = wire.rcode_of(answer)
         try:

@@ -22,10 +22,17 @@ _ANY = 255
 
 
 def name_to_wire(name: str) -> bytes:
-    """``example.com`` -> lower-case wire form; raises ValueError for a bad name."""
-    labels = [label for label in name.strip().rstrip(".").lower().split(".") if label != ""]
-    if not labels and name.strip() not in (".", ""):
-        raise ValueError(f"bad name {name!r}")
+    """``example.com`` -> lower-case wire form; raises ValueError for a bad name.
+
+    Only a single trailing dot is allowed; an empty label (``a..b``, ``.a``) is an error,
+    so a typo in a list is reported rather than quietly meaning another name.
+    """
+    text = name.strip().lower()
+    if text in (".", ""):
+        return b"\x00"
+    labels = (text[:-1] if text.endswith(".") else text).split(".")
+    if "" in labels:
+        raise ValueError(f"empty label in {name!r}")
     encoded = b""
     for label in labels:
         raw = label.encode("idna") if not label.isascii() else label.encode("ascii")
@@ -120,13 +127,14 @@ def local_answer(msg: bytes, query: wire.Query, records: list[tuple[int, bytes]]
     return answer
 
 
-def _lines(path: str) -> Iterator[str]:
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, content) of each line that is not blank or a comment."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                line = line.split("#", 1)[0].strip()
+            for number, raw in enumerate(handle, 1):
+                line = raw.split("#", 1)[0].strip()
                 if line:
-                    yield line
+                    yield number, line
     except OSError as exc:
         raise ConfigError(f"rules: {path}: {exc.strerror}") from None
 
@@ -134,7 +142,7 @@ def _lines(path: str) -> Iterator[str]:
 def load_hosts(paths: Iterable[str], into: dict[bytes, list[tuple[int, bytes]]]) -> None:
     """hosts(5) files: ``ADDRESS NAME [ALIAS...]``; adds A/AAAA and the matching PTR."""
     for path in paths:
-        for number, line in enumerate(_lines(path), 1):
+        for number, line in _lines(path):
             fields = line.split()
             if len(fields) < 2:
                 raise ConfigError(f"rules: {path}:{number}: expected 'ADDRESS NAME...'")
@@ -156,15 +164,16 @@ def load_hosts(paths: Iterable[str], into: dict[bytes, list[tuple[int, bytes]]])
 def load_blocklist(paths: Iterable[str], into: set[bytes]) -> None:
     """One domain a line, or hosts format (``0.0.0.0 ads.example``); subdomains included."""
     for path in paths:
-        for number, line in enumerate(_lines(path), 1):
+        for number, line in _lines(path):
             fields = line.split()
-            name = fields[-1] if len(fields) > 1 else fields[0]
-            if name in ("localhost", "localhost.localdomain", "local", "broadcasthost"):
-                continue
-            try:
-                into.add(name_to_wire(name))
-            except ValueError as exc:
-                raise ConfigError(f"rules: {path}:{number}: {exc}") from None
+            names = fields[1:] if len(fields) > 1 else fields  # hosts format: all names
+            for name in names:
+                if name in ("localhost", "localhost.localdomain", "local", "broadcasthost"):
+                    continue
+                try:
+                    into.add(name_to_wire(name))
+                except ValueError as exc:
+                    raise ConfigError(f"rules: {path}:{number}: {exc}") from None
 
 
 def parse_block_address(texts: Iterable[str]) -> tuple[bytes, bytes] | None:

@@ -73,14 +73,29 @@ def spki_pin(der: bytes) -> str:
 
 
 def not_after(der: bytes) -> datetime.datetime:
-    """The end of the certificate's validity, in UTC."""
+    """The end of the certificate's validity, in UTC (RFC 5280 §4.1.2.5)."""
     _, start, _ = _tbs_fields(der)[3]
-    _, validity_start, _ = _read_tlv(der, start)
+    tag, validity_start, validity_end = _read_tlv(der, start)
+    if tag != 0x30:
+        raise CertificateError("validity is not a SEQUENCE")
     _, _, not_before_end = _read_tlv(der, validity_start)
+    if not_before_end >= validity_end:
+        raise CertificateError("validity has no notAfter")
     tag, time_start, time_end = _read_tlv(der, not_before_end)
-    text = der[time_start:time_end].decode("ascii")
-    fmt = "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ"
+    if tag not in (0x17, 0x18) or time_end > validity_end:
+        raise CertificateError("notAfter is not a UTCTime or GeneralizedTime")
     try:
-        return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.UTC)
+        text = der[time_start:time_end].decode("ascii")
+    except UnicodeDecodeError:
+        raise CertificateError("notAfter is not ASCII") from None
+    try:
+        if tag == 0x18:
+            moment = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ")
+        else:
+            moment = datetime.datetime.strptime(text, "%y%m%d%H%M%SZ")
+            # RFC 5280 §4.1.2.5.1: two-digit years 50-99 are 19xx, 00-49 are 20xx.
+            if int(text[:2]) >= 50 and moment.year >= 2000:
+                moment = moment.replace(year=moment.year - 100)
     except ValueError:
         raise CertificateError(f"bad validity time {text!r}") from None
+    return moment.replace(tzinfo=datetime.UTC)
