@@ -133,6 +133,10 @@ class Cache:
             self.misses += 1
         return entry
 
+    def peek(self, key: bytes) -> CacheEntry | None:
+        """The entry for ``key`` as it is, without counting a hit or a miss."""
+        return self._entries.get(key)
+
     def lifetime(
         self, answer: bytes
     ) -> tuple[int, list[int], list[int], tuple[int, int] | None] | None:

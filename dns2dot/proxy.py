@@ -262,6 +262,10 @@ class Proxy:
         deadline = self._loop.time() + grace
         while self.resolver.inflight and self._loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
+        for pool in (self.upstreams.pool, *self.upstreams.zone_pools):
+            pool.closing = True
+        self.resolver.abort()  # what is still waiting gets SERVFAIL, not silence
+        await asyncio.sleep(DRAIN_POLL)  # let those answers be written
 
     def close(self) -> None:
         self.tcp_server.stop()

@@ -22,7 +22,7 @@ import dns.rdatatype
 from dns2dot import wire
 from dns2dot.admission import Verdict
 from dns2dot.cache import Cache, CacheEntry, cache_key
-from dns2dot.errors import FormError, MessageError
+from dns2dot.errors import FormError, MessageError, UpstreamClosedError
 from dns2dot.metrics import Stats
 from dns2dot.rules import RuleSet
 from dns2dot.upstream import Exchange, UpstreamPool
@@ -162,6 +162,7 @@ class Resolver:
             self._local(wire.error_response(msg, wire.Rcode.NOTIMP, query), query, reply, transport)
             return
         pool = self.pool
+        zone = b""
         if self.rules is not None:
             matched = self.rules.match(query, msg)
             if isinstance(matched, bytes):
@@ -169,11 +170,13 @@ class Resolver:
                 return
             if matched is not None:
                 pool = self.zone_pools[matched]
+                # Answers from a zone's own upstreams are cached apart from the others.
+                zone = self.rules.zones[matched].encode()
         cache = self.cache
         stale: CacheEntry | None = None
         key = b""
         if cache is not None:
-            key = cache_key(query)
+            key = cache_key(query) + zone
             entry = cache.get(key, now)
             if entry is not None:
                 if entry.fresh(now):
@@ -206,7 +209,7 @@ class Resolver:
 
         exchange = self._exchange(msg, query, counted, now, pool)
         if cache is not None:
-            exchange.store = partial(self._store, key)
+            exchange.store = partial(self._store, key, query)
             if stale is not None:
                 exchange.fallback = partial(self._render_stale, stale, query)
                 self._stale.append((now + self.policy.stale_after, exchange))
@@ -288,9 +291,19 @@ class Resolver:
             self._hedges.append(exchange)
         return exchange
 
-    def _store(self, key: bytes, answer: bytes) -> None:
-        assert self.cache is not None
-        self.cache.put(key, answer, self._loop.time())
+    def _store(self, key: bytes, query: wire.Query, answer: bytes) -> bytes:
+        """Cache an upstream answer; return it as the cache would serve it.
+
+        So the first client already sees the TTL clamps and the padding gone; an answer
+        that is not cacheable goes out as it came.
+        """
+        cache = self.cache
+        assert cache is not None
+        now = self._loop.time()
+        if not cache.put(key, answer, now):
+            return answer
+        entry = cache.peek(key)
+        return answer if entry is None else cache.render(entry, query, now, stale=False)
 
     def _render_stale(self, entry: CacheEntry, query: wire.Query) -> bytes:
         assert self.cache is not None
@@ -310,8 +323,17 @@ class Resolver:
     ) -> None:
         entry.refreshing = True
         exchange = self._exchange(msg, query, _ignore, now, self.pool)
-        exchange.store = partial(self._store, key)
+        exchange.store = partial(self._store, key, query)
         self.pool.submit(exchange)
+
+    def abort(self) -> None:
+        """Answer every query still waiting SERVFAIL now (the grace period is over)."""
+        for exchange in self._deadlines:
+            if not exchange.done:
+                exchange.fail(UpstreamClosedError("dns2dot is shutting down"))
+        self._deadlines.clear()
+        self._hedges.clear()
+        self._stale.clear()
 
     def _sweep(self) -> None:
         now = self._loop.time()

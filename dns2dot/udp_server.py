@@ -42,10 +42,12 @@ class UdpShim(asyncio.DatagramProtocol):
         if transport is None:
             return
         verdict = self.admission.verdict(addr[0], datagram=True)
-        if self.draining:
+        if self.draining and verdict is Verdict.SERVE:
             verdict = Verdict.REFUSE
-        if verdict is not Verdict.SERVE:
+            self.resolver.stats.refused["shutdown"] += 1
+        elif verdict is not Verdict.SERVE:
             self.resolver.turned_away(verdict)
+        if verdict is not Verdict.SERVE:
             response = turn_away(data, verdict)
             if response is not None:
                 transport.sendto(response, addr)

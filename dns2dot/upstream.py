@@ -98,8 +98,9 @@ class Exchange:
     client's ID, or an error response built here. ``upstream_msg`` is what goes
     upstream (padded, see :func:`wire.prepare_upstream`). ``legs`` are the connections
     it is waiting on (two while racing), ``tried`` a bit mask of the upstreams it was
-    sent to. ``store`` sees every upstream answer (the cache); ``fallback`` may supply
-    an answer instead of SERVFAIL (a stale cache entry).
+    sent to. ``store`` sees every upstream answer and returns what the client gets (the
+    cache: its TTL clamps apply from the first answer); ``fallback`` may supply an
+    answer instead of SERVFAIL (a stale cache entry).
     """
 
     __slots__ = (
@@ -139,7 +140,7 @@ class Exchange:
         self.tried = 0
         self.legs: list[tuple[UpstreamConnection, int]] = []
         self.pool: UpstreamPool | None = None
-        self.store: Callable[[bytes], None] | None = None
+        self.store: Callable[[bytes], bytes] | None = None
         self.fallback: Callable[[], bytes] | None = None
 
     def finish(self, answer: bytes) -> None:
@@ -155,7 +156,7 @@ class Exchange:
         if answer[3] & 0x0F == wire.Rcode.FORMERR:
             answer = wire.error_response(self.msg, wire.Rcode.FORMERR, self.query)
         if self.store is not None:
-            self.store(answer)
+            answer = self.store(answer)
         if not self.replied:
             self.replied = True
             self.reply(wire.with_id(answer, self.query.id))
@@ -614,12 +615,16 @@ class UpstreamPool:
         self.strategy = strategy or Strategy()
         self._healths = [server.health for server in self.servers]
         self._loop = asyncio.get_running_loop()
+        self.closing = False  # shutting down: nothing is sent or sent again
 
     def submit(self, exchange: Exchange) -> None:
         """Send the exchange where the strategy says, or fail it now if nowhere is usable."""
         if exchange.done:
             return
         exchange.pool = self
+        if self.closing:
+            exchange.fail(UpstreamClosedError("shutting down"))
+            return
         if self._loop.time() >= exchange.deadline:
             exchange.fail(UpstreamTimeoutError("deadline passed"))
             return
@@ -708,5 +713,7 @@ class UpstreamPool:
         raise last
 
     def close(self) -> None:
+        """Close every connection; what was in flight is failed, never sent again."""
+        self.closing = True
         for server in self.servers:
             server.close()
