@@ -1,6 +1,7 @@
 """``python -m bench``: dns2dot against socat, stubby, unbound and dnsdist, on loopback.
 
-Start-up order: files (CA, zone, queries) -> DoT upstream -> peers and dns2dot -> the
+Start-up order: files (CA, zone, queries) -> DoT upstream -> peers and dns2dot (and the
+DoH upstream with dnsdist and dns2dot forwarding to it, for throughput) -> the
 selected workloads -> stop everything (``finally``, also on SIGINT/SIGTERM/SIGHUP) ->
 report, results.json and results.png. Exit 0 only if every server started and every
 cell produced numbers; 1 if anything failed; 2 for a missing tool; 130 if interrupted.
@@ -271,6 +272,7 @@ def finish(run: Run) -> int:
         "servers": [s.summary() for s in all_servers],
         "cells": [c.as_dict() for c in cells],
         "targets": tgts,
+        "doh_ratios": report.doh_ratios(cells),
         "processes": run.registry.history,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -279,10 +281,12 @@ def finish(run: Run) -> int:
     print(f"bench: wrote {out / 'results.json'} and {out / 'report.txt'}")
     if not run.args.no_chart and cells:
         try:
+            doh_line = report.doh_summary(cells)
             chart.draw(
                 [c.as_dict() for c in cells],
                 out / "results.png",
                 f"dns2dot bench {run.started}{' (smoke)' if settings.smoke else ''}",
+                notes=[doh_line] if doh_line else None,
             )
             print(f"bench: wrote {out / 'results.png'}")
         except Exception as exc:  # the numbers are written already; say why, fail loudly

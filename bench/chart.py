@@ -17,8 +17,13 @@ def missing() -> str | None:
     return None
 
 
-def draw(cells: list[dict[str, object]], path: Path, title: str) -> None:
-    """Throughput bars, published latency bars, and the sustained RSS line if present."""
+def draw(
+    cells: list[dict[str, object]], path: Path, title: str, notes: list[str] | None = None
+) -> None:
+    """Throughput bars, published latency bars, and the sustained RSS line if present.
+
+    ``notes`` are printed under the throughput bars (the DoH ratio line, for one).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,25 +39,42 @@ def draw(cells: list[dict[str, object]], path: Path, title: str) -> None:
         if isinstance(c["detail"], dict) and c["detail"].get("rss_samples")
     ]
     panels = 2 + (1 if sus else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5))
-    colours = {"udp": "#4C72B0", "tcp": "#DD8452", "dot": "#55A868"}
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(6 * panels + 3, 5.5),
+        gridspec_kw={"width_ratios": [1.6] + [1] * (panels - 1)},
+    )
+    colours = {"udp": "#4C72B0", "tcp": "#DD8452", "dot": "#55A868", "doh": "#8172B2"}
 
     ax = axes[0]
     labels = list(dict.fromkeys(str(c["label"]) for c in tp))
     width = 0.38
-    for i, transport in enumerate(("udp", "tcp", "dot")):
+    for i, transport in enumerate(("udp", "tcp", "dot", "doh")):
         xs, ys = [], []
         for j, label in enumerate(labels):
             for c in tp:
                 if c["label"] == label and c["transport"] == transport:
-                    xs.append(j + (i - 0.5) * width if transport != "dot" else j)
+                    xs.append(j + (i - 0.5) * width if transport in ("udp", "tcp") else j)
                     ys.append(c["metrics"]["qps"])  # type: ignore[index]
         if xs:
             ax.bar(xs, ys, width, label=transport, color=colours[transport])
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_ylabel("queries/s")
-    ax.set_title("max throughput (higher is better)")
     ax.legend()
+    if notes:
+        ax.set_title("max throughput (higher is better)", pad=8 + 11 * len(notes))
+        ax.text(
+            0.5,
+            1.01,
+            "\n".join(notes),
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    else:
+        ax.set_title("max throughput (higher is better)")
 
     ax = axes[1]
     names = [str(c["label"]) for c in pub]

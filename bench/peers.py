@@ -1,9 +1,11 @@
-"""Configurations and launchers for the DoT upstream, the peers and dns2dot.
+"""Configurations and launchers for the DoT and DoH upstreams, the peers and dns2dot.
 
 The configurations are the ones in shared/PEERS.md (the fair, working setups the figures
 there came from), with three loopback-only additions: socat binds 127.0.0.1, dnsdist's
-security polling is off, and the upstream refuses every name outside the bench zone, so
-no query can ever leave the machine.
+security polling is off, and the upstreams refuse every name outside the bench zone, so
+no query can ever leave the machine. The DoH upstream is a second unbound serving the
+same zone with ``https-port`` (PEERS.md, "For DoH as well"); dnsdist reaches it with
+``dohPath`` and dns2dot with ``-u https://127.0.0.1:PORT/dns-query#dns.test``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .zone import ZoneFiles
 
 REPO = Path(__file__).resolve().parent.parent
 DNS2DOT_READY = "dns2dot: udp+tcp"
+DOH_PATH = "/dns-query"
 START_TIMEOUT = 30.0
 
 
@@ -55,7 +58,10 @@ class Server:
         }
 
 
-def _upstream_conf(work: Path, pki: Pki, zone: ZoneFiles, port: int) -> str:
+def _upstream_conf(work: Path, pki: Pki, zone: ZoneFiles, port: int, *, https: bool = False) -> str:
+    """unbound serving the zone over DoT on ``port`` (PEERS.md), or over DoH with ``https``
+    (``https-port``: HTTP/2 at ``/dns-query``; Debian's unbound is built with nghttp2)."""
+    service = f"https-port: {port}" if https else f"tls-port: {port}"
     return f"""server:
     username: ""
     chroot: ""
@@ -65,7 +71,7 @@ def _upstream_conf(work: Path, pki: Pki, zone: ZoneFiles, port: int) -> str:
     logfile: ""
     num-threads: 1
     interface: 127.0.0.1@{port}
-    tls-port: {port}
+    {service}
     tls-service-key: "{pki.key_pem}"
     tls-service-pem: "{pki.cert_pem}"
     do-ip6: no
@@ -127,12 +133,16 @@ upstream_recursive_servers:
 """
 
 
-def _dnsdist_conf(pki: Pki, port: int, uport: int, check_name: str) -> str:
+def _dnsdist_conf(
+    pki: Pki, port: int, uport: int, check_name: str, doh_path: str | None = None
+) -> str:
+    """PEERS.md's dnsdist; with ``doh_path`` the backend is DoH (dnsdist 1.7 ``dohPath``)."""
+    doh = f', dohPath="{doh_path}"' if doh_path else ""
     return f"""setSecurityPollSuffix("")
 setLocal("127.0.0.1:{port}")
 setACL({{"127.0.0.0/8"}})
 newServer({{address="127.0.0.1:{uport}", tls="openssl", subjectName="{pki.name}",
-           caStore="{pki.ca_pem}", validateCertificates=true, checkName="{check_name}"}})
+           caStore="{pki.ca_pem}", validateCertificates=true, checkName="{check_name}"{doh}}})
 """
 
 
@@ -193,6 +203,27 @@ def start_upstream(
     return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], zone.probe_name, pki)
 
 
+def start_doh_upstream(
+    registry: Registry,
+    work: Path,
+    pki: Pki,
+    zone: ZoneFiles,
+    port: int | None = None,
+    key: str = "upstream-doh",
+) -> Server:
+    """unbound serving the same zone over DoH (the DoH ceiling, and the DoH peers' upstream)."""
+    port = port or free_port()
+    conf = work / f"{key}.conf"
+    conf.write_text(_upstream_conf(work, pki, zone, port, https=True))
+    server = Server(key, "unbound DoH upstream", ("doh",), port)
+    return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], zone.probe_name, pki)
+
+
+def doh_url(pki: Pki, port: int) -> str:
+    """The DoH upstream's URL as dnsperf takes it (``-O doh-uri=``): name, port and path."""
+    return f"https://{pki.name}:{port}{DOH_PATH}"
+
+
 def start_socat(registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str) -> Server:
     """socat tcp-listen,fork -> openssl: a process and a TLS handshake per connection."""
     port = free_port()
@@ -223,11 +254,22 @@ def start_unbound_forwarder(
     return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], probe_name, pki)
 
 
-def start_dnsdist(registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str) -> Server:
+def start_dnsdist(
+    registry: Registry,
+    work: Path,
+    pki: Pki,
+    uport: int,
+    probe_name: str,
+    *,
+    doh_path: str | None = None,
+    key: str = "dnsdist",
+    label: str = "dnsdist",
+) -> Server:
+    """dnsdist with one DoT backend, or a DoH one with ``doh_path``."""
     port = free_port()
-    conf = work / "dnsdist.conf"
-    conf.write_text(_dnsdist_conf(pki, port, uport, probe_name))
-    server = Server("dnsdist", "dnsdist", ("udp", "tcp"), port)
+    conf = work / f"{key}.conf"
+    conf.write_text(_dnsdist_conf(pki, port, uport, probe_name, doh_path))
+    server = Server(key, label, ("udp", "tcp"), port)
     argv = ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)]
     return _launch(registry, server, argv, probe_name, pki)
 
@@ -250,16 +292,19 @@ def start_dns2dot(
     key: str,
     root: Path = REPO,
     probe: bool = True,
+    upstream: str | None = None,
+    label: str | None = None,
 ) -> Server:
     """``python -m dns2dot`` run from ``root`` (this checkout by default, or another one to
     compare); ready once it prints its startup line.
 
     With ``probe=False`` nothing is queried, so the first query the caller sends is the
     one that pays for the upstream TLS handshake (the cold-start workload).
+    ``upstream`` replaces the ``-u`` value (default: the DoT upstream on ``uport``).
     """
     port = free_port()
     transports = ("udp", "tcp") if mode == "pool" else ("tcp",)
-    label = "dns2dot" if mode == "pool" else "dns2dot pipe"
+    label = label or ("dns2dot" if mode == "pool" else "dns2dot pipe")
     server = Server(key, label, transports, port)
     argv = [
         sys.executable,
@@ -268,7 +313,7 @@ def start_dns2dot(
         "-l",
         f"127.0.0.1:{port}",
         "-u",
-        f"127.0.0.1:{uport}#{pki.name}",
+        upstream or f"127.0.0.1:{uport}#{pki.name}",
         "--cafile",
         str(pki.ca_pem),
         "--mode",

@@ -1,4 +1,5 @@
-"""Is a server answering? dig/kdig probes before measuring, timed single queries after.
+"""Is a server answering? dig/kdig probes (kdig for DoT and DoH) before measuring, timed
+single queries after.
 
 A peer that does not answer a probe is a failed cell, never a silently skipped one.
 """
@@ -31,12 +32,12 @@ class Answer:
 def _dig_argv(
     transport: str, port: int, name: str, ca: Path | None, tls_name: str | None
 ) -> list[str]:
-    if transport == "dot":
+    if transport in ("dot", "doh"):
         if ca is None or tls_name is None:
-            raise ValueError("a DoT probe needs the CA and the TLS name")
+            raise ValueError(f"a {transport} probe needs the CA and the TLS name")
         return [
             "kdig",
-            "+tls",
+            "+tls" if transport == "dot" else "+https=/dns-query",
             f"+tls-ca={ca}",
             f"+tls-hostname={tls_name}",
             "+retry=0",
@@ -76,7 +77,8 @@ def wait_answering(
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
             text = out.stdout + out.stderr
-            status = re.search(r"status: (\w+)", text)
+            # the header line's status (kdig +https prints an HTTP "(status: 200)" first)
+            status = re.search(r"->>HEADER<<- opcode: \w+[,;] status: (\w+)", text)
             answers = re.search(r"ANSWER: (\d+)", text)
             if status and status.group(1) == "NOERROR" and answers and int(answers.group(1)) > 0:
                 return time.monotonic() - start

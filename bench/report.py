@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .workloads import Cell
+from .workloads import DOH_KEYS, Cell
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,18 @@ def targets(cells_list: list[Cell], workloads: Iterable[str]) -> list[Target]:
                 "",
             ),
         ]
+        doh = doh_ratios(cells_list)
+        out += [
+            _judge(
+                f"DoH upstream, {t.upper()} q/s, dns2dot / dnsdist",
+                doh[f"{t}_dns2dot_over_dnsdist"],
+                ">=",
+                1.0,
+                "x",
+                "",
+            )
+            for t in ("udp", "tcp")
+        ]
     if "published" in ran:
         socat = _metric(cells, "published/tcp/socat", "avg_ms")
         for key, label in (("dns2dot", "pool"), ("dns2dot-pipe", "pipe")):
@@ -137,6 +149,35 @@ def targets(cells_list: list[Cell], workloads: Iterable[str]) -> list[Target]:
             )
         )
     return out
+
+
+def doh_ratios(cells_list: list[Cell]) -> dict[str, float | None]:
+    """The DoH row's ratios: dns2dot over dnsdist (both forwarding to the same unbound
+    DoH upstream), and dns2dot over the DoH ceiling (dnsperf -m doh straight at it)."""
+    cells = _index(cells_list)
+    ceiling = _metric(cells, "throughput/doh/upstream-doh", "qps")
+    out: dict[str, float | None] = {}
+    for t in ("udp", "tcp"):
+        mine = _metric(cells, f"throughput/{t}/dns2dot-doh", "qps")
+        peer = _metric(cells, f"throughput/{t}/dnsdist-doh", "qps")
+        for key, value in (
+            (f"{t}_dns2dot_over_dnsdist", _ratio(mine, peer)),
+            (f"{t}_dns2dot_over_ceiling", _ratio(mine, ceiling)),
+        ):
+            out[key] = None if value is None else round(value, 3)
+    return out
+
+
+def doh_summary(cells_list: list[Cell]) -> str | None:
+    """One line with the DoH ratios (for the report and the chart); None without DoH cells."""
+    if not any(c.workload == "throughput" and c.server in DOH_KEYS for c in cells_list):
+        return None
+    r = doh_ratios(cells_list)
+    return (
+        f"DoH upstream: dns2dot / dnsdist UDP {_x(r['udp_dns2dot_over_dnsdist'])}, "
+        f"TCP {_x(r['tcp_dns2dot_over_dnsdist'])}; dns2dot / DoH ceiling "
+        f"UDP {_x(r['udp_dns2dot_over_ceiling'])}, TCP {_x(r['tcp_dns2dot_over_ceiling'])}"
+    )
 
 
 # ---------------------------------------------------------------- formatting
@@ -183,7 +224,7 @@ def _perf_table(
                 _ms(m.get("max_ms")),
                 _f(m.get("lost"), ",d" if isinstance(m.get("lost"), int) else ",.0f"),
                 _x(r.get("pool")),
-                _x(r.get("pipe")),
+                _x(r.get("pipe")) if ratio_head[1] else "",
             ]
         else:
             cols = [c.label, c.transport, "FAILED", "", "", "", "", ""]
@@ -212,7 +253,9 @@ def render(
     def by(workload: str) -> list[Cell]:
         return [c for c in cells_list if c.workload == workload]
 
-    tp = by("throughput")
+    tp_all = by("throughput")
+    tp = [c for c in tp_all if c.server not in DOH_KEYS]
+    tp_doh = [c for c in tp_all if c.server in DOH_KEYS]
     if tp:
         ratios: dict[str, dict[str, float | None]] = {}
         for c in tp:
@@ -246,6 +289,30 @@ def render(
             "   dns2dot vs the ceiling (dnsperf -m dot straight at the upstream): "
             + ", ".join(parts)
         )
+        out.append("")
+    if tp_doh:
+        doh_r: dict[str, dict[str, float | None]] = {
+            c.id: {
+                "pool": _ratio(
+                    _metric(cells, f"throughput/{c.transport}/dns2dot-doh", "qps"),
+                    _metric(cells, c.id, "qps"),
+                )
+            }
+            for c in tp_doh
+            if c.server == "dnsdist-doh"
+        }
+        out.append(
+            "== throughput over a DoH upstream (unbound https-port, same zone): dnsdist "
+            "(dohPath) and dns2dot (-u https://...) forward to it"
+        )
+        out.append(
+            "   ratio column: dns2dot q/s / dnsdist's, same transport (>1 = dns2dot faster); "
+            "the doh row is dnsperf -m doh (GET) straight at the upstream, the ceiling"
+        )
+        out += _perf_table(tp_doh, doh_r, ("d2d/peer", ""))
+        summary = doh_summary(cells_list)
+        if summary:
+            out.append(f"   {summary}")
         out.append("")
     pub = by("published")
     if pub:

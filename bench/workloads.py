@@ -32,7 +32,12 @@ THROUGHPUT_ORDER = (
     "dnsdist",
     "dns2dot",
     "dns2dot-pipe",
+    # the same over a DoH upstream: its ceiling, then dnsdist and dns2dot forwarding to it
+    "upstream-doh",
+    "dnsdist-doh",
+    "dns2dot-doh",
 )
+DOH_KEYS = ("upstream-doh", "dnsdist-doh", "dns2dot-doh")
 PUBLISHED_ORDER = ("socat", "dns2dot", "dns2dot-pipe")
 
 
@@ -167,6 +172,7 @@ def _perf_cell(
         duration=duration,
         max_qps=max_qps,
         query_timeout=s.query_timeout,
+        doh_uri=peers.doh_url(bench.pki, server.port) if cell.transport == "doh" else None,
     )
     name = f"dnsperf-{cell.workload}-{cell.transport}-{server.key}"
     try:
@@ -577,7 +583,9 @@ def start_servers(
     needed = {key for w in chosen for key in NEEDS[w]} - {"upstream"}
     servers: dict[str, peers.Server] = {}
     for key in [k for k in THROUGHPUT_ORDER if k in needed]:
-        if not upstream.ok:
+        if key in DOH_KEYS:
+            srv = _start_doh_server(registry, work, pki, zone, settings, servers, key)
+        elif not upstream.ok:
             srv = peers.Server(
                 key, key, ("udp", "tcp"), 0, error=f"upstream failed: {upstream.error}"
             )
@@ -597,6 +605,47 @@ def start_servers(
         servers[key] = srv
         say_started(srv)
     return servers
+
+
+def _start_doh_server(
+    registry: Registry,
+    work: Path,
+    pki: Pki,
+    zone: ZoneFiles,
+    settings: Settings,
+    servers: dict[str, peers.Server],
+    key: str,
+) -> peers.Server:
+    """The DoH row: unbound serving DoH (started first), then dnsdist and dns2dot to it."""
+    if key == "upstream-doh":
+        return peers.start_doh_upstream(registry, work, pki, zone)
+    doh = servers.get("upstream-doh")
+    if doh is None or not doh.ok:
+        why = doh.error if doh is not None else "not started"
+        return peers.Server(key, key, ("udp", "tcp"), 0, error=f"DoH upstream failed: {why}")
+    if key == "dnsdist-doh":
+        return peers.start_dnsdist(
+            registry,
+            work,
+            pki,
+            doh.port,
+            zone.probe_name,
+            doh_path=peers.DOH_PATH,
+            key=key,
+            label="dnsdist -> DoH",
+        )
+    return peers.start_dns2dot(
+        registry,
+        pki,
+        doh.port,
+        zone.probe_name,
+        mode="pool",
+        extra_args=settings.dns2dot_args,
+        key=key,
+        root=settings.dns2dot_root,
+        upstream=f"https://127.0.0.1:{doh.port}{peers.DOH_PATH}#{pki.name}",
+        label="dns2dot -> DoH",
+    )
 
 
 def say_started(srv: peers.Server) -> None:

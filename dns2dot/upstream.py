@@ -305,7 +305,8 @@ class UpstreamConnection:
                 # gets the same rcode in an answer of ours, never the upstream's bytes.
                 msg = wire.error_response(exchange.msg, wire.rcode_of(msg), exchange.query)
             else:
-                log.debug("%s: answer for ID %d is not for that question", self.server, uid)
+                # Logged at warning level, identical each time so that repeats are folded.
+                log.warning("%s: an answer did not echo its question; ignored", self.server)
                 return
         self._release(uid)
         now = self._loop.time()

@@ -1,5 +1,6 @@
 """The benchmark harness works end to end: ``python -m bench --smoke`` starts the upstream,
-every peer and dns2dot, runs every workload briefly, stops everything and writes a
+every peer and dns2dot (DoT, and the DoH row: unbound serving DoH, dnsdist and dns2dot
+forwarding to it), runs every workload briefly, stops everything and writes a
 results.json in which every cell has numbers. No timing is asserted: benchmarks are not
 tests (DESIGN.md, "How performance is measured").
 """
@@ -30,6 +31,12 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "throughput/udp/dns2dot": PERF,
     "throughput/tcp/dns2dot": PERF,
     "throughput/tcp/dns2dot-pipe": PERF,
+    # the DoH row: the ceiling straight at unbound's DoH, then dnsdist and dns2dot to it
+    "throughput/doh/upstream-doh": PERF,
+    "throughput/udp/dnsdist-doh": PERF,
+    "throughput/tcp/dnsdist-doh": PERF,
+    "throughput/udp/dns2dot-doh": PERF,
+    "throughput/tcp/dns2dot-doh": PERF,
     "published/tcp/socat": PERF,
     "published/tcp/dns2dot": PERF,
     "published/tcp/dns2dot-pipe": PERF,
@@ -65,6 +72,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert all(s["error"] is None for s in results["servers"]), results["servers"]
     assert results["targets"], "no targets reported"
     assert {t["result"] for t in results["targets"]} <= {"PASS", "MISS"}
-    assert (out / "report.txt").read_text().strip()
+    doh_targets = [t for t in results["targets"] if t["name"].startswith("DoH upstream")]
+    assert len(doh_targets) == 2 and all(t["value"] is not None for t in doh_targets)
+    ratios = results["doh_ratios"]
+    for t in ("udp", "tcp"):
+        for key in (f"{t}_dns2dot_over_dnsdist", f"{t}_dns2dot_over_ceiling"):
+            assert isinstance(ratios.get(key), (int, float)), f"doh_ratios[{key}]: {ratios}"
+    report = (out / "report.txt").read_text()
+    assert "== throughput over a DoH upstream" in report and "dns2dot / dnsdist UDP" in report
     if have_chart:
         assert (out / "results.png").stat().st_size > 0
