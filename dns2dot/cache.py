@@ -40,15 +40,13 @@ class CacheEntry:
     expires: float
     stale_until: float
     qname_len: int
+    size: int  # bytes charged against the cache's byte bound
+    clamped: bool = False  # a TTL was changed by the clamps: serve through render()
     hits: int = 0
     refreshing: bool = False
 
     def fresh(self, now: float) -> bool:
         return now < self.expires
-
-    @property
-    def size(self) -> int:
-        return len(self.answer) + ENTRY_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -77,14 +75,14 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[i
     _, _, qdcount, ancount, nscount, arcount = wire.HEADER.unpack_from(answer)
     offset = wire.HEADER_LEN
     for _ in range(qdcount):
-        offset = wire.read_name(answer, offset) + 4
+        offset = wire.skip_name(answer, offset) + 4
     offsets: list[int] = []
     ttls: list[int] = []
     negative: int | None = None
     opt: tuple[int, int] | None = None
     for index in range(ancount + nscount + arcount):
         start = offset
-        offset = wire.read_name(answer, offset)
+        offset = wire.read_name(answer, offset)  # validated: a broken answer is not kept
         if offset + 10 > len(answer):
             raise FormError("record header truncated")
         rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", answer, offset)
@@ -152,7 +150,7 @@ class Cache:
         rcode = wire.rcode_of(answer)
         try:
             offsets, ttls, negative, opt = _walk_ttls(answer)
-        except (FormError, struct.error):
+        except (FormError, struct.error, IndexError):
             return None
         policy = self.policy
         if rcode == wire.Rcode.SERVFAIL:
@@ -187,7 +185,7 @@ class Cache:
                 if opt[1] != len(answer):  # OPT not last: offsets after it moved
                     return self.put(key, stripped, now)
                 answer = stripped
-        qname_len = wire.read_name(answer, wire.HEADER_LEN) - wire.HEADER_LEN
+        qname_len = wire.skip_name(answer, wire.HEADER_LEN) - wire.HEADER_LEN
         entry = CacheEntry(
             answer=b"\x00\x00" + answer[2:],
             ttl_offsets=tuple(offsets),
@@ -196,6 +194,11 @@ class Cache:
             expires=now + ttl,
             stale_until=now + ttl + self.policy.stale_ttl,
             qname_len=qname_len,
+            size=len(answer) + ENTRY_OVERHEAD,
+            clamped=any(
+                _TTL.unpack_from(answer, offset)[0] != value
+                for offset, value in zip(offsets, ttls, strict=True)
+            ),
         )
         if key in self._entries:
             self._remove(key)

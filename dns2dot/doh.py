@@ -20,6 +20,7 @@ at a time with keep-alive: a fallback, not a fast path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -213,9 +214,11 @@ class DohConnection(UpstreamConnection):
             conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             body = self._bodies.setdefault(event.stream_id, bytearray())
             body += event.data or b""
-            if len(body) > MAX_BODY:
+            if len(body) > MAX_BODY and event.stream_id not in self._problems:
                 self._problems[event.stream_id] = "answer larger than a DNS message"
-                conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.CANCEL)
+                with contextlib.suppress(h2.exceptions.StreamClosedError):
+                    # Already over if this frame carried END_STREAM.
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.CANCEL)
                 self._finish_stream(event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             self._finish_stream(event.stream_id)
@@ -223,11 +226,12 @@ class DohConnection(UpstreamConnection):
             self._bodies.pop(event.stream_id, None)
             self._problems.pop(event.stream_id, None)
             self._unsent.pop(event.stream_id, None)
-            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+            # Even a refused stream (never processed, RFC 9113 §8.7) counts as sent: the
+            # query is tried once more, not again and again on a server shedding load.
             self._give_back(
                 event.stream_id,
                 UpstreamClosedError(f"stream reset ({event.error_code!r})"),
-                sent=not refused,  # a refused stream was never processed (RFC 9113 §8.7)
+                sent=True,
             )
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway = True

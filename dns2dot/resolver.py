@@ -303,7 +303,11 @@ class Resolver:
         if not cache.put(key, answer, now):
             return answer
         entry = cache.peek(key)
-        return answer if entry is None else cache.render(entry, query, now, stale=False)
+        if entry is None:
+            return answer
+        if entry.clamped:
+            return cache.render(entry, query, now, stale=False)
+        return entry.answer  # padding removed; the client's ID goes in on the way out
 
     def _render_stale(self, entry: CacheEntry, query: wire.Query) -> bytes:
         assert self.cache is not None

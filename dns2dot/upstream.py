@@ -283,6 +283,10 @@ class UpstreamConnection:
             pass
         except (MessageError, FormError) as exc:
             log.warning("%s: malformed answer (%s), reconnecting", self.server, exc)
+        except Exception:
+            # A bug must cost one connection (its queries are sent again), never the
+            # upstream: without this the dead connection would keep taking queries.
+            log.exception("%s: connection failed unexpectedly, reconnecting", self.server)
         finally:
             self._stream.close()
         self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)

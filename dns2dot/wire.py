@@ -412,7 +412,7 @@ def rcode_of(msg: bytes) -> int:
     return msg[3] & RCODE_MASK
 
 
-def _skip_name(msg: bytes, pos: int) -> int:
+def skip_name(msg: bytes, pos: int) -> int:
     """The offset past the name at ``pos``, without following or checking pointers.
 
     Only for locating records in a message that is not interpreted further by name
@@ -438,14 +438,14 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
     offset = HEADER_LEN
     unpack = _RR_FIXED.unpack_from
     for _ in range(qdcount):
-        offset = _skip_name(msg, offset) + 4
+        offset = skip_name(msg, offset) + 4
     for _ in range(ancount + nscount):
-        offset = _skip_name(msg, offset) + 10
+        offset = skip_name(msg, offset) + 10
         offset += (msg[offset - 2] << 8) | msg[offset - 1]
     end = len(msg)
     for _ in range(arcount):
         start = offset
-        offset = _skip_name(msg, offset)
+        offset = skip_name(msg, offset)
         rtype, _, _, rdlen = unpack(msg, offset)
         offset += 10 + rdlen
         if offset > end:
