@@ -6,9 +6,7 @@ hand where the message has to be broken on purpose) and feeds it to the pure cod
 
 from __future__ import annotations
 
-import contextlib
 import struct
-import time
 
 import dns.edns
 import dns.exception
