@@ -220,11 +220,15 @@ class PipeSession:
         )
 
     async def _relay(self, source: IOStream, sink: IOStream) -> None:
+        """Copy one direction. A write is waited for only while the sink is still
+        busy with the one before: back-pressure without a round trip per chunk."""
         try:
             while True:
                 data = await source.read_bytes(READ_CHUNK, partial=True)
                 self.last_active = self._loop.time()
-                await sink.write(data)
+                written = sink.write(data)
+                if sink.writing():
+                    await written
         except StreamClosedError:
             pass
         finally:
