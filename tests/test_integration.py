@@ -21,6 +21,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from support.dnsperf import run_dnsperf
 from support.net import (
     LOOPBACK,
     TcpClient,
@@ -349,56 +350,6 @@ def test_writes_split_across_frames(served: Dns2Dot) -> None:
 # -- dnsperf bursts --------------------------------------------------------------------
 
 
-@dataclass
-class PerfResult:
-    sent: int
-    completed: int
-    lost: int
-    rcodes: dict[str, int]
-    raw: str
-
-
-def dnsperf(port: int, datafile: Path, *, tcp: bool, runs: int = 3) -> PerfResult:
-    """Run dnsperf (bounded by -n and -l) and parse its statistics."""
-    argv = [
-        "dnsperf",
-        "-s",
-        LOOPBACK,
-        "-p",
-        str(port),
-        "-d",
-        str(datafile),
-        "-n",
-        str(runs),
-        "-l",
-        "20",
-        "-c",
-        "4",
-        "-t",
-        "5",
-    ]
-    if tcp:
-        argv += ["-m", "tcp"]
-    out = run_tool(argv, timeout=60)
-
-    def num(label: str) -> int:
-        m = re.search(rf"{label}:\s+(\d+)", out)
-        assert m, f"no '{label}' in dnsperf output:\n{out}"
-        return int(m.group(1))
-
-    rcodes: dict[str, int] = {}
-    m = re.search(r"Response codes:\s+(.*)", out)
-    if m:
-        rcodes = {k: int(v) for k, v in re.findall(r"([A-Z]+) (\d+) \(", m.group(1))}
-    return PerfResult(
-        sent=num("Queries sent"),
-        completed=num("Queries completed"),
-        lost=num("Queries lost"),
-        rcodes=rcodes,
-        raw=out,
-    )
-
-
 @pytest.fixture(scope="module")
 def perf_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A dnsperf input file: the 1000 ``n<i>`` names, type A."""
@@ -410,7 +361,7 @@ def perf_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_dnsperf_burst_loses_nothing(served: Dns2Dot, perf_data: Path, transport: str) -> None:
     """3000 queries as fast as dnsperf sends them: none lost, all NOERROR."""
-    res = dnsperf(served.port, perf_data, tcp=transport == "tcp")
+    res = run_dnsperf(served.port, perf_data, tcp=transport == "tcp", runs=3, seconds=20)
     assert res.sent == 3 * N_NAMES, res.raw
     assert res.lost == 0, res.raw
     assert res.completed == res.sent, res.raw
