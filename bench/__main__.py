@@ -1,7 +1,8 @@
 """``python -m bench``: dns2dot against socat, stubby, unbound and dnsdist, on loopback.
 
 Start-up order: files (CA, zone, queries) -> DoT upstream -> peers and dns2dot (and the
-DoH upstream with dnsdist and dns2dot forwarding to it, for throughput) -> the
+DoH upstream with dnsdist and dns2dot forwarding to it, for throughput; dns2dot and
+unbound with their caches on, for the cache workload) -> the
 selected workloads -> stop everything (``finally``, also on SIGINT/SIGTERM/SIGHUP) ->
 report, results.json and results.png. Exit 0 only if every server started and every
 cell produced numbers; 1 if anything failed; 2 for a missing tool; 130 if interrupted.
@@ -223,6 +224,7 @@ def measure(run: Run) -> None:
         "names": zone.names,
         "records": zone.records,
         "queries": zone.queries_total,
+        "unique_questions": zone.unique_questions,
         "mix": zone.mix,
         "query_file": str(zone.queries),
     }
@@ -273,6 +275,7 @@ def finish(run: Run) -> int:
         "cells": [c.as_dict() for c in cells],
         "targets": tgts,
         "doh_ratios": report.doh_ratios(cells),
+        "cache_ratios": report.cache_ratios(cells),
         "processes": run.registry.history,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -287,6 +290,7 @@ def finish(run: Run) -> int:
                 out / "results.png",
                 f"dns2dot bench {run.started}{' (smoke)' if settings.smoke else ''}",
                 notes=[doh_line] if doh_line else None,
+                cache_note=report.cache_summary(cells),
             )
             print(f"bench: wrote {out / 'results.png'}")
         except Exception as exc:  # the numbers are written already; say why, fail loudly

@@ -5,14 +5,20 @@ there came from), with three loopback-only additions: socat binds 127.0.0.1, dns
 security polling is off, and the upstreams refuse every name outside the bench zone, so
 no query can ever leave the machine. The DoH upstream is a second unbound serving the
 same zone with ``https-port`` (PEERS.md, "For DoH as well"); dnsdist reaches it with
-``dohPath`` and dns2dot with ``-u https://127.0.0.1:PORT/dns-query#dns.test``.
+``dohPath`` and dns2dot with ``-u https://127.0.0.1:PORT/dns-query#dns.test``. For the
+cache workload the unbound forwarder runs with its cache on (PEERS.md's three
+``*-cache-size: 0`` lines dropped, the caches sized to hold the zone, remote-control on
+loopback for its counters).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +45,10 @@ class Server:
     error: str | None = None
     ready_s: float | None = None
     argv: list[str] = field(default_factory=list)
+    # cache hits and misses so far, for servers started with their cache on (None: unknown)
+    counts: Callable[[], tuple[int, int] | None] | None = None
+    # seconds to wait after a run before ``counts`` reflects it
+    counts_settle: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -87,7 +97,30 @@ include: "{zone.local_data}"
 """
 
 
-def _forwarder_conf(work: Path, pki: Pki, port: int, uport: int) -> str:
+# unbound's default caches (4 MB each) hold about a quarter of the bench zone's answers:
+# with them the cache workload would measure unbound mostly on misses. Sized like
+# dns2dot's --cache-size there, both caches hold every answer of the default zone.
+FWD_CACHE_LINES = (
+    "msg-cache-size: 64m",
+    "rrset-cache-size: 128m",
+)
+
+
+def _forwarder_conf(
+    work: Path, pki: Pki, port: int, uport: int, *, cache: bool = False, control_port: int = 0
+) -> str:
+    """PEERS.md's unbound forwarder: caches at 0, or with ``cache`` the three
+    ``*-cache-size: 0`` lines dropped, the caches sized to hold the zone and
+    remote-control on ``control_port`` (loopback, no certificates) for its hit counters."""
+    if cache:
+        caches = "\n    ".join(FWD_CACHE_LINES)
+        control = f"""control-enable: yes
+    control-interface: 127.0.0.1
+    control-port: {control_port}
+    control-use-cert: no"""
+    else:
+        caches = "msg-cache-size: 0\n    rrset-cache-size: 0\n    key-cache-size: 0"
+        control = "control-enable: no"
     return f"""server:
     username: ""
     chroot: ""
@@ -105,11 +138,9 @@ def _forwarder_conf(work: Path, pki: Pki, port: int, uport: int) -> str:
     tls-cert-bundle: "{pki.ca_pem}"
     do-not-query-localhost: no
     local-zone: "test." nodefault
-    msg-cache-size: 0
-    rrset-cache-size: 0
-    key-cache-size: 0
+    {caches}
 remote-control:
-    control-enable: no
+    {control}
 forward-zone:
     name: "."
     forward-tls-upstream: yes
@@ -252,6 +283,60 @@ def start_unbound_forwarder(
     conf.write_text(_forwarder_conf(work, pki, port, uport))
     server = Server("unbound-fwd", "unbound fwd (cache off)", ("udp", "tcp"), port)
     return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], probe_name, pki)
+
+
+def start_unbound_forwarder_cached(
+    registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str
+) -> Server:
+    """The same forwarder with its cache on (the cache-hit comparison); its hit counters
+    come from ``unbound-control stats_noreset``."""
+    port = free_port()
+    conf = work / "unbound-fwd-cache.conf"
+    conf.write_text(_forwarder_conf(work, pki, port, uport, cache=True, control_port=free_port()))
+    server = Server("unbound-fwd-cache", "unbound fwd (cache on)", ("udp", "tcp"), port)
+    server.counts = lambda: unbound_cache_counts(conf)
+    return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], probe_name, pki)
+
+
+def unbound_cache_counts(conf: Path) -> tuple[int, int] | None:
+    """unbound's cache hits and misses since it started (None if unbound-control fails)."""
+    try:
+        res = subprocess.run(
+            ["unbound-control", "-c", str(conf), "stats_noreset"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    stats = dict(ln.split("=", 1) for ln in res.stdout.splitlines() if "=" in ln)
+    try:
+        return int(stats["total.num.cachehits"]), int(stats["total.num.cachemiss"])
+    except (KeyError, ValueError):
+        return None
+
+
+def dns2dot_cache_counts(metrics_port: int) -> tuple[int, int] | None:
+    """dns2dot's cache hits and misses from its Prometheus endpoint (None if unreachable).
+
+    dns2dot refreshes what it exposes twice a second: read it a second after a run.
+    """
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("dns2dot_cache_hits_total", "dns2dot_cache_misses_total"):
+            with contextlib.suppress(ValueError):
+                found[name] = int(float(value))
+    if len(found) != 2:
+        return None
+    return found["dns2dot_cache_hits_total"], found["dns2dot_cache_misses_total"]
 
 
 def start_dnsdist(

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .workloads import DOH_KEYS, Cell
+from .workloads import CACHE_ORDER, DOH_KEYS, Cell
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,19 @@ def targets(cells_list: list[Cell], workloads: Iterable[str]) -> list[Target]:
             )
             for t in ("udp", "tcp")
         ]
+    if "cache" in ran:
+        cr = cache_ratios(cells_list)
+        out += [
+            _judge(
+                f"cache hits, {t.upper()} q/s, dns2dot / unbound fwd (cache on)",
+                cr[f"{t}_dns2dot_over_unbound"],
+                ">=",
+                1.0,
+                "x",
+                "",
+            )
+            for t in ("udp", "tcp")
+        ]
     if "published" in ran:
         socat = _metric(cells, "published/tcp/socat", "avg_ms")
         for key, label in (("dns2dot", "pool"), ("dns2dot-pipe", "pipe")):
@@ -180,6 +193,31 @@ def doh_summary(cells_list: list[Cell]) -> str | None:
     )
 
 
+def cache_ratios(cells_list: list[Cell]) -> dict[str, float | None]:
+    """The cache workload's ratios: dns2dot's q/s over unbound's, both forwarders with
+    their cache on and warmed, same client transport."""
+    cells = _index(cells_list)
+    out: dict[str, float | None] = {}
+    for t in ("udp", "tcp"):
+        value = _ratio(
+            _metric(cells, f"cache/{t}/dns2dot-cache", "qps"),
+            _metric(cells, f"cache/{t}/unbound-fwd-cache", "qps"),
+        )
+        out[f"{t}_dns2dot_over_unbound"] = None if value is None else round(value, 3)
+    return out
+
+
+def cache_summary(cells_list: list[Cell]) -> str | None:
+    """One line with the cache ratios (for the report and the chart); None without them."""
+    if not any(c.workload == "cache" for c in cells_list):
+        return None
+    r = cache_ratios(cells_list)
+    return (
+        f"cache hits: dns2dot / unbound fwd (cache on) UDP {_x(r['udp_dns2dot_over_unbound'])}, "
+        f"TCP {_x(r['tcp_dns2dot_over_unbound'])}"
+    )
+
+
 # ---------------------------------------------------------------- formatting
 
 
@@ -197,6 +235,10 @@ def _ms(value: object) -> str:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def _pct(value: object) -> str:
+    return f"{value:.1f}%" if isinstance(value, (int, float)) else "-"
 
 
 def _row(cols: list[str], widths: list[int]) -> str:
@@ -238,6 +280,62 @@ def _cold_ms(cell: Cell, key: str) -> str:
     if value is None:
         return "no answer" if f"{key}_error" in cell.detail else "-"
     return _ms(value) + ("" if rcode in (None, "NOERROR") else f" {rcode}")
+
+
+def _cache_section(
+    cells: dict[str, Cell], cache_cells: list[Cell], settings: dict[str, object]
+) -> list[str]:
+    """The cache workload's table: q/s, latency, lost, hit rate, dns2dot / unbound."""
+    out = [
+        "== cache hits: dns2dot and unbound fwd, caches on, each warmed by one pass over the "
+        "query file",
+        f"   (dnsperf -n 1, UDP), then dnsperf -c {settings['clients']} "
+        f"-l {settings['duration']:g} like throughput (q/s: higher is better)",
+        "   ratio column: dns2dot q/s / unbound's, same transport (>1 = dns2dot faster); "
+        "hits: answers from",
+        "   the cache during the run, by the server's own counters",
+    ]
+    head = ["server", "proto", "q/s", "avg ms", "max ms", "lost", "hits", "d2d/unbound"]
+    widths = [26, 5, 9, 8, 8, 7, 7, 11]
+    out.append(_row(head, widths))
+    for c in cache_cells:
+        m = c.metrics
+        if c.ok:
+            ratio = (
+                _ratio(
+                    _metric(cells, f"cache/{c.transport}/dns2dot-cache", "qps"),
+                    _metric(cells, c.id, "qps"),
+                )
+                if c.server == "unbound-fwd-cache"
+                else None
+            )
+            cols = [
+                c.label,
+                c.transport,
+                _f(m.get("qps")),
+                _ms(m.get("avg_ms")),
+                _ms(m.get("max_ms")),
+                _f(m.get("lost"), ",d" if isinstance(m.get("lost"), int) else ",.0f"),
+                _pct(m.get("hit_pct")),
+                _x(ratio),
+            ]
+        else:
+            cols = [c.label, c.transport, "FAILED", "", "", "", "", ""]
+        out.append(_row(cols, widths))
+    warmed: list[str] = []
+    for key in CACHE_ORDER:
+        cell = next((c for c in cache_cells if c.server == key), None)
+        warm = cell.detail.get("warm") if cell is not None else None
+        if cell is None or not isinstance(warm, dict) or not warm:
+            continue
+        note = "" if warm.get("complete") else " (INCOMPLETE: cut at the time limit)"
+        warmed.append(
+            f"{cell.label} {_f(warm.get('completed'))} answers in {_f(warm.get('run_s'), '.1f')} s"
+            f"{note}"
+        )
+    if warmed:
+        out.append("   warm-up (UDP): " + "; ".join(warmed))
+    return out
 
 
 def render(
@@ -311,6 +409,13 @@ def render(
         )
         out += _perf_table(tp_doh, doh_r, ("d2d/peer", ""))
         summary = doh_summary(cells_list)
+        if summary:
+            out.append(f"   {summary}")
+        out.append("")
+    cache_cells = sorted(by("cache"), key=lambda c: CACHE_ORDER.index(c.server))
+    if cache_cells:
+        out += _cache_section(cells, cache_cells, settings)
+        summary = cache_summary(cells_list)
         if summary:
             out.append(f"   {summary}")
         out.append("")
@@ -405,7 +510,7 @@ def render(
         out.append("")
     if tgts:
         out.append("== targets (reported, never asserted)")
-        widths = [50, 10, 10, 6]
+        widths = [max([50, *(len(t.name) for t in tgts)]), 10, 10, 6]
         out.append(_row(["target", "measured", "goal", "result"], widths))
         for t in tgts:
             goal = f"{t.op} {t.goal:,.4g}{t.unit}"

@@ -19,11 +19,15 @@ from pathlib import Path
 from . import dnsperf, peers
 from .pki import Pki
 from .probe import ProbeError, timed_query, wait_answering
-from .procs import Registry, tree_fd_count, tree_rss_kib
+from .procs import Registry, free_port, tree_fd_count, tree_rss_kib
 from .zone import ZoneFiles
 
-QUICK = ("throughput", "published", "coldstart", "idle")
+QUICK = ("throughput", "cache", "published", "coldstart", "idle")
 ALL = (*QUICK, "sustained")
+# Every dns2dot of the throughput, published, coldstart, sustained and DoH workloads has
+# its cache off, so the comparisons with the cacheless peers (and unbound with its caches
+# at 0) are like for like; first in its arguments, so --dns2dot-args can override it.
+CACHE_OFF = ("--cache-size", "0")
 THROUGHPUT_ORDER = (
     "upstream",
     "socat",
@@ -38,6 +42,8 @@ THROUGHPUT_ORDER = (
     "dns2dot-doh",
 )
 DOH_KEYS = ("upstream-doh", "dnsdist-doh", "dns2dot-doh")
+# the cache-hit workload: dns2dot and unbound as a forwarder, both with their cache on
+CACHE_ORDER = ("dns2dot-cache", "unbound-fwd-cache")
 PUBLISHED_ORDER = ("socat", "dns2dot", "dns2dot-pipe")
 
 
@@ -57,6 +63,11 @@ class Settings:
     idle_clients: int = 10_000
     idle_udp_duration: float = 3.0
     repeat: int = 1
+    # dns2dot's cache for the cache workload: at least this, more if the query file asks
+    # more distinct questions (dns2dot's default, 10000, holds an eighth of the zone)
+    cache_size: int = 100_000
+    # bound on the cache warm-up pass (dnsperf -n 1 over the query file)
+    warm_limit: float = 120.0
     # dns2dot closes idle TCP clients after 10 s by default; the measurement needs them held
     idle_dns2dot_args: list[str] = field(default_factory=lambda: ["--idle-timeout", "300"])
     dns2dot_args: list[str] = field(default_factory=list)
@@ -233,6 +244,81 @@ def _median(cells: list[Cell]) -> Cell:
     return pick
 
 
+def _counts(server: peers.Server) -> tuple[int, int] | None:
+    """The server's cache hits and misses so far, once its counters caught up."""
+    if server.counts is None:
+        return None
+    if server.counts_settle:
+        time.sleep(server.counts_settle)
+    return server.counts()
+
+
+def _warm(bench: Bench, server: peers.Server) -> tuple[dict[str, object], str | None]:
+    """One pass over the query file (``dnsperf -n 1`` over UDP, the same clients) so the
+    cache holds every answer the measured runs ask for; returns its detail and the error
+    (None if it ran). Bounded by ``warm_limit`` seconds: an incomplete pass is recorded
+    (``complete`` false) and shows as a lower hit rate, not as a failure."""
+    s = bench.settings
+    warm: dict[str, object] = {}
+    why = _ready(bench, server, "udp")
+    if why:
+        return warm, why
+    argv = dnsperf.argv_for(
+        "udp",
+        server.port,
+        bench.zone.queries,
+        clients=s.clients,
+        duration=s.warm_limit,
+        query_timeout=s.query_timeout,
+        extra=("-n", "1"),
+    )
+    try:
+        res = dnsperf.run(
+            bench.registry, f"dnsperf-cache-warm-{server.key}", argv, s.warm_limit, s.query_timeout
+        )
+    except dnsperf.DnsperfError as exc:
+        return warm, f"{server.label}: cache warm-up failed: {exc}"
+    warm.update(
+        argv=argv,
+        sent=res.sent,
+        completed=res.completed,
+        lost=res.lost,
+        qps=round(res.qps, 1),
+        run_s=res.run_s,
+        complete=res.sent >= bench.zone.queries_total,
+    )
+    return warm, None
+
+
+def cache(bench: Bench) -> None:
+    """Cache hits: dns2dot and unbound as a forwarder, both with their cache on, each
+    warmed with the query file once, then UDP and TCP like the throughput cells (same
+    query file, clients and duration). The hit rate of each run comes from the server's
+    own counters (dns2dot's metrics, ``unbound-control stats_noreset``)."""
+    s = bench.settings
+    for key in CACHE_ORDER:
+        server = bench.server(key)
+        warm, warm_error = _warm(bench, server)
+        for transport in ("udp", "tcp"):
+            cell = Cell("cache", key, server.label, transport)
+            cell.detail["warm"] = warm
+            if warm_error:
+                bench.add(cell.fail(warm_error))
+                continue
+            before = _counts(server)
+            _perf_cell(bench, cell, server, clients=s.clients, duration=s.duration)
+            after = _counts(server) if cell.ok else None
+            cell.metrics["hit_pct"] = None
+            if before is not None and after is not None:
+                hits, misses = after[0] - before[0], after[1] - before[1]
+                cell.detail.update(cache_hits=hits, cache_misses=misses)
+                if hits + misses > 0:
+                    cell.metrics["hit_pct"] = round(100.0 * hits / (hits + misses), 2)
+            elif cell.ok:
+                cell.detail["hits_error"] = f"{server.label}: its cache counters could not be read"
+            bench.add(cell)
+
+
 def published(bench: Bench) -> None:
     """The seed's published comparison: ``dnsperf -m tcp -c 10 -Q 30 -l 20``; latency counts."""
     s = bench.settings
@@ -284,7 +370,7 @@ def coldstart(bench: Bench) -> None:
             up.port,
             name,
             mode="pool",
-            extra_args=bench.settings.dns2dot_args,
+            extra_args=[*CACHE_OFF, *bench.settings.dns2dot_args],
             key="dns2dot-cold",
             root=bench.settings.dns2dot_root,
             probe=False,
@@ -546,6 +632,7 @@ def sustained(bench: Bench) -> None:
 
 RUNNERS = {
     "throughput": throughput,
+    "cache": cache,
     "published": published,
     "coldstart": coldstart,
     "idle": idle,
@@ -557,6 +644,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "throughput": THROUGHPUT_ORDER,
     "published": PUBLISHED_ORDER,
     "coldstart": ("socat", "dns2dot-pipe"),  # plus servers of its own
+    "cache": CACHE_ORDER,
     "idle": (),  # a dns2dot of its own
     "sustained": ("dns2dot",),
 }
@@ -564,6 +652,7 @@ _PEER_STARTERS = {
     "socat": peers.start_socat,
     "stubby": peers.start_stubby,
     "unbound-fwd": peers.start_unbound_forwarder,
+    "unbound-fwd-cache": peers.start_unbound_forwarder_cached,
     "dnsdist": peers.start_dnsdist,
 }
 _DNS2DOT_MODES = {"dns2dot": "pool", "dns2dot-pipe": "pipe"}
@@ -582,7 +671,7 @@ def start_servers(
     in the returned servers (and so in their cells), never raised."""
     needed = {key for w in chosen for key in NEEDS[w]} - {"upstream"}
     servers: dict[str, peers.Server] = {}
-    for key in [k for k in THROUGHPUT_ORDER if k in needed]:
+    for key in [k for k in (*THROUGHPUT_ORDER, *CACHE_ORDER) if k in needed]:
         if key in DOH_KEYS:
             srv = _start_doh_server(registry, work, pki, zone, settings, servers, key)
         elif not upstream.ok:
@@ -591,6 +680,8 @@ def start_servers(
             )
         elif key in _PEER_STARTERS:
             srv = _PEER_STARTERS[key](registry, work, pki, upstream.port, zone.probe_name)
+        elif key == "dns2dot-cache":
+            srv = _start_dns2dot_cached(registry, pki, zone, upstream, settings)
         else:
             srv = peers.start_dns2dot(
                 registry,
@@ -598,7 +689,7 @@ def start_servers(
                 upstream.port,
                 zone.probe_name,
                 mode=_DNS2DOT_MODES[key],
-                extra_args=settings.dns2dot_args,
+                extra_args=[*CACHE_OFF, *settings.dns2dot_args],
                 key=key,
                 root=settings.dns2dot_root,
             )
@@ -640,12 +731,45 @@ def _start_doh_server(
         doh.port,
         zone.probe_name,
         mode="pool",
-        extra_args=settings.dns2dot_args,
+        extra_args=[*CACHE_OFF, *settings.dns2dot_args],
         key=key,
         root=settings.dns2dot_root,
         upstream=f"https://127.0.0.1:{doh.port}{peers.DOH_PATH}#{pki.name}",
         label="dns2dot -> DoH",
     )
+
+
+def _start_dns2dot_cached(
+    registry: Registry,
+    pki: Pki,
+    zone: ZoneFiles,
+    upstream: peers.Server,
+    settings: Settings,
+) -> peers.Server:
+    """dns2dot with its cache on, sized to hold every answer the query file asks for, and
+    its metrics endpoint on (where the cache hit counters are read)."""
+    size = max(settings.cache_size, zone.unique_questions)
+    mport = free_port()
+    srv = peers.start_dns2dot(
+        registry,
+        pki,
+        upstream.port,
+        zone.probe_name,
+        mode="pool",
+        extra_args=[
+            "--cache-size",
+            str(size),
+            "--metrics",
+            f"127.0.0.1:{mport}",
+            *settings.dns2dot_args,
+        ],
+        key="dns2dot-cache",
+        root=settings.dns2dot_root,
+        label="dns2dot (cache on)",
+    )
+    srv.counts = lambda: peers.dns2dot_cache_counts(mport)
+    srv.counts_settle = 1.0  # dns2dot refreshes its metrics every 0.5 s
+    return srv
 
 
 def say_started(srv: peers.Server) -> None:

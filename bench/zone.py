@@ -15,6 +15,10 @@ from pathlib import Path
 
 ZONE = "bench.test."
 TTL = 300
+# The zone's SOA: unbound puts it in the authority section of NXDOMAIN and NODATA
+# answers, so negative answers are cacheable (RFC 2308 §5: for min(TTL, MINIMUM)) by
+# every cache in front of the upstream, as they would be for any real zone.
+SOA = f"{ZONE} {TTL} IN SOA ns.{ZONE} hostmaster.{ZONE} 1 3600 600 86400 {TTL}"
 _ALNUM = string.ascii_letters + string.digits
 
 
@@ -43,6 +47,7 @@ class ZoneFiles:
     queries_total: int
     mix: dict[str, int]
     probe_name: str
+    unique_questions: int = 0  # distinct lines of the query file: what a cache must hold
 
 
 def _txt_strings(rng: random.Random) -> list[str]:
@@ -77,8 +82,9 @@ def make_names(count: int, seed: int = 853) -> list[Name]:
 
 
 def local_data_lines(names: list[Name]) -> list[str]:
-    """unbound ``local-data`` lines; the zone itself must be declared static elsewhere."""
-    lines: list[str] = []
+    """unbound ``local-data`` lines, the SOA first; the zone itself must be declared
+    static elsewhere."""
+    lines: list[str] = [f'    local-data: "{SOA}"']
     for n in names:
         for a in n.a:
             lines.append(f'    local-data: "{n.fqdn} {TTL} IN A {a}"')
@@ -152,4 +158,5 @@ def write_zone(
         queries_total=len(queries),
         mix=mix,
         probe_name=names[0].fqdn,
+        unique_questions=len(set(queries)),
     )

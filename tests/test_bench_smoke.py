@@ -1,7 +1,8 @@
 """The benchmark harness works end to end: ``python -m bench --smoke`` starts the upstream,
 every peer and dns2dot (DoT, and the DoH row: unbound serving DoH, dnsdist and dns2dot
-forwarding to it), runs every workload briefly, stops everything and writes a
-results.json in which every cell has numbers. No timing is asserted: benchmarks are not
+forwarding to it; dns2dot and unbound with their caches on for the cache-hit cells), runs
+every workload briefly, stops everything and writes a results.json in which every cell
+has numbers. No timing is asserted: benchmarks are not
 tests (DESIGN.md, "How performance is measured").
 """
 
@@ -37,6 +38,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "throughput/tcp/dnsdist-doh": PERF,
     "throughput/udp/dns2dot-doh": PERF,
     "throughput/tcp/dns2dot-doh": PERF,
+    # cache hits: both caches on and warmed; the hit rate comes from each server's counters
+    "cache/udp/dns2dot-cache": (*PERF, "hit_pct"),
+    "cache/tcp/dns2dot-cache": (*PERF, "hit_pct"),
+    "cache/udp/unbound-fwd-cache": (*PERF, "hit_pct"),
+    "cache/tcp/unbound-fwd-cache": (*PERF, "hit_pct"),
     "published/tcp/socat": PERF,
     "published/tcp/dns2dot": PERF,
     "published/tcp/dns2dot-pipe": PERF,
@@ -78,7 +84,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for t in ("udp", "tcp"):
         for key in (f"{t}_dns2dot_over_dnsdist", f"{t}_dns2dot_over_ceiling"):
             assert isinstance(ratios.get(key), (int, float)), f"doh_ratios[{key}]: {ratios}"
+    cache_targets = [t for t in results["targets"] if t["name"].startswith("cache hits")]
+    assert len(cache_targets) == 2 and all(t["value"] is not None for t in cache_targets)
+    for key in ("udp_dns2dot_over_unbound", "tcp_dns2dot_over_unbound"):
+        value = results["cache_ratios"].get(key)
+        assert isinstance(value, (int, float)), f"cache_ratios[{key}]: {results['cache_ratios']}"
+    # every dns2dot started runs with its cache off, but the cache workload's (and idle's)
+    started = [p for p in results["processes"] if p["name"].startswith("dns2dot")]
+    assert {p["name"] for p in started} >= {"dns2dot", "dns2dot-pipe", "dns2dot-cold"}
+    for proc in started:
+        if proc["name"] not in ("dns2dot-cache", "dns2dot-idle"):
+            argv = proc["argv"]
+            assert argv[argv.index("--cache-size") + 1] == "0", f"{proc['name']}: {argv}"
     report = (out / "report.txt").read_text()
     assert "== throughput over a DoH upstream" in report and "dns2dot / dnsdist UDP" in report
+    assert "== cache hits" in report and "dns2dot / unbound fwd (cache on) UDP" in report
     if have_chart:
         assert (out / "results.png").stat().st_size > 0
