@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dns2dot import wire
@@ -44,6 +45,11 @@ class CacheEntry:
     clamped: bool = False  # a TTL was changed by the clamps: serve through render()
     hits: int = 0
     refreshing: bool = False
+    # The answer as served at ``view_age`` seconds old, with and without its OPT: a hot
+    # entry is rendered once a second, and each hit only writes in an ID and a name.
+    view_age: int = -1
+    view_edns: bytes = b""
+    view_plain: bytes = b""
 
     def fresh(self, now: float) -> bool:
         return now < self.expires
@@ -219,19 +225,22 @@ class Cache:
         """The cached answer for this client: its ID, its spelling, TTLs counted down.
 
         A stale answer carries TTL 30 and, for a client with EDNS, Extended DNS Error 3
-        "Stale Answer" (RFC 8914 §5.4); otherwise the answer's own OPT is replaced by
-        one reflecting the client's EDNS (or removed, see :func:`wire.client_view`).
+        "Stale Answer" (RFC 8914 §5.4); otherwise the answer keeps its OPT for a client
+        with EDNS and loses it for one without (see :func:`wire.client_view`).
         """
-        buf = bytearray(entry.answer)
-        wire.HEADER.pack_into(buf, 0, query.id, *wire.HEADER.unpack_from(buf, 0)[1:])
-        if len(query.qname) == entry.qname_len:
-            buf[wire.HEADER_LEN : wire.HEADER_LEN + entry.qname_len] = query.qname
+        if stale:
+            return self._render_stale(entry, query)
         age = int(now - entry.stored)
-        for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-            _TTL.pack_into(buf, offset, STALE_ANSWER_TTL if stale else max(0, ttl - age))
-        answer = wire.client_view(bytes(buf), query.edns is not None)
-        if stale and query.edns is not None:
-            answer = wire.client_view(answer, False)
+        if entry.view_age != age:
+            entry.view_edns = _with_ttls(entry, lambda ttl: max(0, ttl - age))
+            entry.view_plain = wire.client_view(entry.view_edns, False)
+            entry.view_age = age
+        view = entry.view_edns if query.edns is not None else entry.view_plain
+        return _personal(view, entry, query)
+
+    def _render_stale(self, entry: CacheEntry, query: wire.Query) -> bytes:
+        answer = wire.client_view(_with_ttls(entry, lambda _: STALE_ANSWER_TTL), False)
+        if query.edns is not None:
             arcount = (answer[10] << 8) | answer[11]
             answer = (
                 answer[:10]
@@ -239,4 +248,21 @@ class Cache:
                 + answer[12:]
                 + wire.opt_record(do=query.edns.do, options=wire.ede_option(3, "Stale Answer"))
             )
-        return answer
+        return _personal(answer, entry, query)
+
+
+def _with_ttls(entry: CacheEntry, ttl_of: Callable[[int], int]) -> bytes:
+    """The stored answer with every record's TTL replaced by ``ttl_of(stored TTL)``."""
+    buf = bytearray(entry.answer)
+    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+        _TTL.pack_into(buf, offset, ttl_of(ttl))
+    return bytes(buf)
+
+
+def _personal(view: bytes, entry: CacheEntry, query: wire.Query) -> bytes:
+    """``view`` with the client's ID and its spelling of the name (0x20 case)."""
+    qid = query.id.to_bytes(2, "big")
+    end = wire.HEADER_LEN + entry.qname_len
+    if len(query.qname) == entry.qname_len:
+        return qid + view[2 : wire.HEADER_LEN] + query.qname + view[end:]
+    return qid + view[2:]
