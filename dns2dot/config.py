@@ -208,10 +208,15 @@ def _positive(kind: Callable[[str], Any], option: str) -> Callable[[str], Any]:
     return parse
 
 
-def _strategy(text: str) -> str:
-    if text not in STRATEGIES:
-        raise ConfigError(f"--strategy: '{text}' is not one of {', '.join(STRATEGIES)}")
-    return text
+def _choice(option: str, choices: Sequence[str]) -> Callable[[str], str]:
+    """A parser accepting exactly one of ``choices``."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ConfigError(f"--{option}: '{text}' is not one of {', '.join(choices)}")
+        return text
+
+    return parse
 
 
 def _allow(text: str) -> Network:
@@ -246,18 +251,6 @@ def parse_forward(text: str) -> tuple[str, UpstreamSpec]:
     return zone.strip().rstrip(".").lower(), parse_upstream(
         spec, allow_plain=True, what="--forward"
     )
-
-
-def _log_format(text: str) -> str:
-    if text not in ("text", "json"):
-        raise ConfigError(f"--log-format: '{text}' is not one of text, json")
-    return text
-
-
-def _mode(text: str) -> str:
-    if text not in MODES:
-        raise ConfigError(f"--mode: '{text}' is not one of {', '.join(MODES)}")
-    return text
 
 
 def _cafile(text: str) -> str:
@@ -320,7 +313,9 @@ OPTIONS: tuple[Option, ...] = (
         yaml_key="pins",
     ),
     Option("cafile", ("--cafile",), _cafile, "CA bundle (default: certifi's)", "PATH"),
-    Option("mode", ("--mode",), _mode, "TCP handling: pool (default) or pipe", "MODE"),
+    Option(
+        "mode", ("--mode",), _choice("mode", MODES), "TCP handling: pool (default) or pipe", "MODE"
+    ),
     Option(
         "timeout",
         ("--timeout",),
@@ -352,7 +347,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "strategy",
         ("--strategy",),
-        _strategy,
+        _choice("strategy", STRATEGIES),
         "how upstreams share queries: failover (default), round-robin, fastest, race",
         "NAME",
     ),
@@ -486,7 +481,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "log-format",
         ("--log-format",),
-        _log_format,
+        _choice("log-format", ("text", "json")),
         "text (default) or json (one object a line)",
         "FORMAT",
     ),
