@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.fake_upstream import FakeUpstream
 from support.pki import Pki, make_pki
-from support.proc import Dns2Dot, start_dns2dot
+from support.proc import Dns2Dot, print_log_tail, start_dns2dot
 from support.recorder import RecordingProxy
 from support.unbound import UnboundUpstream, start_unbound
 
@@ -108,5 +108,4 @@ def dns2dot(
         for d in started:
             code = d.stop()
             if request.node.stash.get(_failed_key, False):
-                tail = "\n".join(d.stderr().splitlines()[-40:])
-                print(f"--- dns2dot {d.argv} (exit {code}) log tail ---\n{tail}")
+                print_log_tail(d, code, lines=40)

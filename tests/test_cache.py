@@ -203,10 +203,9 @@ def test_do_and_cd_answers_are_separate_entries() -> None:
 # --------------------------------------------------------------------------- positive answers
 
 
-def test_positive_lifetime_is_smallest_answer_ttl() -> None:
-    cache = Cache(no_stale())
-    q = make_query()
-    answer = make_answer(
+def chain_answer(q: dns.message.Message) -> bytes:
+    """A CNAME chain (TTLs 300, 100) with an NS (1000) and its glue (20)."""
+    return make_answer(
         q,
         answer=[
             rrset("example.com.", 300, "CNAME", "www.example.net."),
@@ -215,6 +214,12 @@ def test_positive_lifetime_is_smallest_answer_ttl() -> None:
         authority=[rrset("example.net.", 1000, "NS", "ns.example.net.")],
         additional=[rrset("ns.example.net.", 20, "A", "192.0.2.53")],
     )
+
+
+def test_positive_lifetime_is_smallest_answer_ttl() -> None:
+    cache = Cache(no_stale())
+    q = make_query()
+    answer = chain_answer(q)
     key, _query = put_answer(cache, q, answer)
     entry = fetch(cache, key, T0)
     assert entry.expires == T0 + 100
@@ -225,15 +230,7 @@ def test_positive_lifetime_is_smallest_answer_ttl() -> None:
 def test_each_record_counts_down_its_own_ttl() -> None:
     cache = Cache()
     q = make_query()
-    answer = make_answer(
-        q,
-        answer=[
-            rrset("example.com.", 300, "CNAME", "www.example.net."),
-            rrset("www.example.net.", 100, "A", "192.0.2.1"),
-        ],
-        authority=[rrset("example.net.", 1000, "NS", "ns.example.net.")],
-        additional=[rrset("ns.example.net.", 20, "A", "192.0.2.53")],
-    )
+    answer = chain_answer(q)
     key, query = put_answer(cache, q, answer)
     assert ttls(render(cache, key, query, T0)) == [300, 100, 1000, 20]
     assert ttls(render(cache, key, query, T0 + 40)) == [260, 60, 960, 0]

@@ -42,7 +42,7 @@ from support.net import (
     udp_query,
 )
 from support.pki import Pki
-from support.proc import Dns2Dot, start_dns2dot
+from support.proc import Dns2Dot, log_tail, running_dns2dot
 from support.unbound import BIG_TXT, N_NAMES, UnboundUpstream, n_address
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def server(
     pki: Pki, unbound: UnboundUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dns2Dot]:
     """One dns2dot (pool mode) for the whole module, forwarding to unbound."""
-    d = start_dns2dot(
+    with running_dns2dot(
         tmp_path_factory.mktemp("faults-client"),
         upstreams=[unbound.spec],
         cafile=pki.ca,
@@ -93,17 +93,8 @@ def server(
             "--max-inflight-per-client",
             str(MAX_INFLIGHT),
         ],
-    )
-    try:
+    ) as d:
         yield d
-    finally:
-        code = d.stop()
-        tail = "\n".join(d.stderr().splitlines()[-30:])
-        print(f"--- dns2dot {d.argv} (exit {code}) log tail ---\n{tail}")
-
-
-def log_tail(d: Dns2Dot, lines: int = 30) -> str:
-    return "\n".join(d.stderr().splitlines()[-lines:])
 
 
 _names = itertools.count(1)

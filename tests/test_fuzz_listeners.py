@@ -46,7 +46,7 @@ from support.net import (
     udp_query,
 )
 from support.pki import Pki
-from support.proc import Dns2Dot, start_dns2dot
+from support.proc import Dns2Dot, running_dns2dot
 from support.unbound import N_NAMES, UnboundUpstream, n_address
 
 pytestmark = pytest.mark.integration
@@ -69,18 +69,13 @@ def server(
     pki: Pki, unbound: UnboundUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Dns2Dot]:
     """One dns2dot (pool mode, default limits) for every example of every test here."""
-    d = start_dns2dot(
+    with running_dns2dot(
         tmp_path_factory.mktemp("fuzz-listeners"),
         upstreams=[unbound.spec],
         cafile=pki.ca,
         extra=["--timeout", str(QUERY_TIMEOUT)],
-    )
-    try:
+    ) as d:
         yield d
-    finally:
-        code = d.stop()
-        tail = "\n".join(d.stderr().splitlines()[-30:])
-        print(f"--- dns2dot {d.argv} (exit {code}) log tail ---\n{tail}")
 
 
 # -- normal queries ------------------------------------------------------------------

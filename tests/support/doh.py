@@ -43,13 +43,9 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import os
 import re
 import shutil
-import signal
-import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +54,6 @@ from typing import IO
 
 import dns.exception
 import dns.message
-import dns.query
 import dns.rcode
 import h2.config
 import h2.connection
@@ -69,10 +64,18 @@ import h2.settings
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .fake_server import FakeServer
 from .fake_upstream import answer as table_answer
 from .net import LOOPBACK, free_port
 from .pki import TLS_NAME, Pki
-from .unbound import _config_lines
+from .unbound import (
+    _config_lines,
+    dot_query,
+    dot_spec,
+    launch_unbound,
+    stop_process,
+    unbound_exe,
+)
 
 CONTENT_TYPE = "application/dns-message"
 DOH_PATH = "/dns-query"
@@ -150,7 +153,7 @@ class UnboundDoh:
     @property
     def dot_spec(self) -> str:
         """``127.0.0.1:PORT#dns.test``."""
-        return f"{LOOPBACK}:{self.dot_port}#{TLS_NAME}"
+        return dot_spec(self.dot_port)
 
     @property
     def alive(self) -> bool:
@@ -162,42 +165,25 @@ class UnboundDoh:
 
     def query_dot(self, name: str, rdtype: str = "A", timeout: float = 3.0) -> dns.message.Message:
         """Ask over DoT with dnspython, bypassing dns2dot."""
-        return dns.query.tls(
-            dns.message.make_query(name, rdtype),
-            LOOPBACK,
-            port=self.dot_port,
-            timeout=timeout,
-            ssl_context=self.pki.client_context(),
-            server_hostname=TLS_NAME,
-        )
+        return dot_query(self.pki, self.dot_port, name, rdtype, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         """SIGTERM by pid, SIGKILL after 5 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        stop_process(self.proc, self._log)
+        self._log = None
 
 
 def unbound_doh_config(directory: Path, pki: Pki, dot_port: int, doh_port: int) -> str:
     """support.unbound's configuration (same zone, same DoT service) plus DoH on ``doh_port``."""
-    lines = _config_lines(directory, dot_port, pki)
-    at = next(i for i, line in enumerate(lines) if line.strip().startswith("tls-port:"))
-    lines[at + 1 : at + 1] = [
+    doh = [
         f"    interface: {LOOPBACK}@{doh_port}",
         f"    https-port: {doh_port}",
         f'    http-endpoint: "{DOH_PATH}"',
     ]
-    return "\n".join(lines)
+    return "\n".join(_config_lines(directory, dot_port, pki, extra_service=doh))
 
 
 def start_unbound_doh(
@@ -213,26 +199,15 @@ def start_unbound_doh(
     Raises RuntimeError (which fails the test) if unbound or kdig is missing, or if it
     never answers.
     """
-    exe = shutil.which("unbound")
-    if exe is None:
-        raise RuntimeError("unbound is not installed (needed for the real DoH upstream)")
+    exe = unbound_exe("the real DoH upstream")
     directory.mkdir(parents=True, exist_ok=True)
     last_error = "not started"
     fixed = dot_port is not None or doh_port is not None
     for _attempt in range(3):  # a port race with another process is possible: retry
         dp = dot_port if dot_port is not None else free_port()
         hp = doh_port if doh_port is not None else free_port()
-        conf = directory / "unbound.conf"
-        conf.write_text(unbound_doh_config(directory, pki, dp, hp))
-        log_path = directory / "unbound.log"
-        log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
-        proc = subprocess.Popen(
-            [exe, "-d", "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "LC_ALL": "C"},
-        )
+        config = unbound_doh_config(directory, pki, dp, hp)
+        proc, log, log_path = launch_unbound(exe, directory, config, log_mode="ab")
         up = UnboundDoh(dp, hp, directory, proc, log_path, pki, _log=log)
         deadline = time.monotonic() + ready_timeout
         for _ in range(150):
@@ -327,12 +302,16 @@ class _Reply:
     reset_code: int = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
 
 
-class FakeDoh:
+class FakeDoh(FakeServer):
     """A fault-injecting DoH server on 127.0.0.1 in a background thread (see module doc).
 
     Use as a context manager or call :meth:`start` / :meth:`stop`; every public method
     is safe to call from the test thread while it runs.
     """
+
+    LABEL = "fake DoH server"
+    THREAD_PREFIX = "fake-doh"
+    QUIET_ERRORS = (*FakeServer.QUIET_ERRORS, asyncio.LimitOverrunError)
 
     def __init__(
         self,
@@ -348,14 +327,13 @@ class FakeDoh:
     ) -> None:
         if alpn not in ("h2", "http/1.1"):
             raise ValueError(f"alpn must be 'h2' or 'http/1.1', not {alpn!r}")
+        super().__init__(port)
         self.pki = pki
         self.alpn = alpn
         self.cert = cert
         self.max_streams = max_streams
-        self.port = port
         self.path = path
-        self._lock = threading.Lock()
-        self._cfg: dict[str, object] = {
+        self._cfg = {
             "mode": "normal",
             "fault_limit": None,
             "delay": 0.0,
@@ -373,15 +351,8 @@ class FakeDoh:
         self._faults = 0
         self._connections = 0
         self._alpn_seen: list[str | None] = []
-        self._sni: list[str | None] = []
         self._goaways: list[tuple[int, int]] = []  # (connection, last stream id)
         self._resets_from_client: list[tuple[int, int, int]] = []  # (conn, stream, code)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
 
     # -- configuration -------------------------------------------------------------
 
@@ -399,10 +370,6 @@ class FakeDoh:
             self._cfg.update(kw)
             if "mode" in kw or "fault_limit" in kw:
                 self._faults = 0
-
-    def _get(self, key: str) -> object:
-        with self._lock:
-            return self._cfg[key]
 
     @property
     def mode(self) -> str:
@@ -463,118 +430,30 @@ class FakeDoh:
 
     def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
         """True once at least ``n`` requests have arrived, False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.requests) >= n:
-                return True
-            time.sleep(0.02)
-        return len(self.requests) >= n
+        return self._wait_count(lambda: len(self.requests), n, timeout)
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def __enter__(self) -> FakeDoh:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 10.0) -> FakeDoh:
-        """Start the loop thread and bind; returns once the port is listening."""
-        self._thread = threading.Thread(
-            target=self._run, name=f"fake-doh-{id(self):x}", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("fake DoH server did not start")
-        if self._start_error is not None:
-            raise RuntimeError(f"fake DoH server failed to start: {self._start_error!r}")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the listener and every connection, stop the loop, join the thread."""
-        loop = self._loop
-        if loop is None or self._thread is None:
-            return
-        if loop.is_running():
-            loop.call_soon_threadsafe(self._shutdown)
-        self._thread.join(timeout)
-        self._loop = None
-
-    def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        assert self._loop is not None
-        self._loop.call_later(0.05, self._loop.stop)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            self._context = self.pki.server_context(self.cert)
-            self._context.set_alpn_protocols([self.alpn])
-
-            def on_sni(_obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-                with self._lock:
-                    self._sni.append(name)
-
-            self._context.sni_callback = on_sni
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._on_connect, LOOPBACK, self.port)
-            )
-            self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:
-            self._start_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.wait(pending, timeout=2))
-            finally:
-                loop.close()
+    def _prepare(self) -> None:
+        self._context = self.pki.server_context(self.cert)
+        self._context.set_alpn_protocols([self.alpn])
+        self._record_sni(self._context)
 
     # -- serving -------------------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
             self._connections += 1
             conn = self._connections
-        try:
-            await writer.start_tls(self._context, ssl_handshake_timeout=5)
-            sslobj = writer.get_extra_info("ssl_object")
-            protocol = sslobj.selected_alpn_protocol() if sslobj is not None else None
-            with self._lock:
-                self._alpn_seen.append(protocol)
-            if self.alpn == "h2":
-                await _H2Session(self, conn, reader, writer).serve()
-            else:
-                await self._serve_http1(conn, reader, writer)
-        except (
-            asyncio.CancelledError,
-            ConnectionError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ssl.SSLError,
-            OSError,
-        ):
-            pass
-        finally:
-            self._tasks.discard(task)
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
+        await writer.start_tls(self._context, ssl_handshake_timeout=5)
+        sslobj = writer.get_extra_info("ssl_object")
+        protocol = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        with self._lock:
+            self._alpn_seen.append(protocol)
+        if self.alpn == "h2":
+            await _H2Session(self, conn, reader, writer).serve()
+        else:
+            await self._serve_http1(conn, reader, writer)
 
     def _record(self, request: DohRequest) -> None:
         with self._lock:

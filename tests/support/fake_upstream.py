@@ -31,11 +31,9 @@ had no OPT (a misbehaving upstream; 0, the default, leaves answers unpadded).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import ssl
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +45,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
+from .fake_server import FakeServer
 from .net import LOOPBACK
 from .pki import TLS_NAME, Pki
 
@@ -136,12 +135,15 @@ class Received:
         return self.msg.question[0].name.to_text()
 
 
-class FakeUpstream:
+class FakeUpstream(FakeServer):
     """A fault-injecting DoT server on 127.0.0.1 running in a background thread.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. All public
     methods are safe to call from the test thread while it runs.
     """
+
+    LABEL = "fake upstream"
+    THREAD_PREFIX = "fake-upstream"
 
     def __init__(
         self,
@@ -160,11 +162,9 @@ class FakeUpstream:
         soa: bool = False,
         pad_answers: int = 0,
     ) -> None:
+        super().__init__(port)
         self.pki = pki
         self.tls = tls
-        self.port = port
-        self._lock = threading.Lock()
-        self._cfg: dict[str, object] = {}
         self.configure(
             cert=cert,
             mode=mode,
@@ -182,14 +182,7 @@ class FakeUpstream:
         self._connections = 0
         self._handshakes_ok = 0
         self._handshake_errors: list[str] = []
-        self._sni: list[str | None] = []
         self._tls_versions: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
 
     # -- configuration -------------------------------------------------------------
 
@@ -218,10 +211,6 @@ class FakeUpstream:
             self.pki.leaf(str(kw["cert"]))  # validates the name
         with self._lock:
             self._cfg.update(kw)
-
-    def _get(self, key: str) -> object:
-        with self._lock:
-            return self._cfg[key]
 
     @property
     def mode(self) -> str:
@@ -287,78 +276,7 @@ class FakeUpstream:
 
     def wait_for_queries(self, n: int, timeout: float = 5.0) -> bool:
         """True once at least ``n`` queries have arrived, False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.received) >= n:
-                return True
-            time.sleep(0.02)
-        return len(self.received) >= n
-
-    # -- lifecycle -----------------------------------------------------------------
-
-    def __enter__(self) -> FakeUpstream:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self, timeout: float = 10.0) -> FakeUpstream:
-        """Start the loop thread and bind; returns once the port is listening."""
-        self._thread = threading.Thread(
-            target=self._run, name=f"fake-upstream-{id(self):x}", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("fake upstream did not start")
-        if self._start_error is not None:
-            raise RuntimeError(f"fake upstream failed to start: {self._start_error!r}")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the listener and every connection, stop the loop, join the thread."""
-        loop = self._loop
-        if loop is None or self._thread is None:
-            return
-        if loop.is_running():
-            loop.call_soon_threadsafe(self._shutdown)
-        self._thread.join(timeout)
-        self._loop = None
-
-    def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        assert self._loop is not None
-        self._loop.call_later(0.05, self._loop.stop)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._on_connect, LOOPBACK, self.port)
-            )
-            self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:
-            self._start_error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.wait(pending, timeout=2))
-            finally:
-                loop.close()
+        return self._wait_count(lambda: len(self.received), n, timeout)
 
     # -- serving -------------------------------------------------------------------
 
@@ -366,35 +284,11 @@ class FakeUpstream:
         ctx = self._contexts.get(kind)
         if ctx is None:
             ctx = self.pki.server_context(kind)
-
-            def on_sni(_obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-                with self._lock:
-                    self._sni.append(name)
-
-            ctx.sni_callback = on_sni
+            self._record_sni(ctx)
             self._contexts[kind] = ctx
         return ctx
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (
-            asyncio.CancelledError,
-            ConnectionError,
-            asyncio.IncompleteReadError,
-            ssl.SSLError,
-            OSError,
-        ):
-            pass
-        finally:
-            self._tasks.discard(task)
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self._lock:
             self._connections += 1
             conn = self._connections

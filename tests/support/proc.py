@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import REPO_ROOT
 from .net import LOOPBACK, free_port
@@ -158,6 +159,27 @@ def start_dns2dot(
         if listen_port is not None or "in use" not in runner.stderr().lower():
             break
     raise RuntimeError(last)
+
+
+def log_tail(d: Dns2Dot, lines: int = 30) -> str:
+    """The last ``lines`` lines of dns2dot's stderr."""
+    return "\n".join(d.stderr().splitlines()[-lines:])
+
+
+def print_log_tail(d: Dns2Dot, code: int | None, lines: int = 30) -> None:
+    """Print the tail of dns2dot's log after it exited with ``code`` (shown when a test fails)."""
+    print(f"--- dns2dot {d.argv} (exit {code}) log tail ---\n{log_tail(d, lines)}")
+
+
+@contextlib.contextmanager
+def running_dns2dot(log_dir: Path, **kw: Any) -> Iterator[Dns2Dot]:
+    """:func:`start_dns2dot` for a shared (e.g. module-scoped) fixture: on exit stop it
+    and print the tail of its log."""
+    d = start_dns2dot(log_dir, **kw)
+    try:
+        yield d
+    finally:
+        print_log_tail(d, d.stop())
 
 
 def require_tool(name: str) -> str:

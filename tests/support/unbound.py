@@ -47,7 +47,10 @@ def n_address(i: int) -> str:
     return f"10.1.{i >> 8}.{i & 255}"
 
 
-def _config_lines(directory: Path, port: int, pki: Pki) -> list[str]:
+def _config_lines(
+    directory: Path, port: int, pki: Pki, extra_service: list[str] | None = None
+) -> list[str]:
+    """unbound's configuration; ``extra_service`` lines go right after the DoT service."""
     lines = [
         "server:",
         '    username: ""',
@@ -60,6 +63,7 @@ def _config_lines(directory: Path, port: int, pki: Pki) -> list[str]:
         "    num-threads: 1",
         f"    interface: {LOOPBACK}@{port}",
         f"    tls-port: {port}",
+        *(extra_service or []),
         f'    tls-service-key: "{pki.good.key}"',
         f'    tls-service-pem: "{pki.good.cert}"',
         "    do-ip6: no",
@@ -82,6 +86,25 @@ def _config_lines(directory: Path, port: int, pki: Pki) -> list[str]:
     return lines
 
 
+def dot_spec(port: int) -> str:
+    """The dns2dot ``-u`` value for DoT on loopback: ``127.0.0.1:PORT#dns.test``."""
+    return f"{LOOPBACK}:{port}#{TLS_NAME}"
+
+
+def dot_query(
+    pki: Pki, port: int, name: str, rdtype: str = "A", timeout: float = 3.0
+) -> dns.message.Message:
+    """Ask a DoT server on loopback over verified TLS (dnspython), bypassing dns2dot."""
+    return dns.query.tls(
+        dns.message.make_query(name, rdtype),
+        LOOPBACK,
+        port=port,
+        timeout=timeout,
+        ssl_context=pki.client_context(),
+        server_hostname=TLS_NAME,
+    )
+
+
 @dataclass
 class UnboundUpstream:
     """A running ``unbound -d`` serving DoT on 127.0.0.1:``port`` with the ``dns.test`` cert."""
@@ -96,19 +119,11 @@ class UnboundUpstream:
     @property
     def spec(self) -> str:
         """The dns2dot ``-u`` value for this upstream: ``127.0.0.1:PORT#dns.test``."""
-        return f"{LOOPBACK}:{self.port}#{TLS_NAME}"
+        return dot_spec(self.port)
 
     def query(self, name: str, rdtype: str = "A", timeout: float = 3.0) -> dns.message.Message:
         """Ask unbound directly over verified TLS (dnspython), bypassing dns2dot."""
-        q = dns.message.make_query(name, rdtype)
-        return dns.query.tls(
-            q,
-            LOOPBACK,
-            port=self.port,
-            timeout=timeout,
-            ssl_context=self.pki.client_context(),
-            server_hostname=TLS_NAME,
-        )
+        return dot_query(self.pki, self.port, name, rdtype, timeout)
 
     def log(self) -> str:
         """unbound's stderr so far."""
@@ -116,15 +131,47 @@ class UnboundUpstream:
 
     def stop(self) -> None:
         """SIGTERM by pid, SIGKILL after 5 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
+        stop_process(self.proc, self._log)
+
+
+def stop_process(proc: subprocess.Popen[bytes], log: IO[bytes] | None) -> None:
+    """SIGTERM ``proc`` by pid, SIGKILL after 5 s; then close its ``log``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if log is not None:
+        log.close()
+
+
+def unbound_exe(purpose: str = "the real DoT upstream") -> str:
+    """The unbound binary; RuntimeError (which fails the test) if it is not installed."""
+    exe = shutil.which("unbound")
+    if exe is None:
+        raise RuntimeError(f"unbound is not installed (needed for {purpose})")
+    return exe
+
+
+def launch_unbound(
+    exe: str, directory: Path, config: str, log_mode: str = "wb"
+) -> tuple[subprocess.Popen[bytes], IO[bytes], Path]:
+    """Write ``directory/unbound.conf`` and start ``unbound -d`` on it, logging to
+    ``directory/unbound.log``; returns the process, the open log and its path."""
+    conf = directory / "unbound.conf"
+    conf.write_text(config)
+    log_path = directory / "unbound.log"
+    log = open(log_path, log_mode)  # noqa: SIM115 (closed by stop_process())
+    proc = subprocess.Popen(
+        [exe, "-d", "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    return proc, log, log_path
 
 
 def start_unbound(
@@ -134,24 +181,13 @@ def start_unbound(
 
     Raises RuntimeError (which fails the test) if unbound is missing or never answers.
     """
-    exe = shutil.which("unbound")
-    if exe is None:
-        raise RuntimeError("unbound is not installed (needed for the real DoT upstream)")
+    exe = unbound_exe()
     directory.mkdir(parents=True, exist_ok=True)
     last_error: Exception | None = None
     for _attempt in range(3):  # a port race with another process is possible: retry
         p = port if port is not None else free_port()
-        conf = directory / "unbound.conf"
-        conf.write_text("\n".join(_config_lines(directory, p, pki)))
-        log_path = directory / "unbound.log"
-        log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        proc = subprocess.Popen(
-            [exe, "-d", "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "LC_ALL": "C"},
-        )
+        config = "\n".join(_config_lines(directory, p, pki))
+        proc, log, log_path = launch_unbound(exe, directory, config)
         up = UnboundUpstream(
             port=p, directory=directory, proc=proc, log_path=log_path, pki=pki, _log=log
         )
