@@ -214,10 +214,6 @@ class UpstreamConnection:
         self._task = self._loop.create_task(self._run())
 
     @property
-    def inflight(self) -> int:
-        return len(self._pending)
-
-    @property
     def load(self) -> int:
         """Queries on this connection: in flight, and queued by the transport."""
         return len(self._pending)

@@ -116,12 +116,17 @@ class Query(NamedTuple):
 
 
 def question_key(qname: bytes, qtype: int, qclass: int) -> bytes:
-    """Case-fold a question for matching (RFC 4343: names compare case-insensitively).
+    """Case-fold a question for matching (RFC 4343: names compare case-insensitively)."""
+    return _fold(qname, _U16.pack(qtype) + _U16.pack(qclass))
+
+
+def _fold(qname: bytes, type_and_class: bytes) -> bytes:
+    """The one definition of a question key: the name case-folded, type and class as is.
 
     Only the name is folded: length octets are at most 63 and never fall in the
     ASCII upper-case range, so ``bytes.lower`` on wire form is safe.
     """
-    return qname.lower() + _RR_FIXED.pack(qtype, qclass, 0, 0)[:4]
+    return qname.lower() + type_and_class
 
 
 def read_name(msg: bytes, offset: int) -> int:
@@ -256,9 +261,7 @@ def parse_query(msg: bytes) -> Query:
         edns = None
     if offset != len(msg):
         raise FormError("trailing bytes after the last record")
-    query = Query(
-        qid, flags, qname, qtype, qclass, qend, edns, qname.lower() + msg[qend - 4 : qend]
-    )
+    query = Query(qid, flags, qname, qtype, qclass, qend, edns, _fold(qname, msg[qend - 4 : qend]))
     if edns is not None and edns.version != 0:
         raise FormError("unsupported EDNS version", Rcode.BADVERS)
     return query
@@ -287,7 +290,7 @@ def answer_key(msg: bytes) -> bytes | None:
     qend = _read_plain_name(msg, HEADER_LEN)
     if qend + 4 > len(msg):
         raise FormError("question truncated")
-    return msg[HEADER_LEN:qend].lower() + msg[qend : qend + 4]
+    return _fold(msg[HEADER_LEN:qend], msg[qend : qend + 4])
 
 
 def opt_record(
