@@ -14,7 +14,8 @@ def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> Non
         "from dns2dot.cli import GC_YOUNG_THRESHOLD, tune_gc\n"
         "before = gc.get_threshold()\n"
         "tune_gc()\n"
-        "print(json.dumps([GC_YOUNG_THRESHOLD, before, gc.get_threshold(), gc.get_freeze_count()]))\n"
+        "after = gc.get_threshold()\n"
+        "print(json.dumps([GC_YOUNG_THRESHOLD, before, after, gc.get_freeze_count()]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
