@@ -25,11 +25,11 @@ from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.upstream import UpstreamPool
+from dns2dot.upstream import READ_CHUNK, UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
 
-READ_CHUNK = 65536
+MAX_BUFFER = 4 * 65536  # a client's unread input: a few maximum-size messages
 SWEEP_INTERVAL = 1.0
 
 
@@ -254,7 +254,7 @@ class DnsTcpServer(TCPServer):
         mode: str = "pool",
         limits: TcpLimits | None = None,
     ) -> None:
-        super().__init__(read_chunk_size=READ_CHUNK, max_buffer_size=4 * READ_CHUNK)
+        super().__init__(read_chunk_size=READ_CHUNK, max_buffer_size=MAX_BUFFER)
         self.resolver = resolver
         self.pool = pool
         self.admission = admission

@@ -40,7 +40,10 @@ from dns2dot.tls import TlsContexts, classify_failure, describe_failure, failure
 
 log = logging.getLogger("dns2dot.upstream")
 
-READ_CHUNK = 65536
+# tornado allocates and zeroes a buffer of a stream's read_chunk_size for every read.
+# One TLS record carries at most 16 KiB, so a larger one only costs the memset (pipe
+# mode: +5% q/s against tornado's default 64 KiB); it still holds hundreds of queries.
+READ_CHUNK = 16384 + 256
 MAX_INFLIGHT_PER_CONNECTION = 4096
 MAX_CONNECTIONS_PER_SERVER = 4
 RESENDS = 1  # a query lost with its connection is sent again once (DESIGN.md)
@@ -482,7 +485,7 @@ class UpstreamServer:
                 sock.close()
                 raise self._failed(exc) from exc
             self.health.succeeded()
-            return IOStream(sock)
+            return IOStream(sock, read_chunk_size=READ_CHUNK)
         try:
             async with asyncio.timeout(self.lifecycle.connect_timeout):
                 await loop.sock_connect(sock, (spec.host, spec.port))
@@ -492,7 +495,7 @@ class UpstreamServer:
                     session=self.tls_session,
                     do_handshake_on_connect=False,
                 )
-                stream = SSLIOStream(tls_sock, ssl_options=self.context)
+                stream = SSLIOStream(tls_sock, ssl_options=self.context, read_chunk_size=READ_CHUNK)
                 await stream.wait_for_handshake()
             if spec.pins:
                 pin = x509.spki_pin(tls_sock.getpeercert(binary_form=True) or b"")
