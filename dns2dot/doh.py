@@ -35,9 +35,9 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from dns2dot import wire
 from dns2dot.errors import UpstreamClosedError, UpstreamError
+from dns2dot.streams import READ_CHUNK, read_all, read_more
 from dns2dot.upstream import (
     MAX_INFLIGHT_PER_CONNECTION,
-    READ_CHUNK,
     Exchange,
     UpstreamConnection,
     UpstreamServer,
@@ -125,9 +125,10 @@ class DohConnection(UpstreamConnection):
         conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self._start_queued()
         self._flush()
+        chunk = bytearray(READ_CHUNK)
         first = True
         while True:
-            data = await stream.read_bytes(READ_CHUNK, partial=True)
+            data = read_more(stream, await read_all(stream), chunk)
             try:
                 events = conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:

@@ -25,7 +25,8 @@ from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.upstream import READ_CHUNK, UpstreamPool
+from dns2dot.streams import READ_CHUNK, read_all, read_more
+from dns2dot.upstream import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
 
@@ -222,9 +223,10 @@ class PipeSession:
     async def _relay(self, source: IOStream, sink: IOStream) -> None:
         """Copy one direction. A write is waited for only while the sink is still
         busy with the one before: back-pressure without a round trip per chunk."""
+        chunk = bytearray(READ_CHUNK)
         try:
             while True:
-                data = await source.read_bytes(READ_CHUNK, partial=True)
+                data = read_more(source, await read_all(source), chunk)
                 self.last_active = self._loop.time()
                 written = sink.write(data)
                 if sink.writing():
