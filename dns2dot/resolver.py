@@ -127,7 +127,7 @@ class Resolver:
         self.pool = pool
         self.stats = stats or Stats()
         self.log_queries = False
-        self.rules = rules if rules is not None and not rules.empty else None
+        self._rules = rules if rules is not None and not rules.empty else None
         self.zone_pools = list(zone_pools)
         self.timeout = timeout
         self.max_inflight = max_inflight
@@ -140,6 +140,18 @@ class Resolver:
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_maintenance = 0.0
+
+    @property
+    def rules(self) -> RuleSet | None:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet | None) -> None:
+        """New rules (a reload): queries the cache knew by their bytes are asked again,
+        as a new rule or zone may now answer them."""
+        self._rules = rules
+        if self.cache is not None:
+            self.cache.forget_queries()
 
     def start(self) -> None:
         self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -181,6 +193,7 @@ class Resolver:
             if entry is not None:
                 if entry.fresh(now):
                     answer = cache.render(entry, query, now, stale=False)
+                    cache.remember(msg, key, query, entry, answer, now)
                     self._local(answer, query, reply, transport)
                     if self.policy.prefetch and self._prefetch_due(entry, now):
                         self._prefetch(entry, key, msg, query, now)
@@ -229,6 +242,17 @@ class Resolver:
 
         Returns whether ``reply`` is (or will be) called: False for a dropped message.
         """
+        cache = self.cache
+        if cache is not None and not self.log_queries:
+            now = self._loop.time()
+            known = cache.known(msg, now)
+            if known is not None:
+                answer = msg[:2] + known.answer
+                self.stats.answered(transport, known.query.qtype, answer[3] & 0x0F, 0.0)
+                if self.policy.prefetch and self._prefetch_due(known.entry, now):
+                    self._prefetch(known.entry, known.key, msg, known.query, now)
+                reply(answer)
+                return True
         result = validate(msg)
         if isinstance(result, wire.Query):
             self.resolve(msg, result, reply, transport)

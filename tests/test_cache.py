@@ -886,6 +886,10 @@ def test_property_render_of_parseable_answers_parses(answer: bytes) -> None:
                 assert got <= was  # SERVFAIL records are not clamped (lives 2 s anyway)
             else:
                 assert got <= min(was, CachePolicy().max_ttl)
+    # A client without EDNS gets what wire.client_view makes of the answer with EDNS.
+    plain_client = make_query(original.question[0].name.to_text().upper(), qid=4321, edns=False)
+    plain = cache.render(entry, parsed(plain_client)[1], T0 + 3, stale=False)
+    assert plain == wire.client_view(cache.render(entry, query, T0 + 3, stale=False), False)
     event(f"rendered rcode {original.rcode()}")
 
 
@@ -925,3 +929,98 @@ def test_property_wellformed_answers_round_trip(pair: tuple[dns.message.Message,
     assert m.authority == original.authority
     assert (m.edns >= 0) == (original.edns >= 0)
     assert not any(o.otype == dns.edns.OptionType.PADDING for o in m.options)
+
+
+# --------------------------------------------------------------------------- known queries
+
+
+def serve_once(cache: Cache, q: dns.message.Message, now: float) -> bytes:
+    """The long way, as the resolver takes it: get, render, remember."""
+    msg, query = parsed(q)
+    key = cache_key(query)
+    entry = fetch(cache, key, now)
+    answer = cache.render(entry, query, now, stale=False)
+    cache.remember(msg, key, query, entry, answer, now)
+    return answer
+
+
+def known_answer(cache: Cache, q: dns.message.Message, now: float) -> bytes | None:
+    msg = q.to_wire()
+    known = cache.known(msg, now)
+    return None if known is None else msg[:2] + known.answer
+
+
+def test_a_repeated_query_gets_what_render_gives_with_its_own_id() -> None:
+    cache = Cache()
+    q, answer = a_answer(make_query("ExAmPlE.com.", qid=1), ttl=300)
+    put_answer(cache, q, answer)
+    first = serve_once(cache, q, T0)
+    for now, qid in ((T0, 2), (T0 + 0.5, 3), (T0 + 7.2, 0xFFFF), (T0 + 299.9, 4)):
+        again = make_query("ExAmPlE.com.", qid=qid)
+        got = known_answer(cache, again, now)
+        assert got is not None
+        expected = cache.render(
+            fetch(cache, cache_key(parsed(again)[1]), now), parsed(again)[1], now, stale=False
+        )
+        assert got == expected
+        assert got[2:12] == first[2:12]
+        m = dns.message.from_wire(got)
+        assert m.id == qid
+        assert ttls(m) == [300 - int(now - T0)]  # counted down like any hit
+    assert cache.hits == 1 + 4 + 4  # serve_once, the four known, the four fetches
+
+
+def test_only_the_same_bytes_are_known() -> None:
+    cache = Cache()
+    q, answer = a_answer(make_query("example.com."))
+    put_answer(cache, q, answer)
+    serve_once(cache, q, T0)
+    for other in (
+        make_query("EXAMPLE.com."),  # another spelling: its own answer, the long way
+        make_query("example.com.", edns=False),
+        make_query("example.com.", do=True),
+        make_query("example.com.", "AAAA"),
+    ):
+        assert known_answer(cache, other, T0) is None
+
+
+@pytest.mark.parametrize("change", ["expired", "replaced", "evicted", "forgotten"])
+def test_a_known_query_goes_the_long_way_once_its_entry_changes(change: str) -> None:
+    cache = Cache(CachePolicy(max_entries=2, stale_ttl=3600))
+    q, answer = a_answer(make_query("example.com."), ttl=60)
+    put_answer(cache, q, answer)
+    serve_once(cache, q, T0)
+    now = T0 + 1
+    if change == "expired":
+        now = T0 + 60  # stale, not fresh: serve-stale is decided the long way
+    elif change == "replaced":
+        put_answer(cache, q, a_answer(q, ttl=30)[1], now=now)
+    elif change == "evicted":
+        for name in ("a.example.", "b.example."):
+            other, other_answer = a_answer(make_query(name))
+            put_answer(cache, other, other_answer, now=now)
+    else:
+        cache.forget_queries()
+    hits = cache.hits
+    assert known_answer(cache, q, now) is None
+    assert cache.hits == hits
+    if change == "replaced":  # the new entry is learned again on the long way
+        serve_once(cache, q, now)
+        got = known_answer(cache, q, now)
+        assert got is not None and ttls(dns.message.from_wire(got)) == [30]
+
+
+def test_known_queries_are_bounded_by_the_entry_bound() -> None:
+    cache = Cache(CachePolicy(max_entries=5))
+    queries = [make_query(f"n{i}.example.") for i in range(5)]
+    for q in queries:
+        put_answer(cache, q, a_answer(q)[1])
+    for spelling in ("n{}.example.", "N{}.example.", "n{}.EXAMPLE."):
+        for i in range(5):
+            serve_once(cache, make_query(spelling.format(i)), T0)
+    assert len(cache._known) <= 5
+    # Whatever was forgotten is learned again; what is known is still right.
+    for i in range(5):
+        q = make_query(f"N{i}.example.")
+        got = known_answer(cache, q, T0) or serve_once(cache, q, T0)
+        assert dns.message.from_wire(got).question[0].name.to_text() == f"N{i}.example."
