@@ -35,7 +35,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from dns2dot import wire
 from dns2dot.errors import UpstreamClosedError, UpstreamError
-from dns2dot.streams import READ_CHUNK, read_all, read_more
+from dns2dot.streams import read_all, read_more
 from dns2dot.upstream import (
     MAX_INFLIGHT_PER_CONNECTION,
     Exchange,
@@ -125,10 +125,9 @@ class DohConnection(UpstreamConnection):
         conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self._start_queued()
         self._flush()
-        chunk = bytearray(READ_CHUNK)
         first = True
         while True:
-            data = read_more(stream, await read_all(stream), chunk)
+            data = read_more(stream, await read_all(stream))
             try:
                 events = conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:

@@ -25,6 +25,9 @@ from tornado.iostream import IOStream
 READ_CHUNK = 16384 + 256
 # Reads taken past tornado per call: bounded, so one busy stream cannot starve the rest.
 MAX_MORE_READS = 64
+# One scratch buffer for every stream of the process: read_more never awaits while
+# it holds bytes there, and a buffer per stream would cost 16 KiB per idle pipe client.
+_scratch = bytearray(READ_CHUNK)
 
 
 async def read_all(stream: IOStream) -> bytes:
@@ -35,7 +38,7 @@ async def read_all(stream: IOStream) -> bytes:
     return await stream.read_bytes(stream.max_buffer_size, partial=True)
 
 
-def read_more(stream: IOStream, data: bytes, chunk: bytearray) -> bytes:
+def read_more(stream: IOStream, data: bytes) -> bytes:
     """``data`` (just returned by :func:`read_all`) and what the socket holds now.
 
     Nothing is read past tornado unless its buffer is known to be empty (see the
@@ -48,7 +51,7 @@ def read_more(stream: IOStream, data: bytes, chunk: bytearray) -> bytes:
     parts: list[bytes | bytearray] = [data]
     for _ in range(MAX_MORE_READS):
         try:
-            count = stream.read_from_fd(chunk)
+            count = stream.read_from_fd(_scratch)
         except OSError as exc:  # ssl.SSLError included
             stream.close(exc_info=exc)
             break
@@ -57,5 +60,5 @@ def read_more(stream: IOStream, data: bytes, chunk: bytearray) -> bytes:
         if count == 0:
             stream.close()
             break
-        parts.append(chunk[:count])
+        parts.append(_scratch[:count])
     return data if len(parts) == 1 else b"".join(parts)

@@ -223,10 +223,9 @@ class PipeSession:
     async def _relay(self, source: IOStream, sink: IOStream) -> None:
         """Copy one direction. A write is waited for only while the sink is still
         busy with the one before: back-pressure without a round trip per chunk."""
-        chunk = bytearray(READ_CHUNK)
         try:
             while True:
-                data = read_more(source, await read_all(source), chunk)
+                data = read_more(source, await read_all(source))
                 self.last_active = self._loop.time()
                 written = sink.write(data)
                 if sink.writing():

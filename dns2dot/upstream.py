@@ -388,10 +388,9 @@ class DotConnection(UpstreamConnection):
     async def _serve(self, stream: IOStream) -> None:
         self._flush()
         decoder = FrameDecoder(min_length=wire.HEADER_LEN)
-        chunk = bytearray(READ_CHUNK)
         first = True
         while True:
-            data = read_more(stream, await read_all(stream), chunk)
+            data = read_more(stream, await read_all(stream))
             for msg in decoder.feed(data):
                 self._deliver(wire.message_id(msg), msg)
             if decoder.error is not None:

@@ -57,12 +57,11 @@ async def talk_to(pki: Pki, peer: Peer) -> tuple[SSLIOStream, threading.Thread]:
 
 async def read_until_closed(stream: SSLIOStream, calls: list[int]) -> bytes:
     """Everything until the stream closes; ``calls`` gets each call's byte count."""
-    chunk = bytearray(READ_CHUNK)
     received = b""
     async with asyncio.timeout(10):  # a deadline without a task in between
         for _ in range(10_000):
             try:
-                data = read_more(stream, await read_all(stream), chunk)
+                data = read_more(stream, await read_all(stream))
             except StreamClosedError:
                 return received
             calls.append(len(data))
@@ -84,11 +83,10 @@ def test_every_record_arrives_once_in_order_and_several_come_from_one_call(pki: 
         stream, thread = await talk_to(pki, peer)
         assert await asyncio.to_thread(written.wait, 10)
         calls: list[int] = []
-        chunk = bytearray(READ_CHUNK)
         received = b""
         async with asyncio.timeout(10):
             while len(received) < sum(map(len, payloads)):
-                data = read_more(stream, await read_all(stream), chunk)
+                data = read_more(stream, await read_all(stream))
                 calls.append(len(data))
                 received += data
         stream.close()
@@ -116,7 +114,6 @@ def test_bytes_tornado_buffered_by_itself_are_never_overtaken(pki: Pki) -> None:
 
     async def main() -> bytes:
         stream, thread = await talk_to(pki, peer)
-        chunk = bytearray(READ_CHUNK)
         received = b""
         async with asyncio.timeout(10):
             while len(received) < sum(map(len, payloads)):
@@ -124,7 +121,7 @@ def test_bytes_tornado_buffered_by_itself_are_never_overtaken(pki: Pki) -> None:
                 data = await reading
                 for _ in range(3):
                     await asyncio.sleep(0.001)  # the peer writes on; tornado may read
-                received += read_more(stream, data, chunk)
+                received += read_more(stream, data)
         stream.close()
         thread.join(10)
         return received
