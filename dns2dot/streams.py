@@ -17,7 +17,7 @@ slower (tests/test_streams.py would show that), never wrong.
 
 from __future__ import annotations
 
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, SSLIOStream
 
 # tornado allocates and zeroes a buffer of a stream's read_chunk_size for every read.
 # One TLS record carries at most 16 KiB, so a larger one only costs the memset (pipe
@@ -46,7 +46,9 @@ def read_more(stream: IOStream, data: bytes) -> bytes:
     the error kept as tornado keeps it, and the next :func:`read_all` raises
     ``StreamClosedError``.
     """
-    if getattr(stream, "_read_buffer_size", None) != 0:
+    if not isinstance(stream, SSLIOStream) or getattr(stream, "_read_buffer_size", None) != 0:
+        # A plain socket hands over everything it has in one read: another would only
+        # come back empty, a wasted system call.
         return data
     parts: list[bytes | bytearray] = [data]
     for _ in range(MAX_MORE_READS):
