@@ -17,7 +17,7 @@ slower (tests/test_streams.py would show that), never wrong.
 
 from __future__ import annotations
 
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
 # tornado allocates and zeroes a buffer of a stream's read_chunk_size for every read.
 # One TLS record carries at most 16 KiB, so a larger one only costs the memset (pipe
@@ -33,9 +33,14 @@ _scratch = bytearray(READ_CHUNK)
 async def read_all(stream: IOStream) -> bytes:
     """Wait for data; return everything tornado has buffered, leaving its buffer empty.
 
-    Raises :class:`tornado.iostream.StreamClosedError` like ``read_bytes``.
+    Raises :class:`tornado.iostream.StreamClosedError` once the stream is closed, also
+    for a socket or TLS error that tornado met in a read made at once and raised as it
+    was (it closed the stream first, keeping the error).
     """
-    return await stream.read_bytes(stream.max_buffer_size, partial=True)
+    try:
+        return await stream.read_bytes(stream.max_buffer_size, partial=True)
+    except OSError as exc:  # ssl.SSLError included
+        raise StreamClosedError(real_error=exc) from exc
 
 
 def read_more(stream: IOStream, data: bytes) -> bytes:
