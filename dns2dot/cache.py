@@ -128,8 +128,10 @@ class Cache:
         self.policy = policy or CachePolicy()
         self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
         # Stubs ask the same questions in the same bytes over and over; a repeat is
-        # answered without a parse or a render (see :meth:`known`).
+        # answered without a parse or a render (see :meth:`known`). Bounded by the
+        # entry bound and a quarter of the byte bound, on top of the entries.
         self._known: dict[bytes, KnownQuery] = {}
+        self._known_bytes = 0  # charged on insertion, reset on clear: an upper estimate
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -188,13 +190,21 @@ class Cache:
         now: float,
     ) -> None:
         """Note that ``msg`` got ``answer`` from the fresh ``entry`` (see :meth:`known`)."""
-        if len(self._known) >= self.policy.max_entries:
-            self._known.clear()  # a bound, cheaply: the hot queries come back at once
-        self._known[msg[2:]] = KnownQuery(key, entry, query, int(now - entry.stored), answer[2:])
+        rest = msg[2:]
+        size = len(rest) + len(answer) + ENTRY_OVERHEAD
+        policy = self.policy
+        if (
+            len(self._known) >= policy.max_entries
+            or self._known_bytes + size > policy.max_bytes // 4
+        ):
+            self.forget_queries()  # a bound, cheaply: the hot queries come back at once
+        self._known[rest] = KnownQuery(key, entry, query, int(now - entry.stored), answer[2:])
+        self._known_bytes += size
 
     def forget_queries(self) -> None:
         """Forget every :class:`KnownQuery`: what decides an answer (the rules) changed."""
         self._known.clear()
+        self._known_bytes = 0
 
     def peek(self, key: bytes) -> CacheEntry | None:
         """The entry for ``key`` as it is, without counting a hit or a miss."""

@@ -1024,3 +1024,18 @@ def test_known_queries_are_bounded_by_the_entry_bound() -> None:
         q = make_query(f"N{i}.example.")
         got = known_answer(cache, q, T0) or serve_once(cache, q, T0)
         assert dns.message.from_wire(got).question[0].name.to_text() == f"N{i}.example."
+
+
+def test_known_queries_are_bounded_by_a_quarter_of_the_byte_bound() -> None:
+    """Known queries hold answers of their own: they count against the byte bound."""
+    policy = CachePolicy(max_entries=1000, max_bytes=40 * (ENTRY_OVERHEAD + 100))
+    cache = Cache(policy)
+    for i in range(200):
+        q = make_query(f"n{i}.example.")
+        put_answer(cache, q, a_answer(q)[1])
+        serve_once(cache, q, T0)
+        held = sum(
+            len(rest) + len(k.answer) + 2 + ENTRY_OVERHEAD for rest, k in cache._known.items()
+        )
+        assert held <= policy.max_bytes // 4
+    assert 0 < len(cache._known) < 40
