@@ -35,7 +35,7 @@ from tornado.iostream import IOStream, StreamClosedError
 
 from dns2dot import wire
 from dns2dot.errors import UpstreamClosedError, UpstreamError
-from dns2dot.streams import read_all, read_more
+from dns2dot.streams import read_available
 from dns2dot.upstream import (
     MAX_INFLIGHT_PER_CONNECTION,
     Exchange,
@@ -127,7 +127,7 @@ class DohConnection(UpstreamConnection):
         self._flush()
         first = True
         while True:
-            data = read_more(stream, await read_all(stream))
+            data = await read_available(stream)
             try:
                 events = conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:

@@ -43,6 +43,15 @@ async def read_all(stream: IOStream) -> bytes:
         raise StreamClosedError(real_error=exc) from exc
 
 
+async def read_available(stream: IOStream) -> bytes:
+    """Wait for data; return it with whatever else the socket already holds.
+
+    How every stream in dns2dot is read: :func:`read_more` right after
+    :func:`read_all`, nothing awaited in between.
+    """
+    return read_more(stream, await read_all(stream))
+
+
 def read_more(stream: IOStream, data: bytes) -> bytes:
     """``data`` (just returned by :func:`read_all`) and what the socket holds now.
 

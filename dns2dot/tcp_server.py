@@ -25,7 +25,7 @@ from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.streams import READ_CHUNK, read_all, read_more
+from dns2dot.streams import READ_CHUNK, read_available
 from dns2dot.upstream import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
@@ -225,7 +225,7 @@ class PipeSession:
         busy with the one before: back-pressure without a round trip per chunk."""
         try:
             while True:
-                data = read_more(source, await read_all(source))
+                data = await read_available(source)
                 self.last_active = self._loop.time()
                 written = sink.write(data)
                 if sink.writing():

@@ -36,7 +36,7 @@ from dns2dot.errors import (
 )
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.strategy import Health, Strategy
-from dns2dot.streams import READ_CHUNK, read_all, read_more
+from dns2dot.streams import READ_CHUNK, read_available
 from dns2dot.tls import TlsContexts, classify_failure, describe_failure, failure_kind
 
 log = logging.getLogger("dns2dot.upstream")
@@ -390,7 +390,7 @@ class DotConnection(UpstreamConnection):
         decoder = FrameDecoder(min_length=wire.HEADER_LEN)
         first = True
         while True:
-            data = read_more(stream, await read_all(stream))
+            data = await read_available(stream)
             for msg in decoder.feed(data):
                 self._deliver(wire.message_id(msg), msg)
             if decoder.error is not None:

@@ -20,7 +20,7 @@ from support.pki import TLS_NAME, Pki
 from tornado.iostream import SSLIOStream, StreamClosedError
 
 from dns2dot import tls
-from dns2dot.streams import MAX_MORE_READS, READ_CHUNK, read_all, read_more
+from dns2dot.streams import MAX_MORE_READS, READ_CHUNK, read_all, read_available, read_more
 
 Peer = Callable[[ssl.SSLSocket], None]
 
@@ -61,7 +61,7 @@ async def read_until_closed(stream: SSLIOStream) -> bytes:
     async with asyncio.timeout(10):  # a deadline without a task in between
         for _ in range(10_000):
             try:
-                received += read_more(stream, await read_all(stream))
+                received += await read_available(stream)
             except StreamClosedError:
                 return received
     raise AssertionError("the stream never closed")
@@ -92,7 +92,7 @@ def test_every_record_arrives_once_in_order_and_several_come_from_one_call(pki: 
         received = b""
         async with asyncio.timeout(10):
             while len(received) < sum(map(len, payloads)):
-                data = read_more(stream, await read_all(stream))
+                data = await read_available(stream)
                 calls.append(len(data))
                 received += data
         stream.close()
