@@ -195,8 +195,7 @@ class Resolver:
                     answer = cache.render(entry, query, now, stale=False)
                     cache.remember(msg, key, query, entry, answer, now)
                     self._local(answer, query, reply, transport)
-                    if self.policy.prefetch and self._prefetch_due(entry, now):
-                        self._prefetch(entry, key, msg, query, now)
+                    self._maybe_prefetch(entry, key, msg, query, now)
                     return
                 stale = entry
         if self.inflight >= self.max_inflight:
@@ -243,15 +242,12 @@ class Resolver:
         Returns whether ``reply`` is (or will be) called: False for a dropped message.
         """
         cache = self.cache
-        if cache is not None and not self.log_queries:
+        if cache is not None:
             now = self._loop.time()
             known = cache.known(msg, now)
             if known is not None:
-                answer = msg[:2] + known.answer
-                self.stats.answered(transport, known.query.qtype, answer[3] & 0x0F, 0.0)
-                if self.policy.prefetch and self._prefetch_due(known.entry, now):
-                    self._prefetch(known.entry, known.key, msg, known.query, now)
-                reply(answer)
+                self._local(msg[:2] + known.answer, known.query, reply, transport)
+                self._maybe_prefetch(known.entry, known.key, msg, known.query, now)
                 return True
         result = validate(msg)
         if isinstance(result, wire.Query):
@@ -337,18 +333,17 @@ class Resolver:
         assert self.cache is not None
         return self.cache.render(entry, query, self._loop.time(), stale=True)
 
-    @staticmethod
-    def _prefetch_due(entry: CacheEntry, now: float) -> bool:
-        """A popular entry in the last tenth of its life is refreshed before it expires."""
-        return (
-            entry.hits >= PREFETCH_MIN_HITS
-            and not entry.refreshing
-            and entry.expires - now < (entry.expires - entry.stored) / 10
-        )
-
-    def _prefetch(
+    def _maybe_prefetch(
         self, entry: CacheEntry, key: bytes, msg: bytes, query: wire.Query, now: float
     ) -> None:
+        """A popular entry in the last tenth of its life is refreshed before it expires."""
+        if (
+            not self.policy.prefetch
+            or entry.hits < PREFETCH_MIN_HITS
+            or entry.refreshing
+            or entry.expires - now >= (entry.expires - entry.stored) / 10
+        ):
+            return
         entry.refreshing = True
         exchange = self._exchange(msg, query, _ignore, now, self.pool)
         exchange.store = partial(self._store, key, query)
