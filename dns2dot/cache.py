@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dns2dot import wire
@@ -304,16 +304,17 @@ class Cache:
         age = int(now - entry.stored)
         if query.edns is not None:
             if entry.edns_age != age:
-                entry.view_edns = _aged(entry, age, keep_opt=True)
+                entry.view_edns = _with_ttls(entry, _counted_down(entry, age), keep_opt=True)
                 entry.edns_age = age
             return _personal(entry.view_edns, entry, query)
         if entry.plain_age != age:
-            entry.view_plain = _aged(entry, age, keep_opt=False)
+            entry.view_plain = _with_ttls(entry, _counted_down(entry, age), keep_opt=False)
             entry.plain_age = age
         return _personal(entry.view_plain, entry, query)
 
     def _render_stale(self, entry: CacheEntry, query: wire.Query) -> bytes:
-        answer = wire.client_view(_with_ttls(entry, lambda _: STALE_ANSWER_TTL), False)
+        stale_ttls = [STALE_ANSWER_TTL] * len(entry.ttls)
+        answer = _with_ttls(entry, stale_ttls, keep_opt=False)
         if query.edns is not None:
             arcount = (answer[10] << 8) | answer[11]
             answer = (
@@ -325,21 +326,19 @@ class Cache:
         return _personal(answer, entry, query)
 
 
-def _with_ttls(entry: CacheEntry, ttl_of: Callable[[int], int]) -> bytes:
-    """The stored answer with every record's TTL replaced by ``ttl_of(stored TTL)``."""
-    buf = bytearray(entry.answer)
-    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-        _TTL.pack_into(buf, offset, ttl_of(ttl))
-    return bytes(buf)
+def _counted_down(entry: CacheEntry, age: int) -> list[int]:
+    """The entry's TTLs ``age`` seconds after it was stored, none below zero."""
+    return [ttl - age if ttl > age else 0 for ttl in entry.ttls]
 
 
-def _aged(entry: CacheEntry, age: int, *, keep_opt: bool) -> bytes:
-    """The stored answer with TTLs counted down by ``age`` seconds; without its OPT
-    record for a client that sent none (RFC 6891 §7, as :func:`wire.client_view`)."""
+def _with_ttls(entry: CacheEntry, ttls: Sequence[int], *, keep_opt: bool) -> bytes:
+    """The stored answer with each record's TTL replaced by the one in ``ttls``, and
+    without its OPT record for a client that sent none (RFC 6891 §7, as
+    :func:`wire.client_view` would cut it)."""
     buf = bytearray(entry.answer)
     pack = _TTL.pack_into
-    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-        pack(buf, offset, ttl - age if ttl > age else 0)
+    for offset, ttl in zip(entry.ttl_offsets, ttls, strict=True):
+        pack(buf, offset, ttl)
     if not keep_opt and entry.opt is not None:
         start, end = entry.opt
         del buf[start:end]
