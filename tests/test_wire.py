@@ -23,6 +23,7 @@ import pytest
 from dns.rdtypes.ANY.CNAME import CNAME
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from support.mutate import mutated
 
 from dns2dot import wire
 from dns2dot.errors import FormError, MessageError, RemoteProtocolError
@@ -1179,32 +1180,6 @@ def dns2dot_verdict(msg: bytes) -> tuple[object, ...]:
         return ("form", exc.rcode)
     edns = None if q.edns is None else (q.edns.payload, q.edns.version, q.edns.do, q.edns.offset)
     return ("ok", q.qname, q.qtype, q.qclass, q.question_end, edns)
-
-
-@st.composite
-def mutated(draw: st.DrawFn, seeds: st.SearchStrategy[bytes]) -> bytes:
-    data = bytearray(draw(seeds))
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete", "count"]))
-        if not data:
-            break
-        pos = draw(st.integers(0, len(data) - 1))
-        if op == "flip":
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set":
-            data[pos] = draw(
-                st.sampled_from([0x00, 0x3F, 0x40, 0xC0, 0xFF, draw(st.integers(0, 255))])
-            )
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=12))
-        elif op == "delete":
-            del data[pos : pos + draw(st.integers(1, 8))]
-        elif op == "count" and len(data) >= 12:
-            field = draw(st.sampled_from([4, 6, 8, 10]))
-            struct.pack_into("!H", data, field, draw(st.integers(0, 4)))
-    return bytes(data)
 
 
 def clear_qr_opcode_tc(msg: bytes) -> bytes:
