@@ -225,28 +225,18 @@ def start_upstream(
     zone: ZoneFiles,
     port: int | None = None,
     key: str = "upstream",
+    *,
+    https: bool = False,
 ) -> Server:
-    """unbound serving the zone over DoT (the ceiling, and everyone's upstream)."""
+    """unbound serving the zone over DoT (the ceiling, and everyone's upstream), or
+    with ``https`` over DoH (the DoH ceiling, and the DoH peers' upstream)."""
     port = port or free_port()
     conf = work / f"{key}.conf"
-    conf.write_text(_upstream_conf(work, pki, zone, port))
-    server = Server(key, "unbound DoT upstream", ("dot",), port)
-    return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], zone.probe_name, pki)
-
-
-def start_doh_upstream(
-    registry: Registry,
-    work: Path,
-    pki: Pki,
-    zone: ZoneFiles,
-    port: int | None = None,
-    key: str = "upstream-doh",
-) -> Server:
-    """unbound serving the same zone over DoH (the DoH ceiling, and the DoH peers' upstream)."""
-    port = port or free_port()
-    conf = work / f"{key}.conf"
-    conf.write_text(_upstream_conf(work, pki, zone, port, https=True))
-    server = Server(key, "unbound DoH upstream", ("doh",), port)
+    conf.write_text(_upstream_conf(work, pki, zone, port, https=https))
+    if https:
+        server = Server(key, "unbound DoH upstream", ("doh",), port)
+    else:
+        server = Server(key, "unbound DoT upstream", ("dot",), port)
     return _launch(registry, server, ["unbound", "-d", "-c", str(conf)], zone.probe_name, pki)
 
 

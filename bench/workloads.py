@@ -709,7 +709,7 @@ def _start_doh_server(
 ) -> peers.Server:
     """The DoH row: unbound serving DoH (started first), then dnsdist and dns2dot to it."""
     if key == "upstream-doh":
-        return peers.start_doh_upstream(registry, work, pki, zone)
+        return peers.start_upstream(registry, work, pki, zone, key="upstream-doh", https=True)
     doh = servers.get("upstream-doh")
     if doh is None or not doh.ok:
         why = doh.error if doh is not None else "not started"
