@@ -329,7 +329,9 @@ def test_repeated_warnings_are_rate_limited(
     spec = dead_spec() if fake is None else fake.spec
     d = dns2dot(upstreams=[spec], extra=["--timeout", "1"])
     for burst in range(5):  # 5 bursts of 10, all answered SERVFAIL
-        queries = [make_query(f"q{burst}-{i}.flood.example.test.") for i in range(10)]
+        queries = [
+            make_query(f"q{burst}-{i}.flood.example.test.", qid=burst * 10 + i) for i in range(10)
+        ]
         got = udp_many(d.port, queries, timeout=10)
         assert all(len(v) == 1 for v in got.values()), got
         rcodes = {dns.message.from_wire(v[0]).rcode() for v in got.values()}

@@ -224,6 +224,9 @@ def udp_many(
     have one or ``timeout`` runs out. Lists longer than one reveal duplicate answers."""
     qs = list(queries)
     got: dict[int, list[bytes]] = {q.id: [] for q in qs}
+    if len(got) != len(qs):
+        # Two queries under one ID would look like one query answered twice.
+        raise ValueError("udp_many needs a distinct ID for every query (pass qid=)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for q in qs:
             s.sendto(q.to_wire(), (LOOPBACK, port))
