@@ -2,7 +2,7 @@
 
 A *pool session* reads length-prefixed queries, hands each to the resolver and writes
 every answer as soon as it is ready, in any order (RFC 7766 §6.2.1.1). A *pipe
-session* splices the client stream byte for byte onto a TLS stream of its own, like
+session* splices the client's socket byte for byte onto a TLS connection of its own, like
 ``socat tcp-listen:53,fork openssl:1.1.1.1:853``.
 
 Both kinds are watched by one periodic sweep that closes connections idle for longer
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
@@ -25,7 +26,8 @@ from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.streams import READ_CHUNK, read_available
+from dns2dot.splice import Splice
+from dns2dot.streams import READ_CHUNK
 from dns2dot.upstream import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
@@ -183,11 +185,13 @@ class PoolSession:
 
 
 class PipeSession:
-    """One client connection spliced byte for byte onto a TLS stream of its own.
+    """One client connection spliced byte for byte onto a TLS connection of its own.
 
     Carries anything, zone transfers included. If no upstream can be reached over
     verified TLS, the client's queries are answered SERVFAIL instead of the connection
-    just dropping, so a pipe client too always gets an answer.
+    just dropping, so a pipe client too always gets an answer. The copying itself is
+    :class:`~dns2dot.splice.Splice`: the client's socket is taken from its tornado
+    stream, which never reads it.
     """
 
     def __init__(
@@ -195,51 +199,49 @@ class PipeSession:
     ) -> None:
         self.client_stream = client_stream
         self._stats = stats
-        self.upstream_stream: IOStream | None = None
         self._pool = pool
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self.last_active = self._loop.time()
         self._fallback: PoolSession | None = None
+        self._splice: Splice | None = None
+        self._activity_seen = 0
+        self._closed = False
 
     def expired(self, now: float) -> str | None:
         if self._fallback is not None:
             return self._fallback.expired(now)
+        splice = self._splice
+        if splice is not None and splice.activity != self._activity_seen:
+            self._activity_seen = splice.activity
+            self.last_active = now
         return "idle" if now - self.last_active > self._limits.idle_timeout else None
 
     async def run(self) -> None:
         try:
-            _, self.upstream_stream = await self._pool.open_pipe_stream()
+            server, upstream_socket = await self._pool.open_pipe_socket()
         except UpstreamError:
             self._fallback = PoolSession(self.client_stream, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
-        self.upstream_stream.set_nodelay(True)
-        await asyncio.gather(
-            self._relay(self.client_stream, self.upstream_stream),
-            self._relay(self.upstream_stream, self.client_stream),
+        if self._closed or self.client_stream.closed():
+            upstream_socket.close()
+            return
+        self._splice = Splice(
+            self.client_stream.socket,
+            upstream_socket,
+            on_upstream_data=partial(server.remember_session, upstream_socket),
         )
-
-    async def _relay(self, source: IOStream, sink: IOStream) -> None:
-        """Copy one direction. A write is waited for only while the sink is still
-        busy with the one before: back-pressure without a round trip per chunk."""
         try:
-            while True:
-                data = await read_available(source)
-                self.last_active = self._loop.time()
-                written = sink.write(data)
-                if sink.writing():
-                    await written
-        except StreamClosedError:
-            pass
+            await self._splice.run()
         finally:
-            source.close()
-            sink.close()
+            self.client_stream.close()  # its socket is closed already: tornado takes note
 
     def close(self) -> None:
+        self._closed = True
+        if self._splice is not None:
+            self._splice.close()
         self.client_stream.close()
-        if self.upstream_stream is not None:
-            self.upstream_stream.close()
         if self._fallback is not None:
             self._fallback.close()
 

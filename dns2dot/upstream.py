@@ -35,6 +35,7 @@ from dns2dot.errors import (
     UpstreamTimeoutError,
 )
 from dns2dot.framing import FrameDecoder, frame
+from dns2dot.splice import tls_handshake
 from dns2dot.strategy import Health, Strategy
 from dns2dot.streams import READ_CHUNK, read_available
 from dns2dot.tls import TlsContexts, classify_failure, describe_failure, failure_kind
@@ -461,11 +462,25 @@ class UpstreamServer:
         return connection
 
     async def open_stream(self) -> IOStream:
-        """A verified TLS stream to this upstream, resuming the last session if any.
+        """A verified TLS stream to this upstream (see :meth:`open_socket`), for tornado."""
+        sock = await self.open_socket()
+        if not isinstance(sock, ssl.SSLSocket):
+            return IOStream(sock, read_chunk_size=READ_CHUNK)
+        stream = SSLIOStream(sock, ssl_options=self.context, read_chunk_size=READ_CHUNK)
+        try:
+            await stream.wait_for_handshake()  # done already: tornado only takes note
+        except StreamClosedError as exc:
+            stream.close()
+            raise self._failed(exc.real_error or exc) from exc
+        return stream
+
+    async def open_socket(self) -> socket.socket:
+        """A connected socket to this upstream: TLS, verified, resuming the last session.
 
         The socket is wrapped here rather than by tornado so that ``session=`` can be
-        passed (DESIGN.md, "TLS session resumption"); the name is checked by OpenSSL,
-        the pins (if any) right after the handshake, before anything is sent.
+        passed (DESIGN.md, "TLS session resumption"); the name is checked by OpenSSL
+        during the handshake, the pins (if any) right after it, before anything is
+        sent. Only a ``plain`` upstream (a forwarding rule's) gets a bare TCP socket.
         """
         spec = self.spec
         family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
@@ -473,46 +488,30 @@ class UpstreamServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
-        stream: IOStream | None = None
-        if spec.transport == "plain":
-            try:
-                async with asyncio.timeout(self.lifecycle.connect_timeout):
-                    await loop.sock_connect(sock, (spec.host, spec.port))
-            except (OSError, TimeoutError) as exc:
-                sock.close()
-                raise self._failed(exc) from exc
-            self.health.succeeded()
-            return IOStream(sock, read_chunk_size=READ_CHUNK)
+        tls_sock: ssl.SSLSocket | None = None
         try:
             async with asyncio.timeout(self.lifecycle.connect_timeout):
                 await loop.sock_connect(sock, (spec.host, spec.port))
+                if spec.transport == "plain":
+                    self.health.succeeded()
+                    return sock
                 tls_sock = self.context.wrap_socket(
                     sock,
                     server_hostname=spec.verify_name,
                     session=self.tls_session,
                     do_handshake_on_connect=False,
                 )
-                stream = SSLIOStream(tls_sock, ssl_options=self.context, read_chunk_size=READ_CHUNK)
-                await stream.wait_for_handshake()
+                await tls_handshake(tls_sock)
             if spec.pins:
                 pin = x509.spki_pin(tls_sock.getpeercert(binary_form=True) or b"")
                 if pin not in spec.pins:
                     raise PinMismatchError(f"key pin {pin} is not among the configured pins")
-        except (
-            OSError,
-            StreamClosedError,
-            TimeoutError,
-            PinMismatchError,
-            x509.CertificateError,
-        ) as exc:
-            if stream is not None:
-                stream.close()
-            else:
-                sock.close()
-            cause: BaseException = exc
-            if isinstance(exc, StreamClosedError) and exc.real_error is not None:
-                cause = exc.real_error
-            raise self._failed(cause) from exc
+        except (OSError, TimeoutError, PinMismatchError, x509.CertificateError) as exc:
+            (tls_sock or sock).close()
+            raise self._failed(exc) from exc
+        except BaseException:
+            (tls_sock or sock).close()
+            raise
         self.handshakes["true" if tls_sock.session_reused else "false"] += 1
         if self.health.succeeded() or self._last_problem is not None:
             log.warning("%s: usable again", self)
@@ -523,7 +522,7 @@ class UpstreamServer:
             tls_sock.version(),
             "resumed" if tls_sock.session_reused else "new",
         )
-        return stream
+        return tls_sock
 
     def _failed(self, cause: BaseException) -> UpstreamError:
         """Mark the upstream down and log the reason, once per distinct reason."""
@@ -543,8 +542,11 @@ class UpstreamServer:
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
 
-    def remember_session(self, stream: IOStream) -> None:
-        session = getattr(stream.socket, "session", None)
+    def remember_session(self, stream: IOStream | socket.socket) -> None:
+        """Keep the connection's TLS session for the next handshake (after its first
+        answer: TLS 1.3 sends the session tickets after the handshake)."""
+        sock = stream.socket if isinstance(stream, IOStream) else stream
+        session = getattr(sock, "session", None)
         if session is not None:
             self.tls_session = session
 
@@ -700,17 +702,20 @@ class UpstreamPool:
     def usable(self) -> bool:
         return any(health.up for health in self._healths)
 
-    async def open_pipe_stream(self) -> tuple[UpstreamServer, IOStream]:
-        """A fresh TLS stream of its own for a pipe session, in the strategy's order."""
+    async def open_pipe_socket(self) -> tuple[UpstreamServer, ssl.SSLSocket]:
+        """A fresh TLS socket of its own for a pipe session, in the strategy's order."""
         last: UpstreamError = UpstreamConnectError("no DoT upstream is usable")
         for index in self.strategy.order(self._healths):
             server = self.servers[index]
             if server.spec.transport != "tls":
                 continue  # a byte-for-byte pipe needs a DNS-over-TLS stream
             try:
-                return server, await server.open_stream()
+                sock = await server.open_socket()
             except UpstreamError as exc:
                 last = exc
+                continue
+            assert isinstance(sock, ssl.SSLSocket)  # transport "tls"
+            return server, sock
         raise last
 
     def close(self) -> None:

@@ -37,9 +37,11 @@ from support.net import (
     frame,
     is_truncated,
     make_query,
+    send_for,
     tcp_query,
     udp_exchange,
     udp_query,
+    wait_peer_closed,
 )
 from support.pki import Pki
 from support.proc import Dns2Dot, log_tail, running_dns2dot
@@ -196,47 +198,6 @@ def assert_not_answered(port: int, transport: str, wire: bytes) -> None:
         r = c.recv_message(3)
         assert r is not None, "the connection stopped answering after an ignored message"
         assert r.id == q.id and a_addresses(r) == {addr}
-
-
-def send_for(sock: socket.socket, data: bytes, seconds: float) -> int:
-    """Write as much of ``data`` as the peer takes within ``seconds``; bytes written."""
-    sock.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + seconds
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_WRITE)
-    try:
-        while sent < len(data) and time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, min(0.2, deadline - time.monotonic()))):
-                continue
-            try:
-                sent += sock.send(data[sent : sent + 65536])
-            except BlockingIOError:
-                continue
-            except OSError:
-                break
-    finally:
-        sel.close()
-    return sent
-
-
-TCP_CLOSE = 7
-TCP_CLOSE_WAIT = 8
-
-
-def tcp_state(sock: socket.socket) -> int:
-    """Linux ``tcpi_state`` (first byte of ``struct tcp_info``), read without reading data."""
-    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
-
-
-def wait_peer_closed(sock: socket.socket, timeout: float) -> bool:
-    """True once the peer sent FIN or RST, without consuming what it sent (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT):
-            return True
-        time.sleep(0.05)
-    return tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT)
 
 
 # == TCP framing (RFC 1035 §4.2.2, RFC 7766 §8) =======================================

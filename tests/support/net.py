@@ -8,6 +8,7 @@ leaves 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import selectors
 import socket
 import struct
 import time
@@ -252,3 +253,44 @@ def udp_many(
         except TimeoutError:
             pass
     return got
+
+
+def send_for(sock: socket.socket, data: bytes, seconds: float) -> int:
+    """Write as much of ``data`` as the peer takes within ``seconds``; bytes written."""
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_WRITE)
+    try:
+        while sent < len(data) and time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, min(0.2, deadline - time.monotonic()))):
+                continue
+            try:
+                sent += sock.send(data[sent : sent + 65536])
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+    finally:
+        sel.close()
+    return sent
+
+
+TCP_CLOSE = 7
+TCP_CLOSE_WAIT = 8
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """Linux ``tcpi_state`` (first byte of ``struct tcp_info``), read without reading data."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def wait_peer_closed(sock: socket.socket, timeout: float) -> bool:
+    """True once the peer sent FIN or RST, without consuming what it sent (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT):
+            return True
+        time.sleep(0.05)
+    return tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT)

@@ -1,0 +1,291 @@
+"""The pipe mode's splice (dns2dot/splice.py) over real TLS on socket pairs.
+
+The "client" is one end of a plain socket pair, driven from a thread; the upstream is
+a blocking TLS server in another thread, with the throwaway CA. What must hold: every
+byte arrives once and in order both ways, whatever the chunking and however slowly
+either end reads (back-pressure, never loss); the end of either side ends the splice
+and closes both sockets, after the bytes already read were delivered; a broken TLS
+record ends it too; and the handshake helper verifies like any other.
+
+Run on the default asyncio loop and on uvloop (what dns2dot runs on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.pki import TLS_NAME, Pki
+
+from dns2dot import tls
+from dns2dot.splice import Splice, tls_handshake
+
+Peer = Callable[[ssl.SSLSocket], None]
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        return runner.run(asyncio.wait_for(main(), 30))
+
+
+def small_buffers(sock: socket.socket) -> None:
+    """Small kernel buffers, so that a megabyte really meets back-pressure."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+
+
+async def spliced(
+    pki: Pki, peer: Peer, *, on_upstream_data: Callable[[], None] | None = None
+) -> tuple[Splice, socket.socket, threading.Thread]:
+    """A splice between a fresh client socket pair and ``peer`` (a TLS server thread);
+    returns it (not started), the application's end of the client pair, the thread."""
+    ours, theirs = socket.socketpair()
+    app, client = socket.socketpair()
+    for sock in (ours, theirs, app, client):
+        small_buffers(sock)
+    server_context = pki.server_context()
+
+    def serve() -> None:
+        with (
+            contextlib.suppress(OSError),
+            server_context.wrap_socket(theirs, server_side=True) as tls_sock,
+        ):
+            peer(tls_sock)
+        theirs.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ours.setblocking(False)
+    client.setblocking(False)
+    context = tls.client_context(str(pki.ca))
+    upstream = context.wrap_socket(ours, server_hostname=TLS_NAME, do_handshake_on_connect=False)
+    await tls_handshake(upstream)
+    return Splice(client, upstream, on_upstream_data=on_upstream_data), app, thread
+
+
+def echo(tls_sock: ssl.SSLSocket) -> None:
+    """Send back every byte, one TLS record per read, until the client goes."""
+    while data := tls_sock.recv(65536):
+        tls_sock.sendall(data)
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    sock.settimeout(20)
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    sock.settimeout(20)
+    parts: list[bytes] = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def in_thread(function: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Start ``function`` in a thread now; await the result later."""
+    return asyncio.ensure_future(asyncio.to_thread(function))
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_megabyte_each_way_arrives_exactly_under_back_pressure(pki: Pki, loop_name: str) -> None:
+    """The application writes 1 MiB without reading for a while: every buffer on the
+    way fills, the splice stops reading each side in turn, then everything drains."""
+    payload = bytes(range(256)) * 4096  # 1 MiB, every offset distinguishable mod 256
+
+    async def main() -> tuple[bytes, int]:
+        splice, app, thread = await spliced(pki, echo)
+        task = asyncio.ensure_future(splice.run())
+
+        def write() -> None:
+            app.settimeout(20)
+            app.sendall(payload)
+
+        def read() -> bytes:
+            time.sleep(0.5)  # let every buffer on the way fill first
+            return read_exactly(app, len(payload))
+
+        writing = in_thread(write)
+        reading = in_thread(read)
+        received = await reading
+        await writing
+        app.close()
+        await task
+        thread.join(10)
+        return received, splice.activity
+
+    received, activity = run(loop_name, main)
+    assert received == payload
+    assert activity > 2
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(chunks=st.lists(st.binary(min_size=1, max_size=40000), min_size=1, max_size=12))
+def test_any_chunking_arrives_exactly_once_in_order(pki: Pki, chunks: list[bytes]) -> None:
+    """Whatever the sizes of the writes, the bytes that come back are the bytes sent."""
+    payload = b"".join(chunks)
+
+    async def main() -> bytes:
+        splice, app, thread = await spliced(pki, echo)
+        task = asyncio.ensure_future(splice.run())
+
+        def write() -> None:
+            app.settimeout(20)
+            for chunk in chunks:
+                app.sendall(chunk)
+
+        writing = in_thread(write)
+        received = await asyncio.to_thread(read_exactly, app, len(payload))
+        await writing
+        app.close()
+        await task
+        thread.join(10)
+        return received
+
+    assert run("uvloop", main) == payload
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_upstream_end_delivers_what_it_sent_then_closes_the_client(
+    pki: Pki, loop_name: str
+) -> None:
+    """The upstream sends 300 records, then close_notify: the client gets them all,
+    then end of stream; the session callback ran once."""
+    records = [f"{i:05d}".encode() * (i % 50 + 1) for i in range(300)]
+    calls: list[int] = []
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        for record in records:
+            tls_sock.sendall(record)
+        with contextlib.suppress(OSError):
+            tls_sock.unwrap()
+
+    async def main() -> bytes:
+        splice, app, thread = await spliced(pki, peer, on_upstream_data=lambda: calls.append(1))
+        task = asyncio.ensure_future(splice.run())
+        received = await asyncio.to_thread(read_to_end, app)
+        await task
+        thread.join(10)
+        assert splice.error is None
+        return received
+
+    assert run(loop_name, main) == b"".join(records)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_client_end_closes_the_upstream(pki: Pki, loop_name: str) -> None:
+    """The client hangs up: the splice ends, and the upstream sees end of stream."""
+    upstream_saw: list[bytes] = []
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        data = b""
+        while chunk := tls_sock.recv(65536):
+            data += chunk
+        upstream_saw.append(data)
+
+    async def main() -> None:
+        splice, app, thread = await spliced(pki, peer)
+        task = asyncio.ensure_future(splice.run())
+        app.sendall(b"\x00\x05hello")
+        app.close()
+        await task
+        await asyncio.to_thread(thread.join, 10)
+
+    run(loop_name, main)
+    assert upstream_saw == [b"\x00\x05hello"]
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_broken_record_ends_the_splice(pki: Pki, loop_name: str) -> None:
+    """Garbage on the socket under TLS (a forged record): the splice ends with the TLS
+    error, and the client is closed rather than handed anything unauthenticated."""
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        tls_sock.sendall(b"first")
+        raw = socket.socket(fileno=tls_sock.detach())
+        raw.sendall(b"\x17\x03\x03\x00\x20" + b"\xaa" * 32)  # application data, bad tag
+        raw.recv(1)
+        raw.close()
+
+    async def main() -> tuple[bytes, BaseException | None]:
+        splice, app, thread = await spliced(pki, peer)
+        task = asyncio.ensure_future(splice.run())
+        received = await asyncio.to_thread(read_to_end, app)
+        await task
+        thread.join(10)
+        return received, splice.error
+
+    received, error = run(loop_name, main)
+    assert received == b"first"
+    assert isinstance(error, ssl.SSLError), error
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_close_stops_a_busy_splice_and_is_idempotent(pki: Pki, loop_name: str) -> None:
+    """close() while bytes flow: run() returns, both sockets are closed, twice is fine."""
+
+    async def main() -> None:
+        splice, app, thread = await spliced(pki, echo)
+        task = asyncio.ensure_future(splice.run())
+        writing = in_thread(lambda: app.sendall(b"x" * 100_000))  # more than fits
+        await asyncio.sleep(0.05)
+        splice.close()
+        splice.close()
+        await task
+        with contextlib.suppress(ConnectionResetError):  # unread bytes make it a reset
+            assert len(read_to_end(app)) < 100_000  # then end of stream, not a hang
+        with contextlib.suppress(OSError):
+            await writing  # the writer fails once its peer is gone
+        app.close()
+        thread.join(10)
+
+    run(loop_name, main)
+
+
+def test_handshake_verifies_the_name(pki: Pki) -> None:
+    """tls_handshake is the strict handshake: a certificate for another name fails."""
+
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        server_context = pki.server_context()
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                server_context.wrap_socket(theirs, server_side=True).recv(1)
+            theirs.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        ours.setblocking(False)
+        context = tls.client_context(str(pki.ca))
+        upstream = context.wrap_socket(
+            ours, server_hostname="other.test", do_handshake_on_connect=False
+        )
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await tls_handshake(upstream)
+        upstream.close()
+        thread.join(10)
+
+    run("uvloop", main)
