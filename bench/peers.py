@@ -246,12 +246,15 @@ def doh_url(pki: Pki, port: int) -> str:
 
 
 def start_socat(registry: Registry, work: Path, pki: Pki, uport: int, probe_name: str) -> Server:
-    """socat tcp-listen,fork -> openssl: a process and a TLS handshake per connection."""
+    """socat tcp-listen,fork -> openssl: a process and a TLS handshake per connection.
+
+    ``nodelay`` on both sides (PEERS.md's line has none): dns2dot sets TCP_NODELAY on
+    both of its sockets, so socat gets the same, never Nagle's delays."""
     port = free_port()
     argv = [
         "socat",
-        f"tcp-listen:{port},bind=127.0.0.1,reuseaddr,fork",
-        f"openssl:127.0.0.1:{uport},cafile={pki.ca_pem},commonname={pki.name}",
+        f"tcp-listen:{port},bind=127.0.0.1,reuseaddr,fork,nodelay",
+        f"openssl:127.0.0.1:{uport},cafile={pki.ca_pem},commonname={pki.name},nodelay",
     ]
     return _launch(registry, Server("socat", "socat", ("tcp",), port), argv, probe_name, pki)
 
@@ -400,7 +403,9 @@ def start_dns2dot(
     if missing:
         server.error = missing
         return server
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
+    # Only the command line configures it: no DNS2DOT_* or DNSSERVER from the caller.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DNS2DOT_", "DNSSERVER"))}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
     try:
         server.proc = registry.start(key, argv, cwd=root, env=env)
         server.ready_s = server.proc.wait_for_log(DNS2DOT_READY, START_TIMEOUT)

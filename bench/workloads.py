@@ -41,6 +41,7 @@ THROUGHPUT_ORDER = (
     "dnsdist-doh",
     "dns2dot-doh",
 )
+FAILED_RCODES = ("SERVFAIL", "REFUSED")  # answered, but not what a user asked for
 DOH_KEYS = ("upstream-doh", "dnsdist-doh", "dns2dot-doh")
 # the cache-hit workload: dns2dot and unbound as a forwarder, both with their cache on
 CACHE_ORDER = ("dns2dot-cache", "unbound-fwd-cache")
@@ -190,16 +191,22 @@ def _perf_cell(
         res = dnsperf.run(bench.registry, name, argv, duration, s.query_timeout, tick=tick)
     except dnsperf.DnsperfError as exc:
         return cell.fail(f"{server.label}: {exc}")
+    # SERVFAIL and REFUSED are answers to dnsperf but failures to a user: they count as
+    # lost, not in q/s (dns2dot answers SERVFAIL at its --timeout, before dnsperf's).
+    failed = sum(res.rcodes.get(code, 0) for code in FAILED_RCODES)
+    good = max(0, res.completed - failed)
     cell.metrics.update(
-        qps=round(res.qps, 1),
+        qps=round(res.qps * good / res.completed, 1) if res.completed else 0.0,
+        dnsperf_qps=round(res.qps, 1),
+        failed=failed,
         avg_ms=round(res.avg_ms, 4),
         min_ms=round(res.min_ms, 4),
         max_ms=round(res.max_ms, 4),
         stddev_ms=round(res.stddev_ms, 4),
         sent=res.sent,
         completed=res.completed,
-        lost=res.lost,
-        lost_pct=res.lost_pct,
+        lost=res.lost + failed,
+        lost_pct=round(100.0 * (res.lost + failed) / res.sent, 2) if res.sent else 0.0,
     )
     cell.detail["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     cell.detail.update(
@@ -234,12 +241,15 @@ def throughput(bench: Bench) -> None:
 
 
 def _median(cells: list[Cell]) -> Cell:
-    """The run with the median q/s (its own latencies with it); failed if any run failed."""
+    """The run with the median q/s (its own latencies with it); failed if any run failed.
+
+    With an even number of rounds, the lower of the two middle runs: never best-of-2.
+    """
     bad = [c for c in cells if not c.ok]
     if bad or len(cells) == 1:
         return bad[0] if bad else cells[0]
     ranked = sorted(cells, key=lambda c: float(c.metrics["qps"] or 0.0))
-    pick = ranked[len(ranked) // 2]
+    pick = ranked[(len(ranked) - 1) // 2]
     pick.detail["rounds_qps"] = [c.metrics["qps"] for c in cells]
     return pick
 
@@ -537,7 +547,9 @@ def idle(bench: Bench) -> None:
         if held == 0:
             bench.add(cell.fail(f"dns2dot holds none of the {len(clients)} idle clients"))
             return
-        per_client = (rss_after - rss_before) * 1024.0 / held
+        # Divided by the clients dns2dot really accepted: one still in the listen queue
+        # is held open by the kernel and costs dns2dot nothing yet.
+        per_client = (rss_after - rss_before) * 1024.0 / max(1, min(held, accepted))
         cell.metrics["rss_per_client_bytes"] = round(per_client, 1)
         cell.metrics["rss_per_client_kib"] = round(per_client / 1024.0, 3)
         # UDP while they sit there: one timed query, then a short dnsperf run
