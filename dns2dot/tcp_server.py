@@ -219,18 +219,18 @@ class PipeSession:
 
     async def run(self) -> None:
         try:
-            server, upstream_socket = await self._pool.open_pipe_socket()
+            server, channel = await self._pool.open_pipe_channel()
         except UpstreamError:
             self._fallback = PoolSession(self.client_stream, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
         if self._closed or self.client_stream.closed():
-            upstream_socket.close()
+            channel.close()
             return
         self._splice = Splice(
             self.client_stream.socket,
-            upstream_socket,
-            on_upstream_data=partial(server.remember_session, upstream_socket),
+            channel,
+            on_upstream_data=partial(server.remember_session, channel),
         )
         try:
             await self._splice.run()

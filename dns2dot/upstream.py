@@ -35,7 +35,7 @@ from dns2dot.errors import (
     UpstreamTimeoutError,
 )
 from dns2dot.framing import FrameDecoder, frame
-from dns2dot.splice import tls_handshake
+from dns2dot.splice import TlsChannel, tls_handshake
 from dns2dot.strategy import Health, Strategy
 from dns2dot.streams import READ_CHUNK, read_available
 from dns2dot.tls import TlsContexts, classify_failure, describe_failure, failure_kind
@@ -475,12 +475,26 @@ class UpstreamServer:
         return stream
 
     async def open_socket(self) -> socket.socket:
-        """A connected socket to this upstream: TLS, verified, resuming the last session.
+        """A connected socket to this upstream, for tornado: an ``SSLSocket`` (see
+        :meth:`_open`), or a bare TCP socket for a ``plain`` upstream (a forwarding
+        rule's)."""
+        opened = await self._open(memory_bio=False)
+        assert isinstance(opened, socket.socket)
+        return opened
+
+    async def open_channel(self) -> TlsChannel:
+        """A TLS connection of its own to this upstream, for a pipe's splice."""
+        opened = await self._open(memory_bio=True)
+        assert isinstance(opened, TlsChannel)
+        return opened
+
+    async def _open(self, *, memory_bio: bool) -> socket.socket | TlsChannel:
+        """Connect: TLS, verified, resuming the last session.
 
         The socket is wrapped here rather than by tornado so that ``session=`` can be
         passed (DESIGN.md, "TLS session resumption"); the name is checked by OpenSSL
         during the handshake, the pins (if any) right after it, before anything is
-        sent. Only a ``plain`` upstream (a forwarding rule's) gets a bare TCP socket.
+        sent.
         """
         spec = self.spec
         family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
@@ -488,41 +502,47 @@ class UpstreamServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
-        tls_sock: ssl.SSLSocket | None = None
+        opened: ssl.SSLSocket | TlsChannel | None = None
+        tls: ssl.SSLSocket | ssl.SSLObject
         try:
             async with asyncio.timeout(self.lifecycle.connect_timeout):
                 await loop.sock_connect(sock, (spec.host, spec.port))
                 if spec.transport == "plain":
                     self.health.succeeded()
                     return sock
-                tls_sock = self.context.wrap_socket(
-                    sock,
-                    server_hostname=spec.verify_name,
-                    session=self.tls_session,
-                    do_handshake_on_connect=False,
-                )
-                await tls_handshake(tls_sock)
+                if memory_bio:
+                    opened = TlsChannel(sock, self.context, spec.verify_name, self.tls_session)
+                    tls = opened.tls
+                    await opened.handshake()
+                else:
+                    opened = tls = self.context.wrap_socket(
+                        sock,
+                        server_hostname=spec.verify_name,
+                        session=self.tls_session,
+                        do_handshake_on_connect=False,
+                    )
+                    await tls_handshake(tls)
             if spec.pins:
-                pin = x509.spki_pin(tls_sock.getpeercert(binary_form=True) or b"")
+                pin = x509.spki_pin(tls.getpeercert(binary_form=True) or b"")
                 if pin not in spec.pins:
                     raise PinMismatchError(f"key pin {pin} is not among the configured pins")
         except (OSError, TimeoutError, PinMismatchError, x509.CertificateError) as exc:
-            (tls_sock or sock).close()
+            (opened or sock).close()
             raise self._failed(exc) from exc
         except BaseException:
-            (tls_sock or sock).close()
+            (opened or sock).close()
             raise
-        self.handshakes["true" if tls_sock.session_reused else "false"] += 1
+        self.handshakes["true" if tls.session_reused else "false"] += 1
         if self.health.succeeded() or self._last_problem is not None:
             log.warning("%s: usable again", self)
         self._last_problem = None
         log.debug(
             "%s: connected, %s, session %s",
             self,
-            tls_sock.version(),
-            "resumed" if tls_sock.session_reused else "new",
+            tls.version(),
+            "resumed" if tls.session_reused else "new",
         )
-        return tls_sock
+        return opened
 
     def _failed(self, cause: BaseException) -> UpstreamError:
         """Mark the upstream down and log the reason, once per distinct reason."""
@@ -542,11 +562,11 @@ class UpstreamServer:
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
 
-    def remember_session(self, stream: IOStream | socket.socket) -> None:
+    def remember_session(self, connection: IOStream | TlsChannel) -> None:
         """Keep the connection's TLS session for the next handshake (after its first
         answer: TLS 1.3 sends the session tickets after the handshake)."""
-        sock = stream.socket if isinstance(stream, IOStream) else stream
-        session = getattr(sock, "session", None)
+        tls = connection.socket if isinstance(connection, IOStream) else connection.tls
+        session = getattr(tls, "session", None)
         if session is not None:
             self.tls_session = session
 
@@ -702,20 +722,17 @@ class UpstreamPool:
     def usable(self) -> bool:
         return any(health.up for health in self._healths)
 
-    async def open_pipe_socket(self) -> tuple[UpstreamServer, ssl.SSLSocket]:
-        """A fresh TLS socket of its own for a pipe session, in the strategy's order."""
+    async def open_pipe_channel(self) -> tuple[UpstreamServer, TlsChannel]:
+        """A fresh TLS connection of its own for a pipe session, in the strategy's order."""
         last: UpstreamError = UpstreamConnectError("no DoT upstream is usable")
         for index in self.strategy.order(self._healths):
             server = self.servers[index]
             if server.spec.transport != "tls":
                 continue  # a byte-for-byte pipe needs a DNS-over-TLS stream
             try:
-                sock = await server.open_socket()
+                return server, await server.open_channel()
             except UpstreamError as exc:
                 last = exc
-                continue
-            assert isinstance(sock, ssl.SSLSocket)  # transport "tls"
-            return server, sock
         raise last
 
     def close(self) -> None:

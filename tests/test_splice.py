@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from support.pki import TLS_NAME, Pki
 
 from dns2dot import tls
-from dns2dot.splice import Splice, tls_handshake
+from dns2dot.splice import Splice, TlsChannel, tls_handshake
 
 Peer = Callable[[ssl.SSLSocket], None]
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -68,10 +68,9 @@ async def spliced(
     thread.start()
     ours.setblocking(False)
     client.setblocking(False)
-    context = tls.client_context(str(pki.ca))
-    upstream = context.wrap_socket(ours, server_hostname=TLS_NAME, do_handshake_on_connect=False)
-    await tls_handshake(upstream)
-    return Splice(client, upstream, on_upstream_data=on_upstream_data), app, thread
+    channel = TlsChannel(ours, tls.client_context(str(pki.ca)), TLS_NAME)
+    await channel.handshake()
+    return Splice(client, channel, on_upstream_data=on_upstream_data), app, thread
 
 
 def echo(tls_sock: ssl.SSLSocket) -> None:
@@ -264,8 +263,10 @@ def test_close_stops_a_busy_splice_and_is_idempotent(pki: Pki, loop_name: str) -
     run(loop_name, main)
 
 
-def test_handshake_verifies_the_name(pki: Pki) -> None:
-    """tls_handshake is the strict handshake: a certificate for another name fails."""
+@pytest.mark.parametrize("kind", ["socket", "memory"])
+def test_handshake_verifies_the_name(pki: Pki, kind: str) -> None:
+    """Both handshakes (tls_handshake on an SSLSocket for tornado, TlsChannel's for the
+    splice) are the strict one: a certificate that does not carry the name fails."""
 
     async def main() -> None:
         ours, theirs = socket.socketpair()
@@ -280,12 +281,34 @@ def test_handshake_verifies_the_name(pki: Pki) -> None:
         thread.start()
         ours.setblocking(False)
         context = tls.client_context(str(pki.ca))
-        upstream = context.wrap_socket(
-            ours, server_hostname="other.test", do_handshake_on_connect=False
-        )
         with pytest.raises(ssl.SSLCertVerificationError):
-            await tls_handshake(upstream)
-        upstream.close()
+            if kind == "memory":
+                try:
+                    await TlsChannel(ours, context, "other.test").handshake()
+                finally:
+                    ours.close()
+            else:
+                upstream = context.wrap_socket(
+                    ours, server_hostname="other.test", do_handshake_on_connect=False
+                )
+                try:
+                    await tls_handshake(upstream)
+                finally:
+                    upstream.close()
         thread.join(10)
+
+    run("uvloop", main)
+
+
+def test_channel_handshake_with_a_peer_that_hangs_up(pki: Pki) -> None:
+    """A peer that closes before the handshake ends: an OSError, not a hang."""
+
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.close()
+        with pytest.raises(OSError):
+            await TlsChannel(ours, tls.client_context(str(pki.ca)), TLS_NAME).handshake()
+        ours.close()
 
     run("uvloop", main)
