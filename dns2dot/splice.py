@@ -86,6 +86,7 @@ class TlsChannel:
         self.tls = context.wrap_bio(
             self.incoming, self.outgoing, server_hostname=server_hostname, session=session
         )
+        self.unsent = b""  # ciphertext the socket did not take yet
 
     async def handshake(self) -> None:
         """Complete the handshake on the running loop (verification happens here).
@@ -110,9 +111,58 @@ class TlsChannel:
                 raise ConnectionResetError("the upstream closed during the TLS handshake")
             self.incoming.write(data)
 
-    @property
-    def session(self) -> ssl.SSLSession | None:
-        return self.tls.session
+    def receive(self) -> None:
+        """Take what the socket holds (end of stream included) into OpenSSL.
+
+        Raises what ``recv`` raises: ``BlockingIOError`` when there is nothing yet.
+        """
+        data = self.sock.recv(MAX_BATCH)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    def decrypt(self) -> tuple[bytes, bool, BaseException | None]:
+        """The plaintext OpenSSL can decrypt now from what was received; whether the
+        stream has ended (close_notify, end of stream, a broken record); and the
+        error it ended with, if any."""
+        tls = self.tls
+        chunks: list[bytes] = []
+        ended = False
+        error: BaseException | None = None
+        while True:
+            try:
+                chunk = tls.read(MAX_BATCH)
+            except ssl.SSLWantReadError:
+                ended = self.incoming.eof
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                ended = True
+                break
+            except ssl.SSLError as exc:  # a broken record, or truncation at end of stream
+                ended, error = True, exc
+                break
+            if not chunk:
+                ended = True
+                break
+            chunks.append(chunk)
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ended, error
+
+    def transmit(self) -> bool:
+        """Send what OpenSSL encrypted; what the socket does not take is kept in
+        ``unsent`` for the next call. Returns whether nothing is left unsent.
+
+        Raises what ``send`` raises, but for a full socket.
+        """
+        data = self.unsent + self.outgoing.read()
+        if not data:
+            return True
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        self.unsent = data[sent:]
+        return not self.unsent
 
     def close(self) -> None:
         self.sock.close()
@@ -136,16 +186,12 @@ class Splice:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._client = client
-        self._upstream = upstream.sock
-        self._tls = upstream.tls
-        self._incoming = upstream.incoming
-        self._outgoing = upstream.outgoing
+        self._upstream = upstream
         self._client_fd = client.fileno()
-        self._upstream_fd = self._upstream.fileno()
+        self._upstream_fd = upstream.sock.fileno()
         self._on_upstream_data = on_upstream_data
-        # Bytes a socket did not take yet (ciphertext, for the upstream); while they
-        # wait, the socket they came from is not read.
-        self._to_upstream = b""
+        # Bytes the client did not take yet (the upstream's wait in its channel); while
+        # they wait, the socket they came from is not read.
         self._to_client = b""
         # The upstream has ended: the splice ends once the client has taken the rest.
         self._ending = False
@@ -205,87 +251,56 @@ class Splice:
             return
         self.activity += 1
         try:
-            self._tls.write(data)  # into memory: never blocks
+            self._upstream.tls.write(data)  # into memory: never blocks
         except ssl.SSLError as exc:
             self._end(exc)
             return
         self._flush_upstream()
 
     def _flush_upstream(self) -> None:
-        """Send what OpenSSL encrypted; what the socket does not take waits, and the
-        client is not read meanwhile."""
-        data = self._to_upstream + self._outgoing.read()
-        if not data:
-            return
+        """Send what OpenSSL encrypted; while the socket does not take it all, the
+        client is not read."""
+        waited = bool(self._upstream.unsent)
         try:
-            sent = self._upstream.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            done = self._upstream.transmit()
         except OSError as exc:
             self._end(exc)
             return
         loop = self._loop
-        if sent == len(data):
-            if self._to_upstream:
-                self._to_upstream = b""
-                loop.remove_writer(self._upstream_fd)
-                loop.add_reader(self._client_fd, self._client_readable)
-        else:
-            if not self._to_upstream:
-                loop.remove_reader(self._client_fd)
-                loop.add_writer(self._upstream_fd, self._flush_upstream)
-            self._to_upstream = data[sent:]
+        if done and waited:
+            loop.remove_writer(self._upstream_fd)
+            loop.add_reader(self._client_fd, self._client_readable)
+        elif not done and not waited:
+            loop.remove_reader(self._client_fd)
+            loop.add_writer(self._upstream_fd, self._flush_upstream)
 
     # -- upstream -> client ------------------------------------------------------------
 
     def _upstream_readable(self) -> None:
         try:
-            data = self._upstream.recv(MAX_BATCH)
+            self._upstream.receive()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._end(exc)
             return
-        if not data:
-            self._incoming.write_eof()
-        else:
-            self._incoming.write(data)
         self._decrypt()
 
     def _decrypt(self) -> None:
         """Hand the client what OpenSSL can decrypt from what the upstream sent."""
-        tls = self._tls
-        chunks: list[bytes] = []
-        ended = False
-        error: BaseException | None = None
-        while True:
-            try:
-                chunk = tls.read(MAX_BATCH)
-            except ssl.SSLWantReadError:
-                ended = self._incoming.eof
-                break
-            except ssl.SSLZeroReturnError:  # close_notify
-                ended = True
-                break
-            except ssl.SSLError as exc:  # a broken record, or truncation at end of stream
-                ended, error = True, exc
-                break
-            if not chunk:
-                ended = True
-                break
-            chunks.append(chunk)
-        if self._outgoing.pending:  # OpenSSL has something to say (a key update answer)
+        data, ended, error = self._upstream.decrypt()
+        if self._upstream.outgoing.pending:  # OpenSSL has something to say (a key update)
             self._flush_upstream()
         if ended:
             self._ending = True
             if self.error is None:
                 self.error = error
-        if chunks:
+        if data:
             self.activity += 1
             if self._on_upstream_data is not None:
                 self._on_upstream_data()
                 self._on_upstream_data = None
-            self._send_client(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._send_client(data)
         elif ended and not self._to_client:
             self._end(error)
 

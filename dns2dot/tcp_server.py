@@ -206,7 +206,6 @@ class PipeSession:
         self._fallback: PoolSession | None = None
         self._splice: Splice | None = None
         self._activity_seen = 0
-        self._closed = False
 
     def expired(self, now: float) -> str | None:
         if self._fallback is not None:
@@ -224,7 +223,7 @@ class PipeSession:
             self._fallback = PoolSession(self.client_stream, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
-        if self._closed or self.client_stream.closed():
+        if self.client_stream.closed():  # closed while the upstream was being dialled
             channel.close()
             return
         self._splice = Splice(
@@ -238,7 +237,6 @@ class PipeSession:
             self.client_stream.close()  # its socket is closed already: tornado takes note
 
     def close(self) -> None:
-        self._closed = True
         if self._splice is not None:
             self._splice.close()
         self.client_stream.close()

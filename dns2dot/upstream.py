@@ -19,8 +19,9 @@ import random
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
@@ -35,7 +36,7 @@ from dns2dot.errors import (
     UpstreamTimeoutError,
 )
 from dns2dot.framing import FrameDecoder, frame
-from dns2dot.splice import MAX_BATCH, TlsChannel, tls_handshake
+from dns2dot.splice import TlsChannel, tls_handshake
 from dns2dot.strategy import Health, Strategy
 from dns2dot.streams import READ_CHUNK, read_available
 from dns2dot.tls import TlsContexts, classify_failure, describe_failure, failure_kind
@@ -46,6 +47,7 @@ MAX_INFLIGHT_PER_CONNECTION = 4096
 MAX_CONNECTIONS_PER_SERVER = 4
 RESENDS = 1  # a query lost with its connection is sent again once (DESIGN.md)
 _RETRY_RCODES = frozenset({wire.Rcode.SERVFAIL, wire.Rcode.REFUSED})
+_Opened = TypeVar("_Opened")  # what a connection's transport is opened as
 
 
 @dataclass(frozen=True)
@@ -266,27 +268,39 @@ class UpstreamConnection:
             self.close()
 
     async def _run(self) -> None:
-        try:
-            self._stream = await self.server.open_stream()
-        except UpstreamError as exc:
-            self._abandon(exc, sent=False)
+        stream = await self._open_or_abandon(self.server.open_stream)
+        if stream is None:
             return
-        except asyncio.CancelledError:
-            self._abandon(UpstreamClosedError("connection cancelled"), sent=False)
-            return
+        self._stream = stream
         try:
-            await self._serve(self._stream)
+            await self._serve(stream)
         except StreamClosedError:
             pass
-        except (MessageError, FormError) as exc:
+        except Exception as exc:
+            self._log_failure(exc)
+        finally:
+            stream.close()
+        self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)
+
+    async def _open_or_abandon(self, open_: Callable[[], Awaitable[_Opened]]) -> _Opened | None:
+        """Open the transport; if that fails (or is cancelled), hand the queries that
+        waited for it back to the pool and return None."""
+        try:
+            return await open_()
+        except UpstreamError as exc:
+            self._abandon(exc, sent=False)
+        except asyncio.CancelledError:
+            self._abandon(UpstreamClosedError("connection cancelled"), sent=False)
+        return None
+
+    def _log_failure(self, exc: Exception) -> None:
+        """Say why handling the upstream's answers failed; the connection is dropped."""
+        if isinstance(exc, MessageError | FormError):
             log.warning("%s: malformed answer (%s), reconnecting", self.server, exc)
-        except Exception:
+        else:
             # A bug must cost one connection (its queries are sent again), never the
             # upstream: without this the dead connection would keep taking queries.
-            log.exception("%s: connection failed unexpectedly, reconnecting", self.server)
-        finally:
-            self._stream.close()
-        self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)
+            log.error("%s: connection failed unexpectedly, reconnecting", self.server, exc_info=exc)
 
     async def _serve(self, stream: IOStream) -> None:
         """Write what is queued, then read answers until the stream closes."""
@@ -422,13 +436,14 @@ class TlsDotConnection(DotConnection):
     def __init__(self, server: UpstreamServer) -> None:
         self._channel: TlsChannel | None = None
         self._fd = -1
-        self._unsent = b""  # ciphertext the socket did not take yet
         self._ended: asyncio.Future[BaseException | None] | None = None
         self._first_answer = True
         super().__init__(server)
 
     def idle_since(self, now: float) -> float:
-        return 0.0 if self._unsent else super().idle_since(now)
+        if self._channel is not None and self._channel.unsent:
+            return 0.0
+        return super().idle_since(now)
 
     def close(self) -> None:
         if self._channel is None:
@@ -437,13 +452,8 @@ class TlsDotConnection(DotConnection):
             self._end(None)
 
     async def _run(self) -> None:
-        try:
-            channel = await self.server.open_channel()
-        except UpstreamError as exc:
-            self._abandon(exc, sent=False)
-            return
-        except asyncio.CancelledError:
-            self._abandon(UpstreamClosedError("connection cancelled"), sent=False)
+        channel = await self._open_or_abandon(self.server.open_channel)
+        if channel is None:
             return
         loop = self._loop
         self._channel = channel
@@ -469,10 +479,16 @@ class TlsDotConnection(DotConnection):
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(error)
 
+    @property
+    def _live(self) -> TlsChannel | None:
+        """The channel, while the connection is still in use."""
+        ended = self._ended
+        return None if ended is None or ended.done() else self._channel
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        channel = self._channel
-        if not self._outbox or channel is None or self.closed:
+        channel = self._live
+        if not self._outbox or channel is None:
             return
         data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
         self._outbox.clear()
@@ -486,76 +502,45 @@ class TlsDotConnection(DotConnection):
     def _send_ciphertext(self) -> None:
         """Send what OpenSSL encrypted; the rest waits for the socket to be writable
         (bounded: at most MAX_INFLIGHT_PER_CONNECTION queries are ever waiting)."""
-        channel = self._channel
-        if channel is None or self._fd < 0 or self._ended is None or self._ended.done():
+        channel = self._live
+        if channel is None:
             return
-        data = self._unsent + channel.outgoing.read()
-        if not data:
-            return
+        waited = bool(channel.unsent)
         try:
-            sent = channel.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            done = channel.transmit()
         except OSError as exc:
             self._end(exc)
             return
-        if sent == len(data):
-            if self._unsent:
-                self._unsent = b""
-                self._loop.remove_writer(self._fd)
-        else:
-            if not self._unsent:
-                self._loop.add_writer(self._fd, self._send_ciphertext)
-            self._unsent = data[sent:]
+        if done and waited:
+            self._loop.remove_writer(self._fd)
+        elif not done and not waited:
+            self._loop.add_writer(self._fd, self._send_ciphertext)
 
     def _readable(self) -> None:
-        channel = self._channel
-        if channel is None or self._ended is None or self._ended.done():
+        channel = self._live
+        if channel is None:
             return
         try:
-            data = channel.sock.recv(MAX_BATCH)
+            channel.receive()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._end(exc)
             return
-        if not data:
-            self._end(None)
-            return
-        channel.incoming.write(data)
         self._decrypt()
 
     def _decrypt(self) -> None:
-        channel = self._channel
-        assert channel is not None
-        tls = channel.tls
-        chunks: list[bytes] = []
-        error: BaseException | None = None
-        ended = False
-        while True:
-            try:
-                chunk = tls.read(MAX_BATCH)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLError as exc:  # close_notify, a broken record
-                ended, error = True, exc
-                break
-            if not chunk:
-                ended = True
-                break
-            chunks.append(chunk)
+        channel = self._live
+        if channel is None:
+            return
+        data, ended, error = channel.decrypt()
         if channel.outgoing.pending:  # OpenSSL has something to say (a key update)
             self._send_ciphertext()
-        if chunks:
+        if data:
             try:
-                ok = self._received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            except (MessageError, FormError) as exc:
-                log.warning("%s: malformed answer (%s), reconnecting", self.server, exc)
-                ok = False
-            except Exception:
-                # A bug must cost one connection (its queries are sent again), never the
-                # upstream: without this the dead connection would keep taking queries.
-                log.exception("%s: connection failed unexpectedly, reconnecting", self.server)
+                ok = self._received(data)
+            except Exception as exc:
+                self._log_failure(exc)
                 ok = False
             if self._first_answer:
                 self._first_answer = False
@@ -626,8 +611,10 @@ class UpstreamServer:
         return connection
 
     async def open_stream(self) -> IOStream:
-        """A verified TLS stream to this upstream (see :meth:`open_socket`), for tornado."""
-        sock = await self.open_socket()
+        """A connected stream to this upstream, for tornado: TLS (see :meth:`_open`),
+        or bare TCP for a ``plain`` upstream (a forwarding rule's)."""
+        sock = await self._open(memory_bio=False)
+        assert isinstance(sock, socket.socket)
         if not isinstance(sock, ssl.SSLSocket):
             return IOStream(sock, read_chunk_size=READ_CHUNK)
         stream = SSLIOStream(sock, ssl_options=self.context, read_chunk_size=READ_CHUNK)
@@ -637,14 +624,6 @@ class UpstreamServer:
             stream.close()
             raise self._failed(exc.real_error or exc) from exc
         return stream
-
-    async def open_socket(self) -> socket.socket:
-        """A connected socket to this upstream, for tornado: an ``SSLSocket`` (see
-        :meth:`_open`), or a bare TCP socket for a ``plain`` upstream (a forwarding
-        rule's)."""
-        opened = await self._open(memory_bio=False)
-        assert isinstance(opened, socket.socket)
-        return opened
 
     async def open_channel(self) -> TlsChannel:
         """A TLS connection of its own to this upstream, for a pipe's splice."""
