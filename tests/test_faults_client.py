@@ -41,6 +41,7 @@ from support.net import (
     tcp_query,
     udp_exchange,
     udp_query,
+    unread_client,
     wait_peer_closed,
 )
 from support.pki import Pki
@@ -442,16 +443,10 @@ def test_tcp_flood_without_reading(server: Dns2Dot) -> None:
     qs = b"".join(
         frame(make_query(BIG_NAME, "TXT", qid=i).to_wire()) for i in range(5000)
     )  # ~170 kB of queries, ~14 MB of answers
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(3)
-        sock.connect((LOOPBACK, server.port))
+    with unread_client(server.port) as sock:
         send_for(sock, qs, 10)
         assert_healthy(server)  # served while the flood sits unread
         assert wait_peer_closed(sock, 15), "a client that never reads was not closed"
-    finally:
-        sock.close()
     assert_healthy(server)
 
 

@@ -29,6 +29,7 @@ from support.net import (
     send_for,
     tcp_query,
     udp_query,
+    unread_client,
     wait_peer_closed,
 )
 from support.pki import TLS_NAME, Pki
@@ -107,18 +108,12 @@ def test_client_that_never_reads_is_closed_and_holds_nobody_back(
     flood = b"".join(
         frame(make_query("big.example.test.", "TXT", qid=i % 65536).to_wire()) for i in range(20000)
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(3)
-        sock.connect((LOOPBACK, d.port))
+    with unread_client(d.port) as sock:
         send_for(sock, flood, 5)
         assert_served(d, 7)
         grown = rss_kib(d.proc.pid) - rss_before
         assert grown < 16 * 1024, f"dns2dot grew by {grown} KiB: answers were buffered"
         assert wait_peer_closed(sock, IDLE_TIMEOUT + 8), "a client that never reads stayed"
-    finally:
-        sock.close()
     assert_served(d, 8)
 
 

@@ -12,7 +12,7 @@ import selectors
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import dns.flags
 import dns.message
@@ -294,3 +294,17 @@ def wait_peer_closed(sock: socket.socket, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT)
+
+
+@contextlib.contextmanager
+def unread_client(port: int) -> Iterator[socket.socket]:
+    """A TCP client connected to ``port`` with a 4 KiB receive buffer, for a test that
+    never reads from it: what it is sent piles up at once. Closed on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(3)
+        sock.connect((LOOPBACK, port))
+        yield sock
+    finally:
+        sock.close()
