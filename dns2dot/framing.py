@@ -6,8 +6,12 @@ coalesced messages, one byte at a time) and hands back whole messages.
 
 from __future__ import annotations
 
+import struct
+
 from dns2dot.errors import FramingError
 from dns2dot.wire import HEADER_LEN, MAX_MESSAGE_LEN
+
+_LENGTH_AND_ID = struct.Struct("!HH")
 
 
 def frame(msg: bytes) -> bytes:
@@ -16,6 +20,14 @@ def frame(msg: bytes) -> bytes:
     if n > MAX_MESSAGE_LEN:
         raise ValueError(f"DNS message of {n} bytes cannot be framed")
     return n.to_bytes(2, "big") + msg
+
+
+def frame_with_id(msg: bytes, new_id: int) -> bytes:
+    """:func:`frame` of the message under another DNS ID: what goes upstream, one copy."""
+    n = len(msg)
+    if n > MAX_MESSAGE_LEN:
+        raise ValueError(f"DNS message of {n} bytes cannot be framed")
+    return _LENGTH_AND_ID.pack(n, new_id) + msg[2:]
 
 
 class FrameDecoder:

@@ -140,6 +140,7 @@ class Resolver:
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_maintenance = 0.0
+        self._answered = self._count  # one bound method for every exchange's on_reply
 
     @property
     def rules(self) -> RuleSet | None:
@@ -175,15 +176,16 @@ class Resolver:
             return
         pool = self.pool
         zone = b""
-        if self.rules is not None:
-            matched = self.rules.match(query, msg)
+        rules = self._rules
+        if rules is not None:
+            matched = rules.match(query, msg)
             if isinstance(matched, bytes):
                 self._local(matched, query, reply, transport)
                 return
             if matched is not None:
                 pool = self.zone_pools[matched]
                 # Answers from a zone's own upstreams are cached apart from the others.
-                zone = self.rules.zones[matched].encode()
+                zone = rules.zones[matched].encode()
         cache = self.cache
         stale: CacheEntry | None = None
         key = b""
@@ -206,26 +208,24 @@ class Resolver:
             self._local(overloaded, query, reply, transport)
             return
         self.inflight += 1
-        has_edns = query.edns is not None
-        stats = self.stats
-        loop = self._loop
-        qtype = query.qtype
-
-        def counted(answer: bytes) -> None:
-            self.inflight -= 1
-            elapsed = loop.time() - now
-            stats.answered(transport, qtype, answer[3] & 0x0F, elapsed)
-            if self.log_queries:
-                log_query(transport, query, answer, elapsed)
-            reply(wire.client_view(answer, has_edns))
-
-        exchange = self._exchange(msg, query, counted, now, pool)
+        exchange = self._exchange(msg, query, reply, now, pool)
+        exchange.on_reply = self._answered
+        exchange.started = now
+        exchange.transport = transport
         if cache is not None:
             exchange.store = partial(self._store, key, query)
             if stale is not None:
                 exchange.fallback = partial(self._render_stale, stale, query)
                 self._stale.append((now + self.policy.stale_after, exchange))
         pool.submit(exchange)
+
+    def _count(self, exchange: Exchange, answer: bytes) -> None:
+        """Account for a query answered through the upstreams (its ``on_reply``)."""
+        self.inflight -= 1
+        elapsed = self._loop.time() - exchange.started
+        self.stats.answered(exchange.transport, exchange.query.qtype, answer[3] & 0x0F, elapsed)
+        if self.log_queries:
+            log_query(exchange.transport, exchange.query, answer, elapsed)
 
     def _local(
         self, answer: bytes, query: wire.Query, reply: Callable[[bytes], None], transport: str

@@ -35,7 +35,7 @@ from dns2dot.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from dns2dot.framing import FrameDecoder, frame
+from dns2dot.framing import FrameDecoder, frame_with_id
 from dns2dot.splice import TlsChannel, tls_handshake
 from dns2dot.strategy import Health, Strategy
 from dns2dot.streams import READ_CHUNK, read_available
@@ -97,13 +97,15 @@ class Lifecycle:
 class Exchange:
     """One client query on its way through the upstreams; answered exactly once.
 
-    ``reply`` receives the bytes for the client: the upstream's answer under the
-    client's ID, or an error response built here. ``upstream_msg`` is what goes
-    upstream (padded, see :func:`wire.prepare_upstream`). ``legs`` are the connections
-    it is waiting on (two while racing), ``tried`` a bit mask of the upstreams it was
-    sent to. ``store`` sees every upstream answer and returns what the client gets (the
-    cache: its TTL clamps apply from the first answer); ``fallback`` may supply an
-    answer instead of SERVFAIL (a stale cache entry).
+    ``reply`` receives the bytes for the client: the upstream's answer as
+    :func:`wire.for_client` makes it (the client's ID, no padding), or an error
+    response built here. ``upstream_msg`` is what goes upstream (padded, see
+    :func:`wire.prepare_upstream`). ``question`` is the question section as an answer
+    echoes it. ``legs`` are the connections it is waiting on (two while racing),
+    ``tried`` a bit mask of the upstreams it was sent to. ``store`` sees every
+    upstream answer and returns what the client gets (the cache: its TTL clamps apply
+    from the first answer); ``fallback`` may supply an answer instead of SERVFAIL (a
+    stale cache entry).
     """
 
     __slots__ = (
@@ -113,12 +115,16 @@ class Exchange:
         "key",
         "legs",
         "msg",
+        "on_reply",
         "pool",
         "query",
+        "question",
         "replied",
         "reply",
         "resends",
+        "started",
         "store",
+        "transport",
         "tried",
         "upstream_msg",
     )
@@ -135,6 +141,7 @@ class Exchange:
         self.upstream_msg = msg if upstream_msg is None else upstream_msg
         self.query = query
         self.key = query.key
+        self.question = msg[wire.HEADER_LEN : query.question_end]  # as an answer echoes it
         self.reply = reply
         self.deadline = deadline
         self.done = False
@@ -145,6 +152,11 @@ class Exchange:
         self.pool: UpstreamPool | None = None
         self.store: Callable[[bytes], bytes] | None = None
         self.fallback: Callable[[], bytes] | None = None
+        # For the resolver's accounting: called with the exchange and the answer just
+        # before ``reply``; ``started`` and ``transport`` are its to set.
+        self.on_reply: Callable[[Exchange, bytes], None] | None = None
+        self.started = 0.0
+        self.transport = ""
 
     def finish(self, answer: bytes) -> None:
         """Deliver an upstream answer under the client's ID.
@@ -155,14 +167,14 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self._detach()
+        if self.legs:
+            self._detach()
         if answer[3] & 0x0F == wire.Rcode.FORMERR:
             answer = wire.error_response(self.msg, wire.Rcode.FORMERR, self.query)
         if self.store is not None:
             answer = self.store(answer)
         if not self.replied:
-            self.replied = True
-            self.reply(wire.with_id(answer, self.query.id))
+            self._respond(wire.for_client(answer, self.query))
 
     def fail(self, error: UpstreamError) -> None:
         """Answer SERVFAIL (or the fallback): the RFC 8914 code says what failed."""
@@ -172,23 +184,28 @@ class Exchange:
         self._detach()
         if self.replied:
             return
-        self.replied = True
         if self.fallback is not None:
-            self.reply(self.fallback())
+            self._respond(self.fallback())
             return
         if isinstance(error, UpstreamTimeoutError):
             ede, text = 22, "No Reachable Authority"  # RFC 8914 §5.23
         else:
             ede, text = 23, "Network Error"  # RFC 8914 §5.24
-        self.reply(
+        self._respond(
             wire.error_response(self.msg, wire.Rcode.SERVFAIL, self.query, ede=ede, ede_text=text)
         )
 
     def answer_early(self) -> None:
         """Give the client the fallback now, but keep waiting upstream (to refresh)."""
         if not self.replied and self.fallback is not None:
-            self.replied = True
-            self.reply(self.fallback())
+            self._respond(self.fallback())
+
+    def _respond(self, answer: bytes) -> None:
+        """The one way to the client, taken once."""
+        self.replied = True
+        if self.on_reply is not None:
+            self.on_reply(self, answer)
+        self.reply(answer)
 
     def _detach(self) -> None:
         for connection, uid in self.legs:
@@ -313,9 +330,11 @@ class UpstreamConnection:
             log.debug("%s: answer for unknown ID %d ignored", self.server, uid)
             return
         exchange, sent_at = entry
-        key = wire.answer_key(msg)
-        if key != exchange.key:
-            if key is None and msg[4] == msg[5] == 0 and wire.rcode_of(msg):
+        if not wire.echoes(msg, exchange.question):
+            key = wire.answer_key(msg)  # the same question spelt otherwise, or not at all
+            if key == exchange.key:
+                pass
+            elif key is None and msg[4] == msg[5] == 0 and wire.rcode_of(msg):
                 # An error answer without the question (RFC 1035 allows it): the client
                 # gets the same rcode in an answer of ours, never the upstream's bytes.
                 msg = wire.error_response(exchange.msg, wire.rcode_of(msg), exchange.query)
@@ -376,7 +395,7 @@ class DotConnection(UpstreamConnection):
     def send(self, exchange: Exchange) -> None:
         uid = self._allocate_id()
         self._track(uid, exchange)
-        self._outbox.append(frame(wire.with_id(exchange.upstream_msg, uid)))
+        self._outbox.append(frame_with_id(exchange.upstream_msg, uid))
         if self._connected and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -780,6 +799,8 @@ class UpstreamPool:
         ]
         self.strategy = strategy or Strategy()
         self._healths = [server.health for server in self.servers]
+        # The usual setup, one upstream, has nothing to order (see _send).
+        self._only = self.servers[0] if len(self.servers) == 1 else None
         self._loop = asyncio.get_running_loop()
         self.closing = False  # shutting down: nothing is sent or sent again
 
@@ -799,6 +820,12 @@ class UpstreamPool:
 
     def _send(self, exchange: Exchange, fanout: int) -> int:
         """Send to up to ``fanout`` usable upstreams not tried yet; return how many."""
+        only = self._only
+        if only is not None:
+            if exchange.tried or not only.health.up or not only.send(exchange):
+                return 0
+            exchange.tried = 1
+            return 1
         sent = 0
         for index in self.strategy.order(self._healths):
             if exchange.tried >> index & 1:

@@ -24,6 +24,10 @@ HEADER_LEN = 12
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _U16 = struct.Struct("!H")
 _COUNTS = struct.Struct("!HHHH")
+_COUNTS3 = struct.Struct("!HHH")  # ancount, nscount, arcount
+_U16_U16 = struct.Struct("!HH")
+_OPT_FIXED = struct.Struct("!HIH")  # an OPT record's class (payload), ttl, rdlength
+_new_tuple = tuple.__new__
 
 # Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2).
 QR = 0x8000
@@ -91,7 +95,8 @@ class Query(NamedTuple):
     """A validated query: what the forwarder needs from it, and nothing more.
 
     A named tuple rather than a frozen dataclass: one is built per query, and a frozen
-    dataclass's ``__init__`` cost more than the rest of the parse.
+    dataclass's ``__init__`` cost more than the rest of the parse (:func:`parse_query`
+    even skips the named tuple's ``__new__``).
     """
 
     id: int
@@ -241,12 +246,12 @@ def parse_query(msg: bytes) -> Query:
         raise FormError("TC set in a query")
     if qdcount != 1:
         raise FormError("QDCOUNT is not 1")
-    qend = _read_plain_name(msg, HEADER_LEN)
-    if qend + 4 > len(msg):
+    end = len(msg)
+    name_end = _read_plain_name(msg, HEADER_LEN)
+    qend = name_end + 4
+    if qend > end:
         raise FormError("question truncated")
-    qtype, qclass = struct.unpack_from("!HH", msg, qend)
-    qname = msg[HEADER_LEN:qend]
-    qend += 4
+    qtype, qclass = _U16_U16.unpack_from(msg, name_end)
     if qtype == RdataType.OPT or qtype == 0:
         raise FormError("meta type in the question")
     if ancount or nscount:
@@ -255,16 +260,27 @@ def parse_query(msg: bytes) -> Query:
             raise FormError("OPT record outside the additional section")
     else:
         offset = qend
-    if arcount:
-        offset, edns = _skip_records(msg, offset, arcount)
-    else:
+    if not arcount:
         edns = None
-    if offset != len(msg):
+    elif arcount == 1 and offset + 11 <= end and msg[offset : offset + 3] == b"\x00\x00\x29":
+        # The usual additional section, a lone OPT record: read in place.
+        payload, ttl, rdlen = _OPT_FIXED.unpack_from(msg, offset + 3)
+        edns = _new_tuple(Edns, (payload, (ttl >> 16) & 0xFF, ttl & 0x8000 != 0, offset))
+        offset += 11 + rdlen
+        if offset > end:
+            raise FormError("record data truncated")
+    else:
+        offset, edns = _skip_records(msg, offset, arcount)
+    if offset != end:
         raise FormError("trailing bytes after the last record")
-    query = Query(qid, flags, qname, qtype, qclass, qend, edns, _fold(qname, msg[qend - 4 : qend]))
     if edns is not None and edns.version != 0:
         raise FormError("unsupported EDNS version", Rcode.BADVERS)
-    return query
+    qname = msg[HEADER_LEN:name_end]
+    # Built as a plain tuple: the named tuple's own constructor cost more than the parse.
+    return _new_tuple(
+        Query,
+        (qid, flags, qname, qtype, qclass, qend, edns, qname.lower() + msg[name_end:qend]),
+    )
 
 
 def message_id(msg: bytes) -> int:
@@ -274,6 +290,23 @@ def message_id(msg: bytes) -> int:
 def with_id(msg: bytes, new_id: int) -> bytes:
     """The same message with another ID: the one copy the forwarder makes of it."""
     return _U16.pack(new_id) + msg[2:]
+
+
+def echoes(answer: bytes, question: bytes) -> bool:
+    """Whether ``answer`` is a response whose one question is ``question`` (the query's
+    question section, as it was sent) byte for byte.
+
+    The common case, decided without parsing: an upstream echoes the question as it
+    was asked. When this is False, :func:`answer_key` decides (another spelling of the
+    name, an error answer without the question, or not DNS at all).
+    """
+    return (
+        len(answer) >= HEADER_LEN
+        and answer[2] & 0x80 != 0
+        and answer[4] == 0
+        and answer[5] == 1
+        and answer.startswith(question, HEADER_LEN)
+    )
 
 
 def answer_key(msg: bytes) -> bytes | None:
@@ -435,22 +468,42 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 
     On the path of every answer, so records are skipped, not validated.
     """
-    qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(msg, 4)
-    if not arcount:
-        return None
+    qdcount = (msg[4] << 8) | msg[5]
     offset = HEADER_LEN
-    unpack = _RR_FIXED.unpack_from
     for _ in range(qdcount):
         offset = skip_name(msg, offset) + 4
+    return _find_opt_after(msg, offset)
+
+
+def _find_opt_after(msg: bytes, offset: int) -> tuple[int, int] | None:
+    """:func:`_find_opt` for records starting at ``offset`` (the question's end).
+
+    :func:`skip_name` is written out in the loops: this runs once per answer, and the
+    calls were most of its cost.
+    """
+    ancount, nscount, arcount = _COUNTS3.unpack_from(msg, 6)
+    if not arcount:
+        return None
     for _ in range(ancount + nscount):
-        offset = skip_name(msg, offset) + 10
+        length = msg[offset]
+        while length and length < 0xC0:
+            offset += length + 1
+            length = msg[offset]
+        offset += 12 if length else 11  # a pointer or the root; then type to rdlength
         offset += (msg[offset - 2] << 8) | msg[offset - 1]
     end = len(msg)
     for _ in range(arcount):
         start = offset
-        offset = skip_name(msg, offset)
-        rtype, _, _, rdlen = unpack(msg, offset)
-        offset += 10 + rdlen
+        length = msg[offset]
+        while length and length < 0xC0:
+            offset += length + 1
+            length = msg[offset]
+        offset += 12 if length else 11
+        if offset > end:
+            raise IndexError("record header truncated")
+        rdlen = (msg[offset - 2] << 8) | msg[offset - 1]
+        rtype = (msg[offset - 10] << 8) | msg[offset - 9]
+        offset += rdlen
         if offset > end:
             raise FormError("record data truncated")
         if rtype == RdataType.OPT:
@@ -500,8 +553,12 @@ def prepare_upstream(
         arcount = ((msg[10] << 8) | msg[11]) + 1
     else:
         opt_start = query.edns.offset
-        payload, ttl, rdlen = struct.unpack_from("!HIH", msg, opt_start + 3)
+        payload, ttl, rdlen = _OPT_FIXED.unpack_from(msg, opt_start + 3)
         opt_end = opt_start + 11 + rdlen
+        if pad_block == 128 and not rdlen and opt_end == len(msg) <= MAX_MESSAGE_LEN - 4 - 127:
+            # The common case with EDNS: a last OPT without options gets the padding.
+            pad = (-(len(msg) + 4)) % 128
+            return msg[: opt_start + 9] + _PADDING_RDATA[pad]
         options = _options(msg[opt_end - rdlen : opt_end])
         drop = (
             {EdnsOption.PADDING}
@@ -539,6 +596,11 @@ def _padded_opt(pad: int) -> bytes:
 
 
 _PADDED_OPT = tuple(_padded_opt(pad) for pad in range(128))
+# RDLENGTH and RDATA of an OPT record holding only a padding option of ``pad`` octets.
+_PADDING_RDATA = tuple(
+    _U16_U16.pack(4 + pad, EdnsOption.PADDING) + _U16.pack(pad) + b"\x00" * pad
+    for pad in range(128)
+)
 
 
 def client_view(answer: bytes, client_has_edns: bool) -> bytes:
@@ -552,16 +614,54 @@ def client_view(answer: bytes, client_has_edns: bool) -> bytes:
     found = _find_opt_lenient(answer)
     if found is None:
         return answer
-    start, end = found
+    return _without_opt_parts(answer, found, client_has_edns, answer[:2])
+
+
+def for_client(answer: bytes, query: Query) -> bytes:
+    """:func:`client_view` of an answer to ``query``, under the client's ID.
+
+    What every upstream answer goes through on its way to the client: one copy. The
+    answer echoes the query's question (checked when it arrived), so only the records
+    after it are walked.
+    """
+    qid = _U16.pack(query.id)
+    if len(answer) < HEADER_LEN or not (answer[10] or answer[11]):
+        return qid + answer[2:]
+    try:
+        if answer[4] == 0 and answer[5] == 1:
+            found = _find_opt_after(answer, query.question_end)
+        else:
+            found = _find_opt(answer)
+    except (FormError, struct.error, IndexError):
+        found = None
+    if found is None:
+        return qid + answer[2:]
+    return _without_opt_parts(answer, found, query.edns is not None, qid)
+
+
+def _without_opt_parts(
+    answer: bytes, opt: tuple[int, int], client_has_edns: bool, qid: bytes
+) -> bytes:
+    """The answer under ID ``qid``, its OPT at ``opt`` without padding, or removed."""
+    start, end = opt
     if not client_has_edns:
-        arcount = (answer[10] << 8) | answer[11]
-        return _set_arcount(answer[:start], arcount - 1) + answer[end:]
-    return strip_padding(answer, start, end)
+        arcount = ((answer[10] << 8) | answer[11]) - 1
+        return qid + answer[2:10] + _U16.pack(arcount) + answer[12:start] + answer[end:]
+    stripped = strip_padding(answer, start, end)
+    return stripped if qid == stripped[:2] else qid + stripped[2:]
 
 
 def strip_padding(answer: bytes, start: int, end: int) -> bytes:
     """The answer without the padding option of the OPT record at ``start:end``."""
     rdlen = (answer[start + 9] << 8) | answer[start + 10]
+    if (
+        rdlen >= 4
+        and answer[start + 11] == 0
+        and answer[start + 12] == EdnsOption.PADDING
+        and 4 + ((answer[start + 13] << 8) | answer[start + 14]) == rdlen
+    ):
+        # The usual OPT of a padding upstream: the padding option and nothing else.
+        return answer[: start + 9] + b"\x00\x00" + answer[end:]
     options = _options(answer[end - rdlen : end])
     kept = [option for option in options if option[0] != EdnsOption.PADDING]
     if len(kept) == len(options):

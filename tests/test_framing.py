@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dns2dot.errors import FramingError, RemoteProtocolError
-from dns2dot.framing import MAX_MESSAGE_LEN, FrameDecoder, frame
+from dns2dot.framing import MAX_MESSAGE_LEN, FrameDecoder, frame, frame_with_id
+from dns2dot.wire import with_id
 
 MSG_A = dns.message.make_query("a.example.", "A", id=1).to_wire()
 MSG_B = dns.message.make_query("bb.example.", "AAAA", id=2, use_edns=0).to_wire()
@@ -58,6 +59,18 @@ def test_frame_round_trip() -> None:
 def test_frame_matches_dnspython_prepend_length() -> None:
     m = dns.message.make_query("example.com.", "A", id=77)
     assert frame(m.to_wire()) == m.to_wire(prepend_length=True)
+
+
+@given(st.binary(min_size=2, max_size=600), st.integers(0, 0xFFFF))
+def test_frame_with_id_is_frame_of_with_id(msg: bytes, new_id: int) -> None:
+    assert frame_with_id(msg, new_id) == frame(with_id(msg, new_id))
+
+
+def test_frame_with_id_at_the_limits() -> None:
+    big = b"q" * MAX_MESSAGE_LEN
+    assert frame_with_id(big, 0xABCD) == b"\xff\xff\xab\xcd" + big[2:]
+    with pytest.raises(ValueError):
+        frame_with_id(big + b"q", 1)
 
 
 # --------------------------------------------------------------------------- FrameDecoder

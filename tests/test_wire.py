@@ -1496,3 +1496,120 @@ def test_property_client_view_of_good_answers(answer: bytes, has_edns: bool) -> 
     else:
         assert m.edns == o.edns
         assert dns.edns.OptionType.PADDING not in [opt.otype for opt in m.options]
+
+
+# --------------------------------------------------------------------------- for_client, echoes
+
+
+@st.composite
+def padded_answers(draw: st.DrawFn) -> bytes:
+    """Answers as a padding upstream sends them: the padding alone, or among others."""
+    name = draw(names())
+    q = dns.message.make_query(
+        name, draw(st.sampled_from(["A", "TXT"])), id=draw(st.integers(0, 0xFFFF))
+    )
+    r = dns.message.make_response(q)
+    options: list[dns.edns.Option] = draw(safe_options)
+    if draw(st.booleans()):
+        pad = dns.edns.GenericOption(
+            dns.edns.OptionType.PADDING, b"\x00" * draw(st.integers(0, 300))
+        )
+        options.insert(draw(st.integers(0, len(options))), pad)
+    r.use_edns(0, dns.flags.DO if draw(st.booleans()) else 0, 1232, options=options)
+    r.set_rcode(draw(st.sampled_from([0, 2, 3])))
+    for _ in range(draw(st.integers(0, 3))):
+        r.answer.append(
+            dns.rrset.from_text(name, 60, "IN", "TXT", f'"{"y" * draw(st.integers(0, 90))}"')
+        )
+    if draw(st.booleans()):
+        r.additional.append(dns.rrset.from_text(name, 60, "IN", "A", "192.0.2.8"))
+    return r.to_wire(max_size=65535, want_shuffle=False)
+
+
+def query_for(answer: bytes, qid: int, edns: bool) -> wire.Query:
+    """The query (under ``qid``, with or without EDNS) that ``answer`` answers."""
+    question = dns.message.from_wire(answer).question[0]
+    q = dns.message.make_query(
+        question.name, question.rdtype, id=qid, use_edns=0 if edns else False
+    )
+    return wire.parse_query(q.to_wire())
+
+
+@given(st.one_of(padded_answers(), dnspython_answers()), st.integers(0, 0xFFFF), st.booleans())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_for_client_is_client_view_under_the_client_id(
+    answer: bytes, qid: int, edns: bool
+) -> None:
+    """The hot path's one-copy version agrees byte for byte with the general one."""
+    query = query_for(answer, qid, edns)
+    out = wire.for_client(answer, query)
+    assert out == wire.with_id(wire.client_view(answer, edns), qid)
+    m, o = dns.message.from_wire(out), dns.message.from_wire(answer)
+    assert m.id == qid
+    assert (m.question, m.answer, m.additional) == (o.question, o.answer, o.additional)
+    assert out[3] & 0x0F == answer[3] & 0x0F  # the extended rcode bits go with the OPT
+    if not edns:
+        assert m.edns == -1
+    elif o.edns >= 0:
+        assert m.rcode() == o.rcode()
+        kept = [opt for opt in o.options if opt.otype != dns.edns.OptionType.PADDING]
+        assert (m.edns, m.ednsflags, m.payload) == (o.edns, o.ednsflags, o.payload)
+        assert list(m.options) == kept
+
+
+@given(mutated(padded_answers()), st.integers(0, 0xFFFF), st.booleans())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_for_client_never_raises(answer: bytes, qid: int, edns: bool) -> None:
+    """Hostile answers: whatever the upstream sent, the client's ID goes on it."""
+    query = wire.parse_query(dns.message.make_query("a.example.", "A", id=qid).to_wire())
+    query = query._replace(edns=query.edns if edns else None)
+    out = wire.for_client(answer, query)
+    if len(answer) >= 2:
+        assert out[:2] == qid.to_bytes(2, "big")
+
+
+def test_for_client_removes_a_lone_padding_option() -> None:
+    """A padding upstream's usual OPT (padding only) keeps its flags and loses its RDATA."""
+    pad = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00" * 200)
+    answer = padded_answer(options=[pad])
+    out = wire.for_client(answer, query_for(answer, 0x4242, True))
+    m = dns.message.from_wire(out)
+    assert m.id == 0x4242
+    assert not m.options and m.ednsflags & dns.flags.DO and m.payload == 1232
+    assert len(out) == len(answer) - 204
+
+
+def test_echoes_the_question_byte_for_byte() -> None:
+    msg = dns.message.make_query("Mixed.Example.", "A", id=7).to_wire()
+    query = wire.parse_query(msg)
+    question = msg[wire.HEADER_LEN : query.question_end]
+    answer = response_for(msg)
+    assert wire.echoes(answer, question)
+    # Another spelling is for answer_key to judge; so is anything that is not a response.
+    lower = dns.message.make_response(dns.message.make_query("mixed.example.", "A", id=7)).to_wire()
+    assert not wire.echoes(lower, question)
+    assert wire.answer_key(lower) == query.key
+    assert not wire.echoes(msg, question)  # QR clear
+    assert not wire.echoes(answer[:4] + b"\x00\x00" + answer[6:], question)  # no question
+    assert not wire.echoes(answer[:11], question)
+    assert not wire.echoes(answer[: wire.HEADER_LEN + 3], question)
+
+
+@st.composite
+def answer_to_query(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A query, and a mutated answer to it (so that the question often survives)."""
+    query = dns.message.make_query(draw(names()), draw(rdtypes), id=draw(st.integers(0, 0xFFFF)))
+    answer = draw(mutated(st.just(response_for(query.to_wire()))))
+    return query.to_wire(), answer
+
+
+@given(answer_to_query())
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_echoes_implies_the_answer_key(pair: tuple[bytes, bytes]) -> None:
+    """The shortcut never accepts an answer that answer_key would not match."""
+    msg, answer = pair
+    query = wire.parse_query(msg)
+    echoed = wire.echoes(answer, msg[wire.HEADER_LEN : query.question_end])
+    event(f"echoes: {echoed}")
+    if echoed:
+        assert wire.answer_key(answer) == query.key
