@@ -140,7 +140,7 @@ class Resolver:
         self._loop = asyncio.get_running_loop()
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_maintenance = 0.0
-        self._answered = self._count  # one bound method for every exchange's on_reply
+        self._on_reply = self._count  # made once: every exchange shares this bound method
 
     @property
     def rules(self) -> RuleSet | None:
@@ -209,7 +209,7 @@ class Resolver:
             return
         self.inflight += 1
         exchange = self._exchange(msg, query, reply, now, pool)
-        exchange.on_reply = self._answered
+        exchange.on_reply = self._on_reply
         exchange.started = now
         exchange.transport = transport
         if cache is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "== cache hits" in report and "dns2dot / unbound fwd (cache on) UDP" in report
     if have_chart:
         assert (out / "results.png").stat().st_size > 0
+
+
+def test_hotpath_measures_the_udp_path() -> None:
+    """``python -m bench.hotpath`` runs the real UDP path against its in-process upstream
+    and prints a figure; it exits non-zero if any query failed. No timing is asserted."""
+    argv = [sys.executable, "-m", "bench.hotpath", "--queries", "600", "--rounds", "2"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"dns2dot CPU per query: min [\d.]+ us", proc.stdout), proc.stdout

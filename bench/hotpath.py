@@ -1,0 +1,286 @@
+"""dns2dot's own cost per UDP query, measured in one process: a yardstick for code changes.
+
+The peers' runs (``python -m bench``) share two cores between dnsperf, the upstream and
+the server under test, so a 5% change is lost in their noise. This keeps only dns2dot's
+side of the work, and keeps it the same every run:
+
+- the client side is a fake datagram transport: the real :class:`UdpShim`, resolver,
+  pool and :class:`TlsDotConnection` run, but no client socket;
+- the upstream is an OpenSSL server on the other end of a socketpair, in this process,
+  answering from precomputed answers to the bench zone (padded to 468 octets, as
+  unbound pads); its own CPU time is measured and left out;
+- queries go in batches of ``--batch``, the next batch once all are answered.
+
+    python -m bench.hotpath                  # CPU microseconds per query, min of rounds
+    python -m bench.hotpath --instructions   # instructions per query (valgrind): exact
+
+CPU time still moves 10-20% between runs on a shared machine; the instruction count
+(valgrind's cachegrind, two runs of different lengths, the difference divided by the
+extra queries) does not, and includes the fake upstream's share (about 15%). Compare
+two checkouts with ``--root``. No network at all: the socketpair is a Unix one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.edns
+import dns.message
+import dns.rcode
+import dns.rrset
+
+from bench.zone import ZONE, make_names, make_queries
+
+UNBOUND_PAD_BLOCK = 468  # unbound's pad-responses-block-size default
+REPO = Path(__file__).resolve().parents[1]
+TRAFFIC = 2000  # distinct query lines, built once (not counted: see instructions())
+
+
+def make_traffic(count: int) -> tuple[list[bytes], dict[bytes, bytes]]:
+    """Queries as dnsperf sends them (no EDNS, ID 0), and the upstream's answer to each,
+    keyed by the query after its header; answers omit their first two octets (the ID)."""
+    names = {name.fqdn: name for name in make_names(2000)}
+    lines, _ = make_queries(list(names.values()), count)
+    soa = dns.rrset.from_text(
+        ZONE, 300, "IN", "SOA", f"ns.{ZONE} hostmaster.{ZONE} 1 3600 600 86400 300"
+    )
+    queries: list[bytes] = []
+    answers: dict[bytes, bytes] = {}
+    for line in lines:
+        qname, qtype = line.split()
+        query = dns.message.make_query(qname, qtype, use_edns=False, id=0)
+        msg = query.to_wire()
+        queries.append(msg)
+        if msg[12:] in answers:
+            continue
+        response = dns.message.make_response(query)
+        name = names.get(qname)
+        data = {"A": name.a, "AAAA": name.aaaa, "TXT": []} if name else {}
+        if name and qtype == "TXT" and name.txt:
+            data["TXT"] = [" ".join(f'"{s}"' for s in name.txt)]
+        if name is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        if data.get(qtype):
+            response.answer.append(dns.rrset.from_text(qname, 300, "IN", qtype, *data[qtype]))
+        else:
+            response.authority.append(soa)
+        unpadded = len(response.to_wire(max_size=65535)) + 11 + 4  # OPT, empty padding option
+        pad = dns.edns.GenericOption(
+            dns.edns.OptionType.PADDING, b"\x00" * ((-unpadded) % UNBOUND_PAD_BLOCK)
+        )
+        response.use_edns(0, 0, 1232, options=[pad])
+        answers[msg[12:]] = response.to_wire(max_size=65535)[2:]
+    return queries, answers
+
+
+class FakeUpstream:
+    """A DoT server on one end of a socketpair, answering from ``answers``."""
+
+    def __init__(
+        self, sock: socket.socket, context: ssl.SSLContext, answers: dict[bytes, bytes]
+    ) -> None:
+        self.sock = sock
+        self.answers = answers
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.buffer = b""
+        self.cpu = 0.0  # its own process time: left out of dns2dot's
+        asyncio.get_running_loop().add_reader(sock.fileno(), self.readable)
+
+    def readable(self) -> None:
+        started = time.process_time()
+        try:
+            self.incoming.write(self.sock.recv(1 << 20))
+        except BlockingIOError:
+            return
+        try:
+            self.tls.do_handshake()
+            while chunk := self.tls.read(1 << 20):
+                self.buffer += chunk
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+        out = []
+        buffer, pos = self.buffer, 0
+        while len(buffer) - pos >= 2:
+            length = (buffer[pos] << 8) | buffer[pos + 1]
+            if len(buffer) - pos - 2 < length:
+                break
+            query = buffer[pos + 2 : pos + 2 + length]
+            pos += 2 + length
+            # dns2dot added an OPT (padding) to the query: the question is what is keyed.
+            end = 12
+            while query[end]:
+                end += query[end] + 1
+            answer = query[:2] + self.answers[query[12 : end + 5]]
+            out.append(len(answer).to_bytes(2, "big") + answer)
+        self.buffer = buffer[pos:]
+        if out:
+            self.tls.write(b"".join(out))
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+        self.cpu += time.process_time() - started
+
+
+class FakeTransport:
+    """The client side of the UDP shim: counts answers, calls back on each."""
+
+    def __init__(self) -> None:
+        self.answered = 0
+        self.failed = 0  # SERVFAIL or REFUSED: the measurement is void
+        self.on_answer: Any = None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.answered += 1
+        if data[3] & 0x0F in (2, 5):
+            self.failed += 1
+        self.on_answer()
+
+
+async def measure(count: int, batch: int, rounds: int) -> list[tuple[float, float]]:
+    """(dns2dot's CPU seconds, the fake upstream's) per round of ``count`` queries."""
+    import trustme
+
+    from dns2dot import config, upstream
+    from dns2dot.cli import tune_gc
+    from dns2dot.proxy import Proxy
+    from dns2dot.splice import TlsChannel
+    from dns2dot.udp_server import UdpShim
+
+    ca = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("dns.test").configure_cert(server_context)
+    cafile = Path(tempfile.mkdtemp(prefix="hotpath-")) / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    queries, answers = make_traffic(TRAFFIC)  # the same whatever the count: cycled
+    fakes: list[FakeUpstream] = []
+
+    async def open_channel(server: upstream.UpstreamServer) -> TlsChannel:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        fakes.append(FakeUpstream(theirs, server_context, answers))
+        channel = TlsChannel(ours, server.context, server.spec.verify_name)
+        await channel.handshake()
+        return channel
+
+    upstream.UpstreamServer.open_channel = open_channel  # type: ignore[method-assign]
+    argv = ["-l", "127.0.0.1:0", "-u", "127.0.0.1:853#dns.test", "--cafile", str(cafile)]
+    proxy = Proxy(config.load([*argv, "--cache-size", "0"]))
+    proxy.resolver.start()
+    shim = UdpShim(proxy.resolver, proxy.admission)
+    transport = FakeTransport()
+    shim.connection_made(transport)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    state = {"sent": 0, "total": 0}
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def send_batch() -> None:
+        base = state["sent"]
+        if base >= state["total"]:
+            finished.set_result(None)
+            return
+        for i in range(base, base + batch):
+            msg = queries[i % len(queries)]
+            shim.datagram_received((i & 0xFFFF).to_bytes(2, "big") + msg[2:], ("127.0.0.1", 9))
+        state["sent"] = base + batch
+
+    def on_answer() -> None:
+        if transport.answered == state["sent"]:
+            loop.call_soon(send_batch)
+
+    transport.on_answer = on_answer
+
+    async def run(total: int) -> None:
+        nonlocal finished
+        state.update(sent=0, total=total)
+        transport.answered = 0
+        finished = loop.create_future()
+        send_batch()
+        await asyncio.wait_for(finished, 120)
+
+    await run(10 * batch)  # the connection is up, the session kept
+    tune_gc()
+    results = []
+    for _ in range(rounds):
+        fake_before = sum(f.cpu for f in fakes)
+        before = time.process_time()
+        await run(count)
+        fake = sum(f.cpu for f in fakes) - fake_before
+        results.append((time.process_time() - before - fake, fake))
+    proxy.upstreams.close()
+    if transport.failed:
+        raise SystemExit(f"hotpath: {transport.failed} queries failed (SERVFAIL/REFUSED)")
+    return results
+
+
+def instructions(root: Path, batch: int) -> float:
+    """Instructions per query: valgrind counts two runs; the difference is per query."""
+    counts = []
+    sizes = (1500, 4500)
+    for size in sizes:
+        argv = [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "bench.hotpath",
+            "--root",
+            str(root),
+            "--queries",
+            str(size),
+            "--batch",
+            str(batch),
+            "--rounds",
+            "1",
+        ]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True, cwd=REPO)
+        found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        if found is None:
+            raise SystemExit(f"hotpath: no instruction count from valgrind:\n{done.stderr}")
+        counts.append(int(found.group(1).replace(",", "")))
+    return (counts[1] - counts[0]) / (sizes[1] - sizes[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
+    parser.add_argument("--queries", type=int, default=30000, help="per round")
+    parser.add_argument("--batch", type=int, default=30, help="queries in flight at once")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--instructions", action="store_true", help="count with valgrind")
+    parser.add_argument("--root", type=Path, default=REPO, help="the dns2dot checkout to measure")
+    args = parser.parse_args()
+    if args.instructions:
+        per_query = instructions(args.root.resolve(), args.batch)
+        print(f"{per_query:,.0f} instructions per query (fake upstream included)")
+        return
+    sys.path.insert(0, str(args.root.resolve()))
+    import uvloop
+
+    results = uvloop.run(measure(args.queries, args.batch, args.rounds))
+    ours = sorted(cpu / args.queries * 1e6 for cpu, _ in results)
+    fake = min(f for _, f in results) / args.queries * 1e6
+    print(
+        f"dns2dot CPU per query: min {ours[0]:.2f} us, median {ours[len(ours) // 2]:.2f} us "
+        f"(rounds: {' '.join(f'{r:.1f}' for r in ours)}; fake upstream {fake:.2f} us left out)"
+    )
+
+
+if __name__ == "__main__":
+    main()
