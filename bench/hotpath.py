@@ -110,6 +110,8 @@ class FakeUpstream:
                 self.buffer += chunk
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
             pass
+        # Framing and the question by hand, not with dns2dot's framing and wire: the fake
+        # must cost the same whichever checkout --root measures.
         out = []
         buffer, pos = self.buffer, 0
         while len(buffer) - pos >= 2:

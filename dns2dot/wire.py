@@ -23,7 +23,6 @@ HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _U16 = struct.Struct("!H")
-_COUNTS = struct.Struct("!HHHH")
 _COUNTS3 = struct.Struct("!HHH")  # ancount, nscount, arcount
 _U16_U16 = struct.Struct("!HH")
 _OPT_FIXED = struct.Struct("!HIH")  # an OPT record's class (payload), ttl, rdlength
@@ -277,10 +276,8 @@ def parse_query(msg: bytes) -> Query:
         raise FormError("unsupported EDNS version", Rcode.BADVERS)
     qname = msg[HEADER_LEN:name_end]
     # Built as a plain tuple: the named tuple's own constructor cost more than the parse.
-    return _new_tuple(
-        Query,
-        (qid, flags, qname, qtype, qclass, qend, edns, qname.lower() + msg[name_end:qend]),
-    )
+    key = _fold(qname, msg[name_end:qend])
+    return _new_tuple(Query, (qid, flags, qname, qtype, qclass, qend, edns, key))
 
 
 def message_id(msg: bytes) -> int:
@@ -468,9 +465,10 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 
     On the path of every answer, so records are skipped, not validated.
     """
-    qdcount = (msg[4] << 8) | msg[5]
+    if not (msg[10] or msg[11]):
+        return None
     offset = HEADER_LEN
-    for _ in range(qdcount):
+    for _ in range((msg[4] << 8) | msg[5]):
         offset = skip_name(msg, offset) + 4
     return _find_opt_after(msg, offset)
 
@@ -478,35 +476,28 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 def _find_opt_after(msg: bytes, offset: int) -> tuple[int, int] | None:
     """:func:`_find_opt` for records starting at ``offset`` (the question's end).
 
-    :func:`skip_name` is written out in the loops: this runs once per answer, and the
+    :func:`skip_name` is written out in the loop: this runs once per answer, and the
     calls were most of its cost.
     """
     ancount, nscount, arcount = _COUNTS3.unpack_from(msg, 6)
     if not arcount:
         return None
-    for _ in range(ancount + nscount):
-        length = msg[offset]
-        while length and length < 0xC0:
-            offset += length + 1
-            length = msg[offset]
-        offset += 12 if length else 11  # a pointer or the root; then type to rdlength
-        offset += (msg[offset - 2] << 8) | msg[offset - 1]
+    first_additional = ancount + nscount
     end = len(msg)
-    for _ in range(arcount):
+    for index in range(first_additional + arcount):
         start = offset
         length = msg[offset]
         while length and length < 0xC0:
             offset += length + 1
             length = msg[offset]
-        offset += 12 if length else 11
+        offset += 12 if length else 11  # a pointer or the root; then type to rdlength
         if offset > end:
             raise IndexError("record header truncated")
-        rdlen = (msg[offset - 2] << 8) | msg[offset - 1]
         rtype = (msg[offset - 10] << 8) | msg[offset - 9]
-        offset += rdlen
+        offset += (msg[offset - 2] << 8) | msg[offset - 1]
         if offset > end:
             raise FormError("record data truncated")
-        if rtype == RdataType.OPT:
+        if rtype == RdataType.OPT and index >= first_additional:
             return start, offset
     return None
 
@@ -575,8 +566,7 @@ def prepare_upstream(
     body = _pack_options(options)
     if pad_block:
         unpadded = len(head) + 11 + len(body) + 4 + len(tail)
-        body += _U16.pack(EdnsOption.PADDING) + _U16.pack((-unpadded) % pad_block)
-        body += b"\x00" * ((-unpadded) % pad_block)
+        body += _padding_option((-unpadded) % pad_block)
     opt = b"\x00" + _RR_FIXED.pack(RdataType.OPT, payload, ttl, len(body)) + body
     prepared = head + opt + tail
     if len(prepared) > MAX_MESSAGE_LEN:
@@ -589,18 +579,20 @@ def prepare_upstream(
     return prepared
 
 
+def _padding_option(pad: int) -> bytes:
+    """A padding option (RFC 7830) of ``pad`` zero octets."""
+    return _U16_U16.pack(EdnsOption.PADDING, pad) + b"\x00" * pad
+
+
 def _padded_opt(pad: int) -> bytes:
     """An OPT record of our own carrying only a padding option of ``pad`` zero octets."""
-    body = _U16.pack(EdnsOption.PADDING) + _U16.pack(pad) + b"\x00" * pad
+    body = _padding_option(pad)
     return b"\x00" + _RR_FIXED.pack(RdataType.OPT, OWN_UDP_PAYLOAD, 0, len(body)) + body
 
 
 _PADDED_OPT = tuple(_padded_opt(pad) for pad in range(128))
 # RDLENGTH and RDATA of an OPT record holding only a padding option of ``pad`` octets.
-_PADDING_RDATA = tuple(
-    _U16_U16.pack(4 + pad, EdnsOption.PADDING) + _U16.pack(pad) + b"\x00" * pad
-    for pad in range(128)
-)
+_PADDING_RDATA = tuple(_U16.pack(4 + pad) + _padding_option(pad) for pad in range(128))
 
 
 def client_view(answer: bytes, client_has_edns: bool) -> bytes:
