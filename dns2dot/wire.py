@@ -7,8 +7,8 @@ nothing of sockets, loops or clocks.
 What it checks is what a forwarder must check before it spends an upstream round trip
 on a message: the header is sane, there is exactly one well-formed question, the other
 sections hold exactly as many well-formed records as the counts claim, compression
-pointers only point backwards, and there is at most one OPT record. Everything else is
-the upstream's business.
+pointers only point backwards at earlier names, and there is at most one OPT record.
+Everything else is the upstream's business.
 """
 
 from __future__ import annotations
@@ -138,11 +138,15 @@ def read_name(msg: bytes, offset: int) -> int:
 
     Compression pointers must point strictly before the previous jump target, so
     following them always terminates (no loops, no forward pointers), and into the
-    message body, not the header. The expanded name may not exceed 255 octets, and
+    message body, not the header. The part of the name a pointer leads to must also
+    end before the part that holds the pointer: a compressor only ever points at a
+    suffix it wrote earlier, never at octets that overlap the name being read (the
+    rule dnspython 2.9 enforces too). The expanded name may not exceed 255 octets, and
     it may take at most :data:`MAX_POINTER_HOPS` jumps: a chain of pointers to
     pointers is legal but never needed, and unbounded it costs quadratic work.
     """
-    end = len(msg)
+    size = len(msg)
+    end = size  # where the octets of the current part of the name must stop
     pos = offset
     after = -1  # where the name ends in the message, once a pointer was taken
     limit = offset  # every pointer must land before this
@@ -150,14 +154,16 @@ def read_name(msg: bytes, offset: int) -> int:
     hops = 0
     while True:
         if pos >= end:
-            raise FormError("name runs past the end of the message")
+            raise FormError(_overrun(end, size))
         length = msg[pos]
         if length == 0:
             return pos + 1 if after < 0 else after
         kind = length & 0xC0
         if kind == 0xC0:
             if pos + 1 >= end:
-                raise FormError("compression pointer truncated")
+                raise FormError(
+                    "compression pointer truncated" if end == size else _overrun(end, size)
+                )
             target = ((length & 0x3F) << 8) | msg[pos + 1]
             if target >= limit or target < HEADER_LEN:
                 raise FormError("compression pointer does not point backwards")
@@ -166,6 +172,7 @@ def read_name(msg: bytes, offset: int) -> int:
             hops += 1
             if hops > MAX_POINTER_HOPS:
                 raise FormError("too many compression pointers in one name")
+            end = limit  # the part that starts at the target ends before this part began
             limit = target
             pos = target
             continue
@@ -175,6 +182,13 @@ def read_name(msg: bytes, offset: int) -> int:
         if total > MAX_NAME_LEN:
             raise FormError("name longer than 255 octets")
         pos += length + 1
+
+
+def _overrun(end: int, size: int) -> str:
+    """Why a name walked past ``end``: the message's end, or the name's own octets."""
+    if end == size:
+        return "name runs past the end of the message"
+    return "compression target overlaps the name that points to it"
 
 
 def _read_plain_name(msg: bytes, offset: int) -> int:

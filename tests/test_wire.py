@@ -21,7 +21,7 @@ import dns.rrset
 import dns.wire
 import pytest
 from dns.rdtypes.ANY.CNAME import CNAME
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from support.mutate import mutated
 
@@ -371,6 +371,51 @@ def test_pointer_self_loop_reached_backwards_is_formerr() -> None:
     rec1 = rr(b"\x00", 65280, rdata=b"\x01y" + ptr(x))
     msg = header(ar=2) + question() + rec1 + rr(ptr(x), 1, rdata=b"\x00" * 4)
     assert_formerr(msg)
+
+
+def test_pointer_target_overlapping_its_own_name_is_formerr() -> None:
+    """RFC 1035 §4.1.4: a pointer replaces a suffix that "occurs earlier"; a target
+    whose label runs over the pointer itself is not an earlier name. Here rec1's
+    one-octet RDATA (2) read as a label covers rec2's owner pointer, and the next octet
+    (rec2's type, 00 01) is the root: every pointer points backwards, yet the name is
+    made of its own pointer. dnspython 2.9 refuses it too."""
+    start = 12 + len(question())
+    x = start + 11  # rec1's RDATA
+    msg = (
+        header(ar=2)
+        + question()
+        + rr(b"\x00", 65280, rdata=b"\x02")
+        + rr(ptr(x), 1, rdata=b"\x00" * 4)
+    )
+    with pytest.raises(dns.exception.FormError):
+        dns.message.from_wire(msg)
+    with pytest.raises(FormError, match="overlaps the name"):
+        wire.parse_query(msg)
+    assert_formerr(msg)
+
+
+def test_pointer_target_overlapping_the_pointer_chain_is_formerr() -> None:
+    """The same rule after a second hop: the part reached through the second pointer
+    must end before the part that held that pointer, not merely before the name."""
+    start = 12 + len(question())
+    x = start + 11  # rec1's RDATA, which dns2dot never reads as a name by itself
+    # Legal: rec2 -> x+3 ("a", then a pointer to x) -> x ("b", root): "a.b."
+    legal = header(ar=2) + question()
+    legal += rr(b"\x00", 65280, rdata=b"\x01b\x00\x01a" + ptr(x)) + rr(
+        ptr(x + 3), 1, rdata=b"\x00" * 4
+    )
+    assert dns.message.from_wire(legal).additional[1].name.to_text() == "a.b."
+    parse_ok(legal)
+    # Overlapping: rec2 -> x+1 ("a", then a pointer to x) -> x, whose 4-octet label
+    # covers "a" and that pointer, then the root at x+5. Every pointer points backwards.
+    bad = header(ar=2) + question()
+    bad += rr(b"\x00", 65280, rdata=b"\x04\x01a" + ptr(x) + b"\x00") + rr(
+        ptr(x + 1), 1, rdata=b"\x00" * 4
+    )
+    with pytest.raises(dns.exception.FormError):
+        dns.message.from_wire(bad)
+    with pytest.raises(FormError, match="overlaps the name"):
+        wire.parse_query(bad)
 
 
 def test_forward_pointer_in_additional_is_formerr() -> None:
@@ -1130,7 +1175,8 @@ def reference_verdict(msg: bytes) -> tuple[object, ...]:
 
     The header is replaced by 0xFF octets before names are read, so any name that
     strays into it meets a forward pointer, which dnspython refuses: that is "pointers
-    may not point into the header" without a second decompressor.
+    may not point into the header" without a second decompressor. dnspython 2.9 also
+    refuses a pointer target that overlaps the name pointing to it, as dns2dot does.
     """
     if len(msg) < 12:
         return ("message",)
@@ -1198,7 +1244,18 @@ hostile = st.one_of(
 )
 
 
+# Found by this test in CI: an answer owned by a pointer to offset 13, inside the
+# question name, whose octet there (0x32) reads as a 50-octet label that runs over
+# that very pointer and ends on the root at 64 (dnspython 2.9 refuses the overlap).
+_OVERLAP = (
+    header(0, 0, an=1)
+    + question(b"\x102" + b"\x00" * 15 + b"\x01\x00\x08" + b"\x00" * 8 + b"\x10" + b"\x00" * 17)
+    + rr(ptr(13), 5, ttl=60, rdata=ptr(12))
+)
+
+
 @given(hostile)
+@example(_OVERLAP)
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_property_hostile_input_never_crashes_and_agrees_with_dnspython(msg: bytes) -> None:
     """parse_query either returns a Query or raises MessageError/FormError, never
