@@ -33,6 +33,9 @@ from collections.abc import Callable
 RECORD = 16384 + 256
 MAX_BATCH = 4 * RECORD
 _RESET = struct.pack("ii", 1, 0)  # struct linger: on, 0 s
+# After the client's end of stream, how long the upstream may stay quiet before the
+# splice ends: socat's ``-t`` default. Answers to the last queries are still relayed.
+HALF_CLOSE_LINGER = 0.5
 
 
 async def tls_handshake(tls_socket: ssl.SSLSocket) -> None:
@@ -172,10 +175,14 @@ class Splice:
     """Copies bytes both ways between ``client`` (plain) and ``upstream`` (TLS).
 
     :meth:`run` returns once either side ends (end of stream, an error, or
-    :meth:`close`); both sockets are then closed. ``activity`` counts the reads, for
-    an idle check that costs the hot path nothing but an addition. ``on_upstream_data``
-    is called once, after the first bytes from the upstream (by then TLS 1.3 has
-    delivered its session tickets, which the caller may keep for resumption).
+    :meth:`close`); both sockets are then closed. The client's end of stream may be a
+    half-close (``shutdown(SHUT_WR)`` after its last query), so the splice then goes on
+    relaying the upstream's bytes, as socat does, until the upstream has been quiet for
+    ``linger`` seconds; the upstream is not told (a TLS close_notify could make it drop
+    answers it still owes). ``activity`` counts the reads, for an idle check that costs
+    the hot path nothing but an addition. ``on_upstream_data`` is called once, after
+    the first bytes from the upstream (by then TLS 1.3 has delivered its session
+    tickets, which the caller may keep for resumption).
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class Splice:
         client: socket.socket,
         upstream: TlsChannel,
         on_upstream_data: Callable[[], None] | None = None,
+        linger: float = HALF_CLOSE_LINGER,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._client = client
@@ -195,6 +203,11 @@ class Splice:
         self._to_client = b""
         # The upstream has ended: the splice ends once the client has taken the rest.
         self._ending = False
+        # The client has ended its side: it is no longer read, and a timer ends the
+        # splice once the upstream is quiet.
+        self._client_ended = False
+        self._linger = linger
+        self._linger_timer: asyncio.TimerHandle | None = None
         self.activity = 0
         self.error: BaseException | None = None
         self._done: asyncio.Future[None] = self._loop.create_future()
@@ -220,6 +233,9 @@ class Splice:
         loop.remove_reader(self._upstream_fd)
         loop.remove_writer(self._upstream_fd)
         self._client_fd = self._upstream_fd = -1
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         if self._to_client:
             # The client stopped reading: a FIN would wait behind bytes it never takes,
             # so the connection is reset instead (SO_LINGER 0), as it would be anyway.
@@ -247,7 +263,7 @@ class Splice:
             return
         if not data:
             # Never seen while bytes wait for the upstream: the client is not read then.
-            self._end()
+            self._client_done()
             return
         self.activity += 1
         try:
@@ -256,6 +272,29 @@ class Splice:
             self._end(exc)
             return
         self._flush_upstream()
+
+    def _client_done(self) -> None:
+        """The client's end of stream: stop reading it, and end the splice once the
+        upstream has been quiet for the linger time (at once without one)."""
+        if self._linger <= 0:
+            self._end()
+            return
+        self._client_ended = True
+        self._loop.remove_reader(self._client_fd)
+        self._linger_timer = self._loop.call_later(self._linger, self._linger_over, self.activity)
+
+    def _linger_over(self, activity_then: int) -> None:
+        self._linger_timer = None
+        if self._client_fd < 0:
+            return
+        if self.activity != activity_then or self._to_client:
+            # The upstream sent more, or the client has yet to take it: wait again (a
+            # client that stops reading is left to the idle sweep, as at any time).
+            self._linger_timer = self._loop.call_later(
+                self._linger, self._linger_over, self.activity
+            )
+            return
+        self._end()
 
     def _flush_upstream(self) -> None:
         """Send what OpenSSL encrypted; while the socket does not take it all, the
@@ -269,7 +308,8 @@ class Splice:
         loop = self._loop
         if done and waited:
             loop.remove_writer(self._upstream_fd)
-            loop.add_reader(self._client_fd, self._client_readable)
+            if not self._client_ended:
+                loop.add_reader(self._client_fd, self._client_readable)
         elif not done and not waited:
             loop.remove_reader(self._client_fd)
             loop.add_writer(self._upstream_fd, self._flush_upstream)

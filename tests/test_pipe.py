@@ -2,7 +2,8 @@
 
 The splice itself is tested on socket pairs (test_splice.py); here a real dns2dot in
 pipe mode forwards to unbound over verified TLS. What a user of the socat drop-in
-relies on: the bytes that come back are exactly unbound's; a client that never reads
+relies on: the bytes that come back are exactly unbound's; a client that half-closes
+after its queries still gets every answer, then end of stream; a client that never reads
 holds nothing back from the others and is closed once idle; an idle client is closed;
 and each new client's TLS connection resumes the session (RFC 8310 §5, RFC 7858 §3.4),
 which socat does not do.
@@ -84,6 +85,25 @@ def test_answers_are_the_upstreams_bytes(
     assert len(big) == len(big_direct)
     assert dns.message.from_wire(big) == dns.message.from_wire(big_direct)
     assert all(text.encode() in big for text in BIG_TXT)  # ~2.9 kB, whole
+
+
+def test_client_that_half_closes_gets_its_answers_then_end_of_stream(
+    dns2dot: Factory, unbound: UnboundUpstream
+) -> None:
+    """socat's behaviour, which scripts rely on: queries, then ``shutdown(SHUT_WR)``,
+    then read until the server closes. Every answer arrives, and so does the end of
+    stream (the splice lingers only while the upstream talks)."""
+    d = dns2dot(upstreams=[unbound.spec], mode="pipe")
+    queries = [make_query(f"n{i}.example.test.", qid=0x5000 + i) for i in range(1, 6)]
+    with TcpClient(d.port) as client:
+        client.send(b"".join(frame(q.to_wire()) for q in queries))
+        client.sock.shutdown(socket.SHUT_WR)
+        answers = [dns.message.from_wire(a) for a in client.recv_frames(10, timeout=10)]
+        assert client.closed_by_peer, "no end of stream after the answers"
+    assert [a.id for a in answers] == [q.id for q in queries]
+    for i, answer in enumerate(answers, start=1):
+        assert a_addresses(answer) == {n_address(i)}, answer
+    assert_served(d, 7)  # and the process goes on serving
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

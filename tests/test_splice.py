@@ -4,7 +4,8 @@ The "client" is one end of a plain socket pair, driven from a thread; the upstre
 a blocking TLS server in another thread, with the throwaway CA. What must hold: every
 byte arrives once and in order both ways, whatever the chunking and however slowly
 either end reads (back-pressure, never loss); the end of either side ends the splice
-and closes both sockets, after the bytes already read were delivered; a broken TLS
+and closes both sockets, after the bytes already read were delivered (a client's
+half-close, after the upstream has been quiet for the linger time); a broken TLS
 record ends it too; and the handshake helper verifies like any other.
 
 Run on the default asyncio loop and on uvloop (what dns2dot runs on).
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from support.pki import TLS_NAME, Pki
 
 from dns2dot import tls
-from dns2dot.splice import Splice, TlsChannel, tls_handshake
+from dns2dot.splice import HALF_CLOSE_LINGER, Splice, TlsChannel, tls_handshake
 
 Peer = Callable[[ssl.SSLSocket], None]
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -46,7 +47,11 @@ def small_buffers(sock: socket.socket) -> None:
 
 
 async def spliced(
-    pki: Pki, peer: Peer, *, on_upstream_data: Callable[[], None] | None = None
+    pki: Pki,
+    peer: Peer,
+    *,
+    on_upstream_data: Callable[[], None] | None = None,
+    linger: float = HALF_CLOSE_LINGER,
 ) -> tuple[Splice, socket.socket, threading.Thread]:
     """A splice between a fresh client socket pair and ``peer`` (a TLS server thread);
     returns it (not started), the application's end of the client pair, the thread."""
@@ -70,7 +75,7 @@ async def spliced(
     client.setblocking(False)
     channel = TlsChannel(ours, tls.client_context(str(pki.ca)), TLS_NAME)
     await channel.handshake()
-    return Splice(client, channel, on_upstream_data=on_upstream_data), app, thread
+    return Splice(client, channel, on_upstream_data=on_upstream_data, linger=linger), app, thread
 
 
 def echo(tls_sock: ssl.SSLSocket) -> None:
@@ -194,8 +199,10 @@ def test_upstream_end_delivers_what_it_sent_then_closes_the_client(
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
-def test_client_end_closes_the_upstream(pki: Pki, loop_name: str) -> None:
-    """The client hangs up: the splice ends, and the upstream sees end of stream."""
+@pytest.mark.parametrize("linger", [HALF_CLOSE_LINGER, 0.0])
+def test_client_end_closes_the_upstream(pki: Pki, loop_name: str, linger: float) -> None:
+    """The client hangs up: the splice ends (after the linger, or at once without
+    one), and the upstream sees end of stream."""
     upstream_saw: list[bytes] = []
 
     def peer(tls_sock: ssl.SSLSocket) -> None:
@@ -205,7 +212,7 @@ def test_client_end_closes_the_upstream(pki: Pki, loop_name: str) -> None:
         upstream_saw.append(data)
 
     async def main() -> None:
-        splice, app, thread = await spliced(pki, peer)
+        splice, app, thread = await spliced(pki, peer, linger=linger)
         task = asyncio.ensure_future(splice.run())
         app.sendall(b"\x00\x05hello")
         app.close()
@@ -213,6 +220,90 @@ def test_client_end_closes_the_upstream(pki: Pki, loop_name: str) -> None:
         await asyncio.to_thread(thread.join, 10)
 
     run(loop_name, main)
+    assert upstream_saw == [b"\x00\x05hello"]
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_client_half_close_still_gets_every_answer(pki: Pki, loop_name: str) -> None:
+    """The client sends its queries, then ``shutdown(SHUT_WR)`` and reads to the end
+    (``socat -``, a script's heredoc): everything the upstream sends back still
+    arrives, then end of stream. The upstream is not told of the half-close (it would
+    see end of stream only once the splice ends)."""
+    payload = b"".join(bytes([i % 251]) * 300 for i in range(200))  # 60 kB
+
+    async def main() -> bytes:
+        splice, app, thread = await spliced(pki, echo)
+        task = asyncio.ensure_future(splice.run())
+
+        def client() -> bytes:
+            app.sendall(payload)
+            app.shutdown(socket.SHUT_WR)
+            return read_to_end(app)
+
+        received = await asyncio.to_thread(client)
+        await task
+        await asyncio.to_thread(thread.join, 10)
+        assert splice.error is None
+        return received
+
+    assert run(loop_name, main) == payload
+
+
+def test_half_closed_client_waits_while_the_upstream_is_still_talking(pki: Pki) -> None:
+    """The linger counts from the upstream's last bytes, not from the half-close: five
+    answers 0.3 s apart (1.5 s in all) all reach a client that half-closed at once,
+    with a linger of 1 s."""
+    answers = [f"answer {i}".encode() for i in range(5)]
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        tls_sock.recv(65536)
+        for answer in answers:
+            time.sleep(0.3)
+            tls_sock.sendall(answer)
+        with contextlib.suppress(OSError):
+            while tls_sock.recv(65536):  # until the splice ends
+                pass
+
+    async def main() -> bytes:
+        splice, app, thread = await spliced(pki, peer, linger=1.0)
+        task = asyncio.ensure_future(splice.run())
+
+        def client() -> bytes:
+            app.sendall(b"\x00\x05query")
+            app.shutdown(socket.SHUT_WR)
+            return read_to_end(app)
+
+        received = await asyncio.to_thread(client)
+        await task
+        await asyncio.to_thread(thread.join, 10)
+        return received
+
+    assert run("uvloop", main) == b"".join(answers)
+
+
+def test_half_closed_client_and_a_silent_upstream_end_the_splice(pki: Pki) -> None:
+    """An upstream that never answers cannot keep a half-closed client's splice: it
+    ends once the linger is over, and both sides see end of stream."""
+    upstream_saw: list[bytes] = []
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := tls_sock.recv(65536):
+                data += chunk
+        upstream_saw.append(data)
+
+    async def main() -> bytes:
+        splice, app, thread = await spliced(pki, peer, linger=0.2)
+        task = asyncio.ensure_future(splice.run())
+        app.sendall(b"\x00\x05hello")
+        app.shutdown(socket.SHUT_WR)
+        received = await asyncio.to_thread(read_to_end, app)
+        await task
+        await asyncio.to_thread(thread.join, 10)
+        return received
+
+    assert run("uvloop", main) == b""
     assert upstream_saw == [b"\x00\x05hello"]
 
 
