@@ -8,6 +8,11 @@ session* splices the client's socket byte for byte onto a TLS connection of its 
 Both kinds are watched by one periodic sweep that closes connections idle for longer
 than the idle timeout (RFC 7766 §6.2.3) and frames that trickle in for longer than
 the frame deadline (slowloris), so a stalled client costs nothing but its socket.
+
+tornado's ``TCPServer`` accepts the connections; both kinds of session then take the
+client's socket from its stream and run on the loop's readiness callbacks. tornado's
+reads cost a Future each and treat end of stream as the end of the connection, which
+would lose the answers of a client that half-closes after its queries.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+from tornado.iostream import IOStream
 from tornado.tcpserver import TCPServer
 
 from dns2dot.admission import Admission, Verdict
@@ -32,7 +37,6 @@ from dns2dot.upstream import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
 
-MAX_BUFFER = 4 * 65536  # a client's unread input: a few maximum-size messages
 SWEEP_INTERVAL = 1.0
 
 
@@ -65,10 +69,18 @@ class TcpLimits:
 class PoolSession:
     """One client connection whose queries share the upstream pool.
 
+    Driven by the event loop's readiness callbacks on the client's socket, as
+    :class:`~dns2dot.splice.Splice` is, not by tornado's reads: no Future per read, and
+    the end of the client's input is not the end of the connection. A client that
+    half-closes after its queries (``shutdown(SHUT_WR)``) still gets every answer, and
+    then end of stream.
+
     At most ``max_inflight`` of its queries are unanswered at once; beyond that the
     session stops reading until answers drain, so one client cannot take every slot.
-    When the client breaks the framing, what it sent before is still answered
-    (RFC 7766 §6.2.4: outstanding queries are answered before a server closes).
+    When the client breaks the framing or ends its input, what it sent before is still
+    answered (RFC 7766 §6.2.4: outstanding queries are answered before a server
+    closes). Answers the client does not read are kept up to ``max_write_buffer``
+    bytes; beyond that the connection is closed.
     """
 
     def __init__(
@@ -79,16 +91,23 @@ class PoolSession:
         stats: Stats,
     ) -> None:
         self.client_stream = client_stream
+        self._client = client_stream.socket
+        self._fd = self._client.fileno()
         self._stats = stats
         self._handler = handler
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder()
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes] = []  # answers of this loop iteration, written at once
         self._flush_scheduled = False
+        self._unsent = bytearray()  # answers the socket did not take yet
         self._inflight = 0
-        self._below = 0  # the waiter wakes when fewer than this many are in flight
-        self._waiter: asyncio.Future[None] | None = None
+        # Queries read but not yet handed on, while the in-flight cap is reached.
+        self._waiting: list[bytes] = []
+        self._reading = False
+        self._resume_scheduled = False
+        self._input_ended = False  # end of stream, or broken framing: nothing more to read
+        self._done: asyncio.Future[None] = self._loop.create_future()
         self.last_active = self._loop.time()
         self.frame_started = 0.0
 
@@ -101,87 +120,180 @@ class PoolSession:
         return None
 
     async def run(self) -> None:
-        stream = self.client_stream
+        """Serve the client until the connection ends; it is closed on return."""
+        try:
+            self._read()
+            await self._done
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop and close the connection (idempotent); late answers are dropped."""
+        if self._fd >= 0:
+            if self._reading:
+                self._loop.remove_reader(self._fd)
+            if self._unsent:
+                self._loop.remove_writer(self._fd)
+            self._fd = -1
+            self._reading = False
+            self._unsent.clear()
+            self._waiting.clear()
+        self.client_stream.close()  # closes the socket; tornado never registered it
+        if not self._done.done():
+            self._done.set_result(None)
+
+    # -- client -> resolver ------------------------------------------------------------
+
+    def _read(self) -> None:
+        if not self._reading and not self._input_ended and self._fd >= 0:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._readable)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def _readable(self) -> None:
+        try:
+            data = self._client.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self._end_input()
+            return
+        now = self._loop.time()
+        self.last_active = now
         decoder = self._decoder
+        was_buffered = decoder.buffered
+        messages = decoder.feed(data)
+        if decoder.buffered and not was_buffered:
+            self.frame_started = now
+        try:
+            self._serve(messages)
+        except Exception:  # a bug: this client is closed, the others are still served
+            log.exception("closing client after an unexpected error")
+            self.close()
+            return
+        if decoder.error is not None:
+            log.debug("closing client: %s", decoder.error)
+            self._stats.dropped["framing"] += 1
+            self._end_input()
+
+    def _serve(self, messages: list[bytes]) -> None:
+        """Hand queries on while the cap allows; keep the rest and stop reading."""
         handle = self._handler
         reply = self._reply
-        limits = self._limits
-        try:
-            while True:
-                if self._inflight >= limits.max_inflight:
-                    await self._until_fewer_than(limits.max_inflight)
-                data = await stream.read_bytes(READ_CHUNK, partial=True)
-                now = self._loop.time()
-                self.last_active = now
-                was_buffered = decoder.buffered
-                for msg in decoder.feed(data):
-                    if self._inflight >= limits.max_inflight:
-                        # One read can hold thousands of queries: the cap holds per query.
-                        await self._until_fewer_than(limits.max_inflight)
-                    self._inflight += 1
-                    if not handle(msg, reply):
-                        self._inflight -= 1  # dropped: no answer will come
-                if decoder.error is not None:
-                    log.debug("closing client: %s", decoder.error)
-                    self._stats.dropped["framing"] += 1
-                    await self._until_fewer_than(1)
-                    written = self._flush()
-                    if written is not None:
-                        await written
-                    break
-                if decoder.buffered and not was_buffered:
-                    self.frame_started = now
-        except StreamClosedError:
-            pass
-        finally:
-            stream.close()
+        cap = self._limits.max_inflight
+        for index, msg in enumerate(messages):
+            if self._inflight >= cap:
+                # One read can hold thousands of queries: the cap holds per query.
+                self._waiting = messages[index:]
+                self._stop_reading()
+                return
+            self._inflight += 1
+            if not handle(msg, reply):
+                self._inflight -= 1  # dropped: no answer will come
+        if self._inflight >= cap:
+            self._stop_reading()
 
-    async def _until_fewer_than(self, count: int) -> None:
-        """Wait until fewer than ``count`` queries are unanswered (or the client is gone)."""
-        while self._inflight >= count and not self.client_stream.closed():
-            self._below = count
-            self._waiter = self._loop.create_future()
-            await self._waiter
+    def _resume(self) -> None:
+        """Answers drained below the cap: serve the queries kept, then read again."""
+        self._resume_scheduled = False
+        if self._fd < 0:
+            return
+        waiting, self._waiting = self._waiting, []
+        self._serve(waiting)
+        if not self._waiting and self._inflight < self._limits.max_inflight:
+            self._read()
+        self._finish_if_done()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+    def _end_input(self) -> None:
+        """Nothing more will be read: answer what was read, then close."""
+        self._input_ended = True
+        self._stop_reading()
+        self._finish_if_done()
+
+    # -- resolver -> client ------------------------------------------------------------
 
     def _reply(self, answer: bytes) -> None:
         self._inflight -= 1
-        if self._waiter is not None and self._inflight < self._below:
-            self._wake()
         self.last_active = self._loop.time()
         self._outbox.append(frame(answer))
+        loop = self._loop
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            loop.call_soon(self._flush)
+        if (
+            not self._reading
+            and not self._resume_scheduled
+            and self._inflight < self._limits.max_inflight
+        ):
+            self._resume_scheduled = True
+            loop.call_soon(self._resume)
 
-    def _flush(self) -> asyncio.Future[None] | None:
+    def _flush(self) -> None:
         """Write the answers gathered in this loop iteration in one go."""
         self._flush_scheduled = False
-        stream = self.client_stream
-        if not self._outbox or stream.closed():
-            self._outbox.clear()
-            return None
-        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
-        self._outbox.clear()
+        outbox = self._outbox
+        if self._fd < 0:
+            outbox.clear()
+            return
+        data = b"".join(outbox) if len(outbox) > 1 else outbox[0]
+        outbox.clear()
+        if self._unsent:  # still waiting for the socket: queue behind it
+            if len(self._unsent) + len(data) > self._limits.max_write_buffer:
+                self._unread_output()
+                return
+            self._unsent += data
+            return
         try:
-            return stream.write(data)
-        except StreamBufferFullError:
-            log.debug("closing client that does not read its answers")
-            self._stats.dropped["unread_output"] += 1
-            stream.close()
-        except StreamClosedError:
-            pass
-        return None
+            sent = self._client.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            if len(data) - sent > self._limits.max_write_buffer:
+                self._unread_output()
+                return
+            self._unsent += memoryview(data)[sent:]
+            self._loop.add_writer(self._fd, self._writable)
+            return
+        self._finish_if_done()
 
-    def close(self) -> None:
-        self.client_stream.close()
-        self._wake()
+    def _writable(self) -> None:
+        try:
+            sent = self._client.send(self._unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self._unsent[:sent]
+        if not self._unsent:
+            self._loop.remove_writer(self._fd)
+            self._finish_if_done()
+
+    def _unread_output(self) -> None:
+        log.debug("closing client that does not read its answers")
+        self._stats.dropped["unread_output"] += 1
+        self.close()
+
+    def _finish_if_done(self) -> None:
+        """After the input ended: close once every query read is answered and sent."""
+        if (
+            self._input_ended
+            and self._inflight == 0
+            and not self._waiting
+            and not self._outbox
+            and not self._unsent
+        ):
+            self.close()
 
 
 class PipeSession:
@@ -255,7 +367,7 @@ class DnsTcpServer(TCPServer):
         mode: str = "pool",
         limits: TcpLimits | None = None,
     ) -> None:
-        super().__init__(read_chunk_size=READ_CHUNK, max_buffer_size=MAX_BUFFER)
+        super().__init__()  # its streams only hand over their sockets
         self.resolver = resolver
         self.pool = pool
         self.admission = admission
@@ -291,7 +403,6 @@ class DnsTcpServer(TCPServer):
             return
         self._full_logged = False
         stream.set_nodelay(True)
-        stream.max_write_buffer_size = self.limits.max_write_buffer
         session: PoolSession | PipeSession
         host = address[0] if isinstance(address, tuple) else str(address)
         stats = self.resolver.stats

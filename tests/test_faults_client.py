@@ -498,7 +498,8 @@ def test_tcp_flood_then_reset(server: Dns2Dot) -> None:
 
 def test_tcp_close_with_queries_in_flight(server: Dns2Dot) -> None:
     """A client that closes (FIN) right after 100 pipelined queries: its answers have
-    nowhere to go and are dropped; nothing else is affected (RFC 7766 §6.2.4)."""
+    nowhere to go (the first write past its close meets a reset, which ends the
+    session); nothing else is affected (RFC 7766 §6.2.4)."""
     for _ in range(5):
         sock = socket.create_connection((LOOPBACK, server.port), timeout=3)
         with contextlib.closing(sock):
@@ -518,6 +519,34 @@ def test_tcp_pipelined_beyond_max_inflight_all_answered(server: Dns2Dot) -> None
         got = [parse(m) for m in c.recv_frames(len(qs), timeout=15)]
     assert len(got) == len(qs), f"{len(got)} of {len(qs)} answered"
     assert {m.id: a_addresses(m) for m in got} == {q.id: {n_addr(q)} for q in qs}
+    assert_healthy(server)
+
+
+def test_tcp_half_close_after_queries_gets_every_answer(server: Dns2Dot) -> None:
+    """socat-style clients and scripts send their queries, ``shutdown(SHUT_WR)``, then
+    read to the end. All 30 answers arrive (the in-flight limit of 4 still holds,
+    queries read are kept, not lost), then end of stream (RFC 7766 §6.2.4)."""
+    qs = [make_query(f"n{i + 300}.example.test.", qid=0x3000 + i) for i in range(30)]
+    with TcpClient(server.port) as c:
+        c.send(b"".join(frame(q.to_wire()) for q in qs))
+        c.sock.shutdown(socket.SHUT_WR)
+        got = [parse(m) for m in c.recv_frames(len(qs) + 1, timeout=15)]
+        assert c.closed_by_peer, "no end of stream after the answers"
+    assert {m.id: a_addresses(m) for m in got} == {q.id: {n_addr(q)} for q in qs}
+    assert_healthy(server)
+
+
+def test_tcp_half_close_inside_a_frame_answers_the_whole_ones(server: Dns2Dot) -> None:
+    """Two queries and half of a third, then the half-close: the two are answered, the
+    half is not waited for (no frame deadline needed), and the connection ends."""
+    qs = [make_query(f"n{i + 340}.example.test.", qid=0x3400 + i) for i in range(3)]
+    wires = [frame(q.to_wire()) for q in qs]
+    with TcpClient(server.port) as c:
+        c.send(wires[0] + wires[1] + wires[2][:7])
+        c.sock.shutdown(socket.SHUT_WR)
+        got = [parse(m) for m in c.recv_frames(3, timeout=FRAME_DEADLINE - 1)]
+        assert c.closed_by_peer, "not closed before the frame deadline"
+    assert sorted(m.id for m in got) == [qs[0].id, qs[1].id]
     assert_healthy(server)
 
 
