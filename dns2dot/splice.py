@@ -32,7 +32,7 @@ from collections.abc import Callable
 # more is there): four full TLS records' worth.
 RECORD = 16384 + 256
 MAX_BATCH = 4 * RECORD
-_RESET = struct.pack("ii", 1, 0)  # struct linger: on, 0 s
+RESET = struct.pack("ii", 1, 0)  # struct linger for SO_LINGER: on, 0 s (close resets)
 # After the client's end of stream, how long the upstream may stay quiet before the
 # splice ends: socat's ``-t`` default. Answers to the last queries are still relayed.
 HALF_CLOSE_LINGER = 0.5
@@ -240,7 +240,7 @@ class Splice:
             # The client stopped reading: a FIN would wait behind bytes it never takes,
             # so the connection is reset instead (SO_LINGER 0), as it would be anyway.
             with contextlib.suppress(OSError):
-                self._client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                self._client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
         self._client.close()
         self._upstream.close()
         if not self._done.done():
@@ -361,6 +361,7 @@ class Splice:
                 return
             if self._to_client:
                 self._to_client = b""
+                self.activity += 1  # progress, for the idle check and the linger
                 loop.remove_writer(self._client_fd)
                 loop.add_reader(self._upstream_fd, self._upstream_readable)
         else:

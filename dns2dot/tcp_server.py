@@ -18,7 +18,9 @@ would lose the answers of a client that half-closes after its queries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -31,7 +33,7 @@ from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.splice import Splice
+from dns2dot.splice import RESET, Splice
 from dns2dot.streams import READ_CHUNK
 from dns2dot.upstream import UpstreamPool
 
@@ -113,7 +115,12 @@ class PoolSession:
 
     def expired(self, now: float) -> str | None:
         """Why this session should be closed now, or None."""
-        if self._decoder.buffered and now - self.frame_started > self._limits.frame_timeout:
+        # A frame can only trickle in while it is read: not while the cap holds reading.
+        if (
+            self._reading
+            and self._decoder.buffered
+            and now - self.frame_started > self._limits.frame_timeout
+        ):
             return "slow_frame"
         if self._inflight == 0 and now - self.last_active > self._limits.idle_timeout:
             return "idle"
@@ -134,6 +141,7 @@ class PoolSession:
                 self._loop.remove_reader(self._fd)
             if self._unsent:
                 self._loop.remove_writer(self._fd)
+                self._reset_on_close()
             self._fd = -1
             self._reading = False
             self._unsent.clear()
@@ -148,6 +156,7 @@ class PoolSession:
         if not self._reading and not self._input_ended and self._fd >= 0:
             self._reading = True
             self._loop.add_reader(self._fd, self._readable)
+            self.frame_started = self._loop.time()  # a part-read frame's deadline restarts
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -172,16 +181,22 @@ class PoolSession:
         messages = decoder.feed(data)
         if decoder.buffered and not was_buffered:
             self.frame_started = now
-        try:
-            self._serve(messages)
-        except Exception:  # a bug: this client is closed, the others are still served
-            log.exception("closing client after an unexpected error")
-            self.close()
+        if not self._serve_guarded(messages):
             return
         if decoder.error is not None:
             log.debug("closing client: %s", decoder.error)
             self._stats.dropped["framing"] += 1
             self._end_input()
+
+    def _serve_guarded(self, messages: list[bytes]) -> bool:
+        """:meth:`_serve`, closing this client (only) if the handler raises: a bug."""
+        try:
+            self._serve(messages)
+        except Exception:
+            log.exception("closing client after an unexpected error")
+            self.close()
+            return False
+        return True
 
     def _serve(self, messages: list[bytes]) -> None:
         """Hand queries on while the cap allows; keep the rest and stop reading."""
@@ -206,7 +221,8 @@ class PoolSession:
         if self._fd < 0:
             return
         waiting, self._waiting = self._waiting, []
-        self._serve(waiting)
+        if not self._serve_guarded(waiting):
+            return
         if not self._waiting and self._inflight < self._limits.max_inflight:
             self._read()
         self._finish_if_done()
@@ -215,6 +231,7 @@ class PoolSession:
         """Nothing more will be read: answer what was read, then close."""
         self._input_ended = True
         self._stop_reading()
+        self._decoder = FrameDecoder()  # a part-read frame will never be completed
         self._finish_if_done()
 
     # -- resolver -> client ------------------------------------------------------------
@@ -275,6 +292,8 @@ class PoolSession:
             self.close()
             return
         del self._unsent[:sent]
+        if sent:
+            self.last_active = self._loop.time()  # a slow reader is not an idle one
         if not self._unsent:
             self._loop.remove_writer(self._fd)
             self._finish_if_done()
@@ -282,7 +301,14 @@ class PoolSession:
     def _unread_output(self) -> None:
         log.debug("closing client that does not read its answers")
         self._stats.dropped["unread_output"] += 1
+        self._reset_on_close()
         self.close()
+
+    def _reset_on_close(self) -> None:
+        """The client stopped reading: a FIN would wait behind bytes it never takes, so
+        the connection is reset instead (SO_LINGER 0), as a splice does."""
+        with contextlib.suppress(OSError):
+            self._client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
 
     def _finish_if_done(self) -> None:
         """After the input ended: close once every query read is answered and sent."""
@@ -332,6 +358,8 @@ class PipeSession:
         try:
             server, channel = await self._pool.open_pipe_channel()
         except UpstreamError:
+            if self.client_stream.closed():  # closed while the upstreams were being dialled
+                return
             self._fallback = PoolSession(self.client_stream, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
@@ -351,9 +379,9 @@ class PipeSession:
     def close(self) -> None:
         if self._splice is not None:
             self._splice.close()
-        self.client_stream.close()
         if self._fallback is not None:
-            self._fallback.close()
+            self._fallback.close()  # before the socket closes: it is still polled
+        self.client_stream.close()
 
 
 class DnsTcpServer(TCPServer):
