@@ -36,6 +36,7 @@ RESET = struct.pack("ii", 1, 0)  # struct linger for SO_LINGER: on, 0 s (close r
 # After the client's end of stream, how long the upstream may stay quiet before the
 # splice ends: socat's ``-t`` default. Answers to the last queries are still relayed.
 HALF_CLOSE_LINGER = 0.5
+_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only; 0 where there is none
 
 
 async def tls_handshake(tls_socket: ssl.SSLSocket) -> None:
@@ -90,6 +91,11 @@ class TlsChannel:
             self.incoming, self.outgoing, server_hostname=server_hostname, session=session
         )
         self.unsent = b""  # ciphertext the socket did not take yet
+        # ACK what arrives at once (Linux): see :meth:`receive`.
+        self._quickack = _QUICKACK != 0 and sock.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        )
 
     async def handshake(self) -> None:
         """Complete the handshake on the running loop (verification happens here).
@@ -122,6 +128,14 @@ class TlsChannel:
         data = self.sock.recv(MAX_BATCH)
         if data:
             self.incoming.write(data)
+            if self._quickack:
+                # A DoT server that writes without TCP_NODELAY (unbound 1.17 does) holds
+                # each answer back (Nagle) until its last segment is acknowledged, and a
+                # delayed ACK waits up to 40 ms, or until the next query carries it: at a
+                # low query rate every answer then came one query late (33 ms at 30 q/s
+                # on loopback, seen with strace on both sides). Linux drops out of
+                # quick-ACK mode by itself, so it is asked for again after every read.
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         else:
             self.incoming.write_eof()
 

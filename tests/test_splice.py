@@ -403,3 +403,36 @@ def test_channel_handshake_with_a_peer_that_hangs_up(pki: Pki) -> None:
         ours.close()
 
     run("uvloop", main)
+
+
+class RecordingSocket(socket.socket):
+    """A real socket that notes the options set on it."""
+
+    options: list[tuple[int, int, int]]
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:  # type: ignore[override]
+        self.options.append((level, option, value))
+        super().setsockopt(level, option, value, *rest)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux only")
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_receive_asks_for_quick_acks_on_tcp(pki: Pki, family: str) -> None:
+    """Every read from a TCP upstream re-arms TCP_QUICKACK: a DoT server that writes
+    without TCP_NODELAY (unbound 1.17) otherwise holds each answer until a delayed ACK,
+    one query late at low rates. A Unix socket (bench.hotpath's) has no such option."""
+    if family == "tcp":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            ours = socket.create_connection(listener.getsockname())
+            theirs, _ = listener.accept()
+    else:
+        ours, theirs = socket.socketpair()
+    recording = RecordingSocket(fileno=ours.detach())
+    recording.options = []
+    with recording, theirs:
+        channel = TlsChannel(recording, tls.client_context(str(pki.ca)), TLS_NAME)
+        for _ in range(3):
+            theirs.sendall(b"\x17\x03\x03\x00\x01x")  # any bytes: receive() does not parse
+            channel.receive()
+        quick = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        assert recording.options.count(quick) == (3 if family == "tcp" else 0)
