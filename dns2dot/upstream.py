@@ -475,6 +475,7 @@ class TlsDotConnection(DotConnection):
         if channel is None:
             return
         loop = self._loop
+        channel.acknowledge_at_once()  # shared by many clients: see TlsChannel
         self._channel = channel
         self._fd = channel.sock.fileno()
         self._ended = loop.create_future()

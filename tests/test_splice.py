@@ -417,10 +417,13 @@ class RecordingSocket(socket.socket):
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="Linux only")
 @pytest.mark.parametrize("family", ["tcp", "unix"])
-def test_receive_asks_for_quick_acks_on_tcp(pki: Pki, family: str) -> None:
-    """Every read from a TCP upstream re-arms TCP_QUICKACK: a DoT server that writes
-    without TCP_NODELAY (unbound 1.17) otherwise holds each answer until a delayed ACK,
-    one query late at low rates. A Unix socket (bench.hotpath's) has no such option."""
+@pytest.mark.parametrize("asked", [True, False])
+def test_receive_asks_for_quick_acks_when_told(pki: Pki, family: str, asked: bool) -> None:
+    """After ``acknowledge_at_once`` (the pool's shared connections), every read from a
+    TCP upstream re-arms TCP_QUICKACK: a DoT server that writes without TCP_NODELAY
+    (unbound 1.17) otherwise holds each answer until a delayed ACK, one query late at
+    low rates. A splice does not ask; a Unix socket (bench.hotpath's) has no such
+    option."""
     if family == "tcp":
         with socket.create_server(("127.0.0.1", 0)) as listener:
             ours = socket.create_connection(listener.getsockname())
@@ -431,8 +434,10 @@ def test_receive_asks_for_quick_acks_on_tcp(pki: Pki, family: str) -> None:
     recording.options = []
     with recording, theirs:
         channel = TlsChannel(recording, tls.client_context(str(pki.ca)), TLS_NAME)
+        if asked:
+            channel.acknowledge_at_once()
         for _ in range(3):
             theirs.sendall(b"\x17\x03\x03\x00\x01x")  # any bytes: receive() does not parse
             channel.receive()
         quick = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        assert recording.options.count(quick) == (3 if family == "tcp" else 0)
+        assert recording.options.count(quick) == (3 if asked and family == "tcp" else 0)
