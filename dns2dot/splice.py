@@ -102,9 +102,10 @@ class TlsChannel:
         ACK waits up to 40 ms, or for the next query to carry it. On the pool's shared
         connection, at 30 q/s, every answer then came one query late (34 ms on average,
         seen with strace on both sides; 1 ms with this), and under load the stalls cost
-        it a fifth of its throughput (30k -> 36k q/s with this). A pipe's connection carries one client's queries, which
-        rarely come less than 40 ms apart, and there the extra ACKs cost a quarter of
-        the throughput (51k -> 36k q/s), so a splice does without.
+        it a fifth of its throughput (30k -> 36k q/s with this). A pipe's connection
+        carries one client's queries, which rarely come less than 40 ms apart, and there
+        the extra ACKs cost a quarter of the throughput (51k -> 36k q/s), so a splice
+        does without.
         """
         self._quickack = _QUICKACK != 0 and self.sock.family in (
             socket.AF_INET,
