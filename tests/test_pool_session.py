@@ -17,23 +17,16 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-import uvloop
+from support.loops import LOOPS, read_to_end, run
 from tornado.iostream import IOStream
 
 from dns2dot.metrics import Stats
 from dns2dot.tcp_server import PoolSession, TcpLimits
 
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 Reply = Callable[[bytes], None]
-
-
-def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        return runner.run(asyncio.wait_for(main(), 30))
 
 
 def query(i: int, size: int = 20) -> bytes:
@@ -53,14 +46,6 @@ def unframe(data: bytes) -> list[bytes]:
         pos += 2 + n
     assert pos == len(data), "a torn frame"
     return out
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    sock.settimeout(20)
-    parts = []
-    while chunk := sock.recv(65536):
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 class FakeResolver:

@@ -19,25 +19,19 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.loops import LOOPS, read_to_end, run
 from support.pki import TLS_NAME, Pki
 
 from dns2dot import tls
 from dns2dot.splice import HALF_CLOSE_LINGER, Splice, TlsChannel, tls_handshake
 
 Peer = Callable[[ssl.SSLSocket], None]
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-
-def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
-        return runner.run(asyncio.wait_for(main(), 30))
 
 
 def small_buffers(sock: socket.socket) -> None:
@@ -94,14 +88,6 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
             break
         parts.append(chunk)
         got += len(chunk)
-    return b"".join(parts)
-
-
-def read_to_end(sock: socket.socket) -> bytes:
-    sock.settimeout(20)
-    parts: list[bytes] = []
-    while chunk := sock.recv(65536):
-        parts.append(chunk)
     return b"".join(parts)
 
 
