@@ -32,11 +32,18 @@ from collections.abc import Callable
 # more is there): four full TLS records' worth.
 RECORD = 16384 + 256
 MAX_BATCH = 4 * RECORD
-RESET = struct.pack("ii", 1, 0)  # struct linger for SO_LINGER: on, 0 s (close resets)
+_RESET = struct.pack("ii", 1, 0)  # struct linger for SO_LINGER: on, 0 s (close resets)
 # After the client's end of stream, how long the upstream may stay quiet before the
 # splice ends: socat's ``-t`` default. Answers to the last queries are still relayed.
 HALF_CLOSE_LINGER = 0.5
 _QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only; 0 where there is none
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """Make closing ``sock`` a reset (SO_LINGER 0): for a client that stopped reading,
+    whose FIN would wait behind bytes it never takes."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
 
 
 async def tls_handshake(tls_socket: ssl.SSLSocket) -> None:
@@ -260,11 +267,8 @@ class Splice:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        if self._to_client:
-            # The client stopped reading: a FIN would wait behind bytes it never takes,
-            # so the connection is reset instead (SO_LINGER 0), as it would be anyway.
-            with contextlib.suppress(OSError):
-                self._client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+        if self._to_client:  # the client stopped reading
+            reset_on_close(self._client)
         self._client.close()
         self._upstream.close()
         if not self._done.done():
@@ -305,6 +309,9 @@ class Splice:
             return
         self._client_ended = True
         self._loop.remove_reader(self._client_fd)
+        self._arm_linger()
+
+    def _arm_linger(self) -> None:
         self._linger_timer = self._loop.call_later(self._linger, self._linger_over, self.activity)
 
     def _linger_over(self, activity_then: int) -> None:
@@ -314,9 +321,7 @@ class Splice:
         if self.activity != activity_then or self._to_client:
             # The upstream sent more, or the client has yet to take it: wait again (a
             # client that stops reading is left to the idle sweep, as at any time).
-            self._linger_timer = self._loop.call_later(
-                self._linger, self._linger_over, self.activity
-            )
+            self._arm_linger()
             return
         self._end()
 

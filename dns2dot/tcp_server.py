@@ -18,9 +18,7 @@ would lose the answers of a client that half-closes after its queries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -33,7 +31,7 @@ from dns2dot.errors import UpstreamError
 from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
 from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.splice import RESET, Splice
+from dns2dot.splice import Splice, reset_on_close
 from dns2dot.streams import READ_CHUNK
 from dns2dot.upstream import UpstreamPool
 
@@ -141,7 +139,7 @@ class PoolSession:
                 self._loop.remove_reader(self._fd)
             if self._unsent:
                 self._loop.remove_writer(self._fd)
-                self._reset_on_close()
+                reset_on_close(self._client)  # the client stopped reading
             self._fd = -1
             self._reading = False
             self._unsent.clear()
@@ -301,14 +299,8 @@ class PoolSession:
     def _unread_output(self) -> None:
         log.debug("closing client that does not read its answers")
         self._stats.dropped["unread_output"] += 1
-        self._reset_on_close()
+        reset_on_close(self._client)
         self.close()
-
-    def _reset_on_close(self) -> None:
-        """The client stopped reading: a FIN would wait behind bytes it never takes, so
-        the connection is reset instead (SO_LINGER 0), as a splice does."""
-        with contextlib.suppress(OSError):
-            self._client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
 
     def _finish_if_done(self) -> None:
         """After the input ended: close once every query read is answered and sent."""
