@@ -156,11 +156,12 @@ async def measure(count: int, batch: int, rounds: int) -> list[tuple[float, floa
     """(dns2dot's CPU seconds, the fake upstream's) per round of ``count`` queries."""
     import trustme
 
-    from dns2dot import config, upstream
+    from dns2dot import config
     from dns2dot.cli import tune_gc
     from dns2dot.proxy import Proxy
-    from dns2dot.splice import TlsChannel
-    from dns2dot.udp_server import UdpShim
+    from dns2dot.serve.udp import UdpShim
+    from dns2dot.transport.channel import TlsChannel
+    from dns2dot.upstream import pool as upstream
 
     ca = trustme.CA()
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

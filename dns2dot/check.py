@@ -24,12 +24,15 @@ import dns.message
 import dns.rcode
 
 from dns2dot import config as config_module
-from dns2dot import tls, wire, x509
 from dns2dot.config import Config
-from dns2dot.errors import ConfigError, UpstreamTimeoutError
+from dns2dot.protocol import wire, x509
+from dns2dot.protocol.errors import ConfigError, UpstreamTimeoutError
 from dns2dot.proxy import CONNECTION_TYPES
-from dns2dot.tls import TlsContexts
-from dns2dot.upstream import Exchange, UpstreamPool, UpstreamSpec
+from dns2dot.transport import tls
+from dns2dot.transport.tls import TlsContexts
+from dns2dot.upstream.exchange import Exchange
+from dns2dot.upstream.pool import UpstreamPool
+from dns2dot.upstream.spec import UpstreamSpec
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The ``dns2dot`` command: configuration in, listeners up, signals handled.
 
-Exit codes (DESIGN.md): 0 after a clean stop, 2 for bad configuration with a one-line
+Exit codes (docs/ARCHITECTURE.md): 0 after a clean stop, 2 for bad configuration with a one-line
 message naming the setting, 1 for anything else.
 """
 
@@ -17,10 +17,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-from dns2dot import check, tls, workers
+from dns2dot import check, workers
 from dns2dot import config as config_module
 from dns2dot.config import Config, ListenAddress
-from dns2dot.errors import ConfigError
 from dns2dot.logs import setup_logging
 from dns2dot.metrics import (
     SNAPSHOT_INTERVAL,
@@ -30,7 +29,9 @@ from dns2dot.metrics import (
     read_snapshots,
     write_snapshot,
 )
+from dns2dot.protocol.errors import ConfigError
 from dns2dot.proxy import ListenError, Proxy, bind_error
+from dns2dot.transport import tls
 
 log = logging.getLogger("dns2dot")
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from dns2dot.admission import DEFAULT_ALLOW, Network, parse_networks
-from dns2dot.errors import ConfigError
-from dns2dot.rules import name_to_wire
-from dns2dot.strategy import STRATEGIES
-from dns2dot.upstream import UpstreamSpec
+from dns2dot.policy.admission import DEFAULT_ALLOW, Network, parse_networks
+from dns2dot.policy.rules import name_to_wire
+from dns2dot.policy.strategy import STRATEGIES
+from dns2dot.protocol.errors import ConfigError
+from dns2dot.upstream.spec import UpstreamSpec
 
 DEFAULT_UPSTREAMS = ("1.1.1.1#cloudflare-dns.com", "1.0.0.1#cloudflare-dns.com")
 MODES = ("pool", "pipe")

@@ -16,7 +16,7 @@ import dns.query
 import dns.rcode
 
 from dns2dot import config as config_module
-from dns2dot.errors import ConfigError
+from dns2dot.protocol.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,25 +17,21 @@ from dataclasses import dataclass
 
 from tornado.netutil import bind_sockets
 
-from dns2dot.admission import AccessList, Admission, RateLimiter
-from dns2dot.cache import Cache, CachePolicy
 from dns2dot.config import Config, ListenAddress
-from dns2dot.doh import DohConnection
-from dns2dot.errors import Dns2DotError
 from dns2dot.metrics import Snapshot, Stats
-from dns2dot.resolver import AnswerPolicy, Resolver
-from dns2dot.rules import RuleSet, build_rules
-from dns2dot.strategy import Strategy
-from dns2dot.tcp_server import DnsTcpServer, TcpLimits
-from dns2dot.tls import TlsContexts
-from dns2dot.udp_server import UdpShim, start_udp, udp_socket
-from dns2dot.upstream import (
-    DEFAULT_CONNECTION_TYPES,
-    Lifecycle,
-    UpstreamConnection,
-    UpstreamPool,
-    UpstreamSpec,
-)
+from dns2dot.policy.admission import AccessList, Admission, RateLimiter
+from dns2dot.policy.cache import Cache, CachePolicy
+from dns2dot.policy.rules import RuleSet, build_rules
+from dns2dot.policy.strategy import Strategy
+from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.serve.resolver import AnswerPolicy, Resolver
+from dns2dot.serve.tcp import DnsTcpServer, TcpLimits
+from dns2dot.serve.udp import UdpShim, start_udp, udp_socket
+from dns2dot.transport.tls import TlsContexts
+from dns2dot.upstream.connection import UpstreamConnection
+from dns2dot.upstream.doh import DohConnection
+from dns2dot.upstream.pool import DEFAULT_CONNECTION_TYPES, UpstreamPool
+from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
 
 log = logging.getLogger("dns2dot")
 

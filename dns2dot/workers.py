@@ -1,7 +1,7 @@
 """``--workers N``: several serving processes on the same addresses, supervised.
 
 Every worker binds sockets of its own with ``SO_REUSEPORT`` (UDP too: tornado's
-``reuse_port`` is TCP only, see DESIGN.md), so the kernel spreads clients over the
+``reuse_port`` is TCP only, see docs/ARCHITECTURE.md), so the kernel spreads clients over the
 processes and the GIL stops being the ceiling. The parent only supervises: it forwards
 SIGTERM/SIGINT/SIGHUP, restarts a worker that dies (unless they die in a loop), and logs the
 startup line once every worker is listening.

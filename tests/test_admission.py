@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from dns2dot.admission import (
+from dns2dot.policy.admission import (
     DEFAULT_ALLOW,
     AccessList,
     Admission,

@@ -3,7 +3,7 @@ every peer and dns2dot (DoT, and the DoH row: unbound serving DoH, dnsdist and d
 forwarding to it; dns2dot and unbound with their caches on for the cache-hit cells), runs
 every workload briefly, stops everything and writes a results.json in which every cell
 has numbers. No timing is asserted: benchmarks are not
-tests (DESIGN.md, "How performance is measured").
+tests (docs/ARCHITECTURE.md, "How performance is measured").
 """
 
 from __future__ import annotations

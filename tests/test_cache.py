@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from support.mutate import mutated
 
-from dns2dot import wire
-from dns2dot.cache import (
+from dns2dot.policy.cache import (
     ENTRY_OVERHEAD,
     STALE_ANSWER_TTL,
     Cache,
@@ -30,6 +29,7 @@ from dns2dot.cache import (
     CachePolicy,
     cache_key,
 )
+from dns2dot.protocol import wire
 
 T0 = 1000.0  # an arbitrary clock origin: nothing depends on it being 0
 

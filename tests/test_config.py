@@ -14,7 +14,7 @@ import pytest
 
 from dns2dot import config
 from dns2dot.config import Config, ConfigError, ListenAddress, parse_listen, parse_upstream
-from dns2dot.upstream import UpstreamSpec
+from dns2dot.upstream.spec import UpstreamSpec
 
 PIN_A = base64.b64encode(bytes(range(32))).decode()
 PIN_B = base64.b64encode(b"\xab" * 32).decode()

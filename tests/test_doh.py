@@ -1,7 +1,7 @@
 """DNS-over-HTTPS upstreams (RFC 8484) end to end: dns2dot as a real process in front of
 unbound serving DoH, and in front of an in-process fake DoH server that injects faults.
 
-Why: DoH is a second transport under the same promises as DoT (DESIGN.md): strict TLS
+Why: DoH is a second transport under the same promises as DoT (docs/ARCHITECTURE.md): strict TLS
 (name and pins), every query answered exactly once (the answer, or SERVFAIL within the
 timeout; never silence, never someone else's bytes), failover between upstreams of
 either kind, and what goes on the wire is what RFC 8484 says: POST

@@ -1,6 +1,6 @@
 """Hostile and broken clients against one live dns2dot process.
 
-Why: "Bad input never hurts others" (DESIGN.md). Every scenario below throws one kind
+Why: "Bad input never hurts others" (docs/ARCHITECTURE.md). Every scenario below throws one kind
 of broken client at the UDP and/or TCP listener of a single dns2dot process (started
 once for the module, in front of the real unbound DoT upstream) and checks two things:
 what that client gets (an error answer, silence, or a closed connection, as README's
@@ -454,7 +454,7 @@ def test_tcp_flood_of_distinct_queries_does_not_starve_others(server: Dns2Dot) -
     """5000 distinct (uncacheable) pipelined queries from one client that does not read:
     the per-client in-flight limit keeps it from crowding the upstream, so while it
     floods, another client's queries are answered correctly, not SERVFAIL (RFC 7766
-    §6.2.1.1, §10; DESIGN.md "Bad input never hurts others")."""
+    §6.2.1.1, §10; docs/ARCHITECTURE.md "Bad input never hurts others")."""
     types = ["A", "AAAA", "MX", "TXT", "NS"]
     qs = b"".join(
         frame(make_query(f"n{i % N_NAMES}.example.test.", types[i // N_NAMES], qid=i).to_wire())
@@ -1000,7 +1000,7 @@ def test_udp_edns_payload_below_512_treated_as_512(server: Dns2Dot) -> None:
 def test_log_has_no_unhandled_exceptions(server: Dns2Dot) -> None:
     """After every scenario above the process is alive and has logged no traceback and
     no unhandled task exception (RFC 7766 §10: a server must withstand hostile TCP
-    clients; DESIGN.md: impossible to crash with bad input)."""
+    clients; docs/ARCHITECTURE.md: impossible to crash with bad input)."""
     assert_healthy(server)
     log = server.stderr()
     for marker in ("Traceback", "exception was never retrieved", "Exception in callback"):

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dns2dot.errors import FramingError, RemoteProtocolError
-from dns2dot.framing import MAX_MESSAGE_LEN, FrameDecoder, frame, frame_with_id
-from dns2dot.wire import with_id
+from dns2dot.protocol.errors import FramingError, RemoteProtocolError
+from dns2dot.protocol.framing import MAX_MESSAGE_LEN, FrameDecoder, frame, frame_with_id
+from dns2dot.protocol.wire import with_id
 
 MSG_A = dns.message.make_query("a.example.", "A", id=1).to_wire()
 MSG_B = dns.message.make_query("bb.example.", "AAAA", id=2, use_edns=0).to_wire()

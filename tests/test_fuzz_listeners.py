@@ -443,7 +443,7 @@ def test_tcp_pipelined_batches(server: Dns2Dot, data: bytes) -> None:
 def test_process_survived(server: Dns2Dot) -> None:
     """After all the fuzzing the process is alive, serves UDP and TCP, and logged no
     traceback or unhandled task exception (RFC 7766 §10: a server must withstand
-    hostile clients; DESIGN.md: impossible to crash with bad input)."""
+    hostile clients; docs/ARCHITECTURE.md: impossible to crash with bad input)."""
     assert_healthy(server, "all fuzzing")
     log = server.stderr()
     for marker in ("Traceback", "exception was never retrieved", "Exception in callback"):

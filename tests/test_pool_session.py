@@ -1,4 +1,4 @@
-"""Pool mode's client session (dns2dot/tcp_server.py ``PoolSession``) on socket pairs.
+"""Pool mode's client session (dns2dot/serve/tcp.py ``PoolSession``) on socket pairs.
 
 The client is one end of a plain socket pair, driven from a thread; the session runs
 on the other end with a fake resolver that answers when the test says so (an echo of
@@ -24,7 +24,7 @@ from support.loops import LOOPS, read_to_end, run
 from tornado.iostream import IOStream
 
 from dns2dot.metrics import Stats
-from dns2dot.tcp_server import PoolSession, TcpLimits
+from dns2dot.serve.tcp import PoolSession, TcpLimits
 
 Reply = Callable[[bytes], None]
 

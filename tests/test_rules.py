@@ -19,9 +19,10 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from dns2dot import rules, wire
-from dns2dot.errors import ConfigError
-from dns2dot.rules import LOCAL_TTL, RuleSet, build_rules, name_to_wire, suffixes
+from dns2dot.policy import rules
+from dns2dot.policy.rules import LOCAL_TTL, RuleSet, build_rules, name_to_wire, suffixes
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import ConfigError
 
 # --------------------------------------------------------------------------- helpers
 

@@ -1,4 +1,4 @@
-"""The pipe mode's splice (dns2dot/splice.py) over real TLS on socket pairs.
+"""The pipe mode's splice (dns2dot/transport/splice.py) over real TLS on socket pairs.
 
 The "client" is one end of a plain socket pair, driven from a thread; the upstream is
 a blocking TLS server in another thread, with the throwaway CA. What must hold: every
@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 from support.loops import LOOPS, read_to_end, run
 from support.pki import TLS_NAME, Pki
 
-from dns2dot import tls
-from dns2dot.splice import HALF_CLOSE_LINGER, Splice, TlsChannel, tls_handshake
+from dns2dot.transport import tls
+from dns2dot.transport.channel import TlsChannel, tls_handshake
+from dns2dot.transport.splice import HALF_CLOSE_LINGER, Splice
 
 Peer = Callable[[ssl.SSLSocket], None]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dns2dot.strategy import (
+from dns2dot.policy.strategy import (
     EXPLORE_EVERY,
     MAX_BACKOFF,
     MIN_BACKOFF,

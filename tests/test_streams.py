@@ -1,4 +1,4 @@
-"""Reading past tornado (dns2dot/streams.py) over real TLS on a socket pair.
+"""Reading past tornado (dns2dot/transport/streams.py) over real TLS on a socket pair.
 
 The peer is a blocking TLS server in a thread that writes one TLS record per
 ``sendall``, as an upstream writes one record per answer. What must hold: every byte
@@ -19,8 +19,14 @@ import pytest
 from support.pki import TLS_NAME, Pki
 from tornado.iostream import SSLIOStream, StreamClosedError
 
-from dns2dot import tls
-from dns2dot.streams import MAX_MORE_READS, READ_CHUNK, read_all, read_available, read_more
+from dns2dot.transport import tls
+from dns2dot.transport.streams import (
+    MAX_MORE_READS,
+    READ_CHUNK,
+    read_all,
+    read_available,
+    read_more,
+)
 
 Peer = Callable[[ssl.SSLSocket], None]
 

@@ -1,7 +1,7 @@
 """Upstream connections over time: idle close, and TLS session resumption on reconnect.
 
 RFC 7858 §3.4 and RFC 8310 §5 ask clients to reuse connections and resume TLS
-sessions; DESIGN.md asks for an idle close below the 10 s some resolvers enforce.
+sessions; docs/ARCHITECTURE.md asks for an idle close below the 10 s some resolvers enforce.
 """
 
 from __future__ import annotations

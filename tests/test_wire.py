@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from support.mutate import mutated
 
-from dns2dot import wire
-from dns2dot.errors import FormError, MessageError, RemoteProtocolError
-from dns2dot.resolver import validate
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import FormError, MessageError, RemoteProtocolError
+from dns2dot.serve.resolver import validate
 
 # --------------------------------------------------------------------------- helpers
 

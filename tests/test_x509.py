@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dns2dot import x509
 from dns2dot.check import CheckResult, render_table
-from dns2dot.errors import Dns2DotError
-from dns2dot.x509 import CertificateError, not_after, spki, spki_pin
+from dns2dot.protocol import x509
+from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.protocol.x509 import CertificateError, not_after, spki, spki_pin
 
 UTC = datetime.UTC
 

@@ -22,7 +22,7 @@ from typing import Any
 from . import REPO_ROOT
 from .net import LOOPBACK, free_port
 
-#: The startup line begins with this (DESIGN.md, "At start it logs one line ...").
+#: The startup line begins with this (docs/ARCHITECTURE.md, "At start it logs one line ...").
 STARTUP_MARK = "dns2dot: udp+tcp"
 
 

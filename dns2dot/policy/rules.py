@@ -13,8 +13,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from dns2dot import wire
-from dns2dot.errors import ConfigError
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import ConfigError
 
 LOCAL_TTL = 60  # seconds, for answers made from hosts files and blocklists
 _TYPE_PTR = 12

@@ -23,8 +23,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dns2dot import wire
-from dns2dot.errors import FormError, MessageError
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import FormError, MessageError
 
 _TTL = struct.Struct("!I")
 _TYPE_SOA = 6

@@ -1,205 +1,27 @@
-"""Byte-for-byte splicing of a client socket onto a TLS connection: pipe mode's hot path.
+"""Byte-for-byte splicing of a client socket onto a TLS connection: pipe mode.
 
-``--mode pipe`` copies bytes and nothing else, so it needs none of tornado's
-buffering: every ``IOStream`` read cost a Future, a coroutine step and a buffer
-copy, about half of the CPU per query in pipe mode (profiled with py-spy under
-dnsperf). :class:`Splice` is driven straight by the event loop's readiness
-callbacks instead: a readable socket is read, and what was read is written to the
-other socket at once. Measured on one rig (unbound DoT upstream, dnsperf -m tcp -c 10):
-tornado relays 32-40k q/s, this splice over an ``SSLSocket`` 48k, over a
-:class:`TlsChannel` (memory BIOs: one ``recv`` for all the records the socket holds)
-57-63k, where socat did 25-28k.
+``--mode pipe`` copies bytes and nothing else, so :class:`Splice` is driven straight
+by the loop's readiness callbacks: a readable socket is read, and what was read is
+written to the other socket at once (docs/ARCHITECTURE.md, "pipe mode").
 
 Back-pressure without buffers: while one socket has not taken all the bytes it was
 given, the socket they came from is not read, so a splice never holds more than one
 read per direction, however slowly its client or upstream reads.
-
-:func:`tls_handshake` is the non-blocking handshake of an ``SSLSocket`` (the pooled
-connections hand it to tornado afterwards); :meth:`TlsChannel.handshake` the same
-for the memory-BIO connection a splice uses. Both verify as the context says.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 
-# What one readiness callback reads from a socket at most (the loop calls again while
-# more is there): four full TLS records' worth.
-RECORD = 16384 + 256
-MAX_BATCH = 4 * RECORD
-_RESET = struct.pack("ii", 1, 0)  # struct linger for SO_LINGER: on, 0 s (close resets)
+from dns2dot.transport.channel import MAX_BATCH, TlsChannel
+from dns2dot.transport.sockets import reset_on_close
+
 # After the client's end of stream, how long the upstream may stay quiet before the
 # splice ends: socat's ``-t`` default. Answers to the last queries are still relayed.
 HALF_CLOSE_LINGER = 0.5
-_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only; 0 where there is none
-
-
-def reset_on_close(sock: socket.socket) -> None:
-    """Make closing ``sock`` a reset (SO_LINGER 0): for a client that stopped reading,
-    whose FIN would wait behind bytes it never takes."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-
-
-async def tls_handshake(tls_socket: ssl.SSLSocket) -> None:
-    """Complete the handshake of a non-blocking TLS socket on the running loop.
-
-    Raises what ``do_handshake`` raises (``ssl.SSLError``, ``OSError``); the caller
-    bounds the time it may take.
-    """
-    loop = asyncio.get_running_loop()
-    fd = tls_socket.fileno()
-    while True:
-        try:
-            tls_socket.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            add, remove = loop.add_reader, loop.remove_reader
-        except ssl.SSLWantWriteError:
-            add, remove = loop.add_writer, loop.remove_writer
-        ready: asyncio.Future[None] = loop.create_future()
-        add(fd, _resolve, ready)
-        try:
-            await ready
-        finally:
-            remove(fd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class TlsChannel:
-    """A TLS client connection over a plain non-blocking socket, through memory BIOs.
-
-    Why not an ``SSLSocket``: OpenSSL reads a socket one record at a time, with one
-    system call for the record's header, one for its body and one more to learn that
-    nothing is left. Here one ``recv`` takes every record the socket holds and OpenSSL
-    decrypts them from memory; what it encrypts is sent with one ``send``.
-    """
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        context: ssl.SSLContext,
-        server_hostname: str,
-        session: ssl.SSLSession | None = None,
-    ) -> None:
-        self.sock = sock
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(
-            self.incoming, self.outgoing, server_hostname=server_hostname, session=session
-        )
-        self.unsent = b""  # ciphertext the socket did not take yet
-        self._quickack = False  # see acknowledge_at_once
-
-    def acknowledge_at_once(self) -> None:
-        """ACK every read at once (TCP_QUICKACK, Linux, TCP only), for a connection that
-        carries many clients' queries.
-
-        A DoT server that writes without TCP_NODELAY (unbound 1.17 does) holds an
-        answer back (Nagle) while its previous segment is unacknowledged, and a delayed
-        ACK waits up to 40 ms, or for the next query to carry it. On the pool's shared
-        connection, at 30 q/s, every answer then came one query late (34 ms on average,
-        seen with strace on both sides; 1 ms with this), and under load the stalls cost
-        it a fifth of its throughput (30k -> 36k q/s with this). A pipe's connection
-        carries one client's queries, which rarely come less than 40 ms apart, and there
-        the extra ACKs cost a quarter of the throughput (51k -> 36k q/s), so a splice
-        does without.
-        """
-        self._quickack = _QUICKACK != 0 and self.sock.family in (
-            socket.AF_INET,
-            socket.AF_INET6,
-        )
-
-    async def handshake(self) -> None:
-        """Complete the handshake on the running loop (verification happens here).
-
-        Raises what ``do_handshake`` raises, or ``ConnectionResetError`` if the peer
-        closes first; the caller bounds the time it may take.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                self.tls.do_handshake()
-                done = True
-            except ssl.SSLWantReadError:
-                done = False
-            pending = self.outgoing.read()
-            if pending:
-                await loop.sock_sendall(self.sock, pending)
-            if done:
-                return
-            data = await loop.sock_recv(self.sock, RECORD)
-            if not data:
-                raise ConnectionResetError("the upstream closed during the TLS handshake")
-            self.incoming.write(data)
-
-    def receive(self) -> None:
-        """Take what the socket holds (end of stream included) into OpenSSL.
-
-        Raises what ``recv`` raises: ``BlockingIOError`` when there is nothing yet.
-        """
-        data = self.sock.recv(MAX_BATCH)
-        if data:
-            self.incoming.write(data)
-            if self._quickack:
-                # Linux leaves quick-ACK mode by itself: ask again after every read.
-                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        else:
-            self.incoming.write_eof()
-
-    def decrypt(self) -> tuple[bytes, bool, BaseException | None]:
-        """The plaintext OpenSSL can decrypt now from what was received; whether the
-        stream has ended (close_notify, end of stream, a broken record); and the
-        error it ended with, if any."""
-        tls = self.tls
-        chunks: list[bytes] = []
-        ended = False
-        error: BaseException | None = None
-        while True:
-            try:
-                chunk = tls.read(MAX_BATCH)
-            except ssl.SSLWantReadError:
-                ended = self.incoming.eof
-                break
-            except ssl.SSLZeroReturnError:  # close_notify
-                ended = True
-                break
-            except ssl.SSLError as exc:  # a broken record, or truncation at end of stream
-                ended, error = True, exc
-                break
-            if not chunk:
-                ended = True
-                break
-            chunks.append(chunk)
-        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ended, error
-
-    def transmit(self) -> bool:
-        """Send what OpenSSL encrypted; what the socket does not take is kept in
-        ``unsent`` for the next call. Returns whether nothing is left unsent.
-
-        Raises what ``send`` raises, but for a full socket.
-        """
-        data = self.unsent + self.outgoing.read()
-        if not data:
-            return True
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        self.unsent = data[sent:]
-        return not self.unsent
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Splice:

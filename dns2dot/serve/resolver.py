@@ -19,13 +19,14 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from dns2dot import wire
-from dns2dot.admission import Verdict
-from dns2dot.cache import Cache, CacheEntry, cache_key
-from dns2dot.errors import FormError, MessageError, UpstreamClosedError
 from dns2dot.metrics import Stats
-from dns2dot.rules import RuleSet
-from dns2dot.upstream import Exchange, UpstreamPool
+from dns2dot.policy.admission import Verdict
+from dns2dot.policy.cache import Cache, CacheEntry, cache_key
+from dns2dot.policy.rules import RuleSet
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
+from dns2dot.upstream.exchange import Exchange
+from dns2dot.upstream.pool import UpstreamPool
 
 qlog = logging.getLogger("dns2dot.query")
 
@@ -78,7 +79,7 @@ def refuse(msg: bytes, reply: Callable[[bytes], None]) -> bool:
 
 
 def validate(msg: bytes) -> wire.Query | bytes | None:
-    """Check a client's message: a :class:`~dns2dot.wire.Query` to resolve, the bytes
+    """Check a client's message: a :class:`~dns2dot.protocol.wire.Query` to resolve, the bytes
     of an error answer to send back at once (FORMERR, NOTIMP, BADVERS), or None when
     it is not DNS enough to answer and must be dropped.
     """

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import struct
 
-from dns2dot.errors import FramingError
-from dns2dot.wire import HEADER_LEN, MAX_MESSAGE_LEN
+from dns2dot.protocol.errors import FramingError
+from dns2dot.protocol.wire import HEADER_LEN, MAX_MESSAGE_LEN
 
 _LENGTH_AND_ID = struct.Struct("!HH")
 

@@ -17,7 +17,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from dns2dot.errors import FormError, MessageError
+from dns2dot.protocol.errors import FormError, MessageError
 
 HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12

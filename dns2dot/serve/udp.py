@@ -15,9 +15,9 @@ import logging
 import socket
 from typing import Any
 
-from dns2dot import wire
-from dns2dot.admission import Admission, Verdict
-from dns2dot.resolver import Resolver, turn_away
+from dns2dot.policy.admission import Admission, Verdict
+from dns2dot.protocol import wire
+from dns2dot.serve.resolver import Resolver, turn_away
 
 log = logging.getLogger("dns2dot.udp")
 

@@ -11,7 +11,7 @@ import ssl
 
 import certifi
 
-from dns2dot.errors import (
+from dns2dot.protocol.errors import (
     ConfigError,
     PinMismatchError,
     UpstreamConnectError,

@@ -26,14 +26,15 @@ from typing import Any
 from tornado.iostream import IOStream
 from tornado.tcpserver import TCPServer
 
-from dns2dot.admission import Admission, Verdict
-from dns2dot.errors import UpstreamError
-from dns2dot.framing import FrameDecoder, frame
 from dns2dot.metrics import Stats
-from dns2dot.resolver import Resolver, refuse, servfail
-from dns2dot.splice import Splice, reset_on_close
-from dns2dot.streams import READ_CHUNK
-from dns2dot.upstream import UpstreamPool
+from dns2dot.policy.admission import Admission, Verdict
+from dns2dot.protocol.errors import UpstreamError
+from dns2dot.protocol.framing import FrameDecoder, frame
+from dns2dot.serve.resolver import Resolver, refuse, servfail
+from dns2dot.transport.sockets import reset_on_close
+from dns2dot.transport.splice import Splice
+from dns2dot.transport.streams import READ_CHUNK
+from dns2dot.upstream.pool import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
 
@@ -70,7 +71,7 @@ class PoolSession:
     """One client connection whose queries share the upstream pool.
 
     Driven by the event loop's readiness callbacks on the client's socket, as
-    :class:`~dns2dot.splice.Splice` is, not by tornado's reads: no Future per read, and
+    :class:`~dns2dot.transport.splice.Splice` is, not by tornado's reads: no Future per read, and
     the end of the client's input is not the end of the connection. A client that
     half-closes after its queries (``shutdown(SHUT_WR)``) still gets every answer, and
     then end of stream.
@@ -320,7 +321,7 @@ class PipeSession:
     Carries anything, zone transfers included. If no upstream can be reached over
     verified TLS, the client's queries are answered SERVFAIL instead of the connection
     just dropping, so a pipe client too always gets an answer. The copying itself is
-    :class:`~dns2dot.splice.Splice`: the client's socket is taken from its tornado
+    :class:`~dns2dot.transport.splice.Splice`: the client's socket is taken from its tornado
     stream, which never reads it.
     """
 

@@ -13,7 +13,7 @@ import base64
 import datetime
 import hashlib
 
-from dns2dot.errors import Dns2DotError
+from dns2dot.protocol.errors import Dns2DotError
 
 
 class CertificateError(Dns2DotError):

@@ -1,6 +1,6 @@
 """DNS over HTTPS upstreams (RFC 8484): POST ``application/dns-message`` over HTTP/2.
 
-:class:`DohConnection` is an :class:`~dns2dot.upstream.UpstreamConnection` like the
+:class:`DohConnection` is an :class:`~dns2dot.upstream.connection.UpstreamConnection` like the
 DoT one: the same TLS stream (verified name and pins, session resumption), the same
 queries-in-flight bookkeeping, the same hand-back to the pool when things fail. Only
 the transport differs: ``h2``'s sans-IO state machine turns queries into streams on one
@@ -33,15 +33,12 @@ import h2.exceptions
 import h2.settings
 from tornado.iostream import IOStream, StreamClosedError
 
-from dns2dot import wire
-from dns2dot.errors import UpstreamClosedError, UpstreamError
-from dns2dot.streams import read_available
-from dns2dot.upstream import (
-    MAX_INFLIGHT_PER_CONNECTION,
-    Exchange,
-    UpstreamConnection,
-    UpstreamServer,
-)
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import UpstreamClosedError, UpstreamError
+from dns2dot.transport.streams import read_available
+from dns2dot.upstream.connection import MAX_INFLIGHT_PER_CONNECTION, UpstreamConnection
+from dns2dot.upstream.exchange import Exchange
+from dns2dot.upstream.pool import UpstreamServer
 
 log = logging.getLogger("dns2dot.doh")
 
