@@ -183,14 +183,16 @@ class DohSession(asyncio.Protocol):
         stream.body += event.data or b""
         if len(stream.body) > http.MAX_BODY:
             stream.rejected = True
+            stream.body = bytearray()
+            # Answered at once; the rest of the body is read and dropped.
             self._h2_reject(stream_id, http.Rejection(413, "a DNS message is at most 65535 octets"))
-            # Tell the client to stop sending the rest (RFC 9113 §8.1).
-            conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-            self._streams.pop(stream_id, None)
 
     def _h2_ended(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
-        if stream is None or stream.rejected:
+        if stream is None:
+            return
+        if stream.rejected:
+            self._streams.pop(stream_id, None)
             return
         request = http.dns_request(
             stream.method, stream.path, stream.content_type, bytes(stream.body), self._path
@@ -395,7 +397,6 @@ class DohSession(asyncio.Protocol):
         """GOAWAY (HTTP/2) or ``Connection: close`` (HTTP/1.1); open requests are answered."""
         if self._transport is None:
             return
-        self._closing_after_answers = True
         if self._h2 is not None and self._goaway is None:
             # A GOAWAY of our own making: h2's close_connection() would also refuse the
             # answers to the streams still open, which RFC 9113 §6.8 lets us finish.
@@ -405,7 +406,9 @@ class DohSession(asyncio.Protocol):
             frame.last_stream_id = self._goaway
             frame.error_code = h2.errors.ErrorCodes.NO_ERROR
             self._transport.write(frame.serialize())
-            self._send_h2()
+        self._closing_after_answers = True
+        if self._h2 is not None:
+            self._send_h2()  # closes the connection once nothing is in flight
         elif not self._slots:
             self._transport.close()
 
