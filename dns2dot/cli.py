@@ -83,6 +83,10 @@ def startup_line(
             f"tls {spec}" if spec.transport == "tls" else str(spec) for spec in config.upstreams
         )
     served = ", ".join(map(str, listening))
+    if not encrypted:  # the supervisor of --workers: the addresses as configured
+        encrypted = [("dot", a) for a in config.listen_tls] + [
+            ("doh", a) for a in config.listen_https
+        ]
     for kind, address in encrypted:
         served += f", {kind} {address}" + (config.https_path if kind == "doh" else "")
     line = f"udp+tcp {served} -> {upstreams}"

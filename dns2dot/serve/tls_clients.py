@@ -78,7 +78,9 @@ class EncryptedServer:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def _admit(self) -> bool:
-        if len(self.sessions) < self.limits.max_clients:
+        """Room for one more client? Handshakes under way count: they hold a socket too."""
+        handshaking = sum(listener.handshaking for listener in self._listeners)
+        if len(self.sessions) + handshaking < self.limits.max_clients:
             self._full_logged = False
             return True
         if not self._full_logged:

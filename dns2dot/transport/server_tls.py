@@ -17,10 +17,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import ssl
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,8 +93,9 @@ class Certificates:
     """The server contexts of the encrypted listeners, kept current with the files.
 
     ``dot`` offers ALPN ``dot``, ``https`` offers ``h2`` and ``http/1.1``. Both are
-    replaced together by :meth:`reload`, which reads the files once into a private
-    copy so that a file half rewritten between two reads cannot mix two pairs.
+    replaced together by :meth:`reload`. Write new files the way certbot and
+    cert-manager do (a new file renamed over the old, or a symlink swapped), so that
+    no reload sees one half written.
     """
 
     def __init__(self, cert: str, key: str) -> None:
@@ -108,30 +107,12 @@ class Certificates:
         self.reloads = 0  # successful reloads, for the logs and the tests
 
     def _load(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        scratch = tempfile.mkdtemp(prefix="dns2dot-tls-")
-        try:
-            cert = os.path.join(scratch, "cert.pem")
-            key = os.path.join(scratch, "key.pem")
-            for option, source, copy in (
-                ("--tls-cert", self.cert, cert),
-                ("--tls-key", self.key, key),
-            ):
-                try:
-                    with open(source, "rb") as src, open(copy, "wb") as dst:
-                        os.fchmod(dst.fileno(), 0o600)
-                        shutil.copyfileobj(src, dst)
-                except FileNotFoundError:
-                    raise ConfigError(f"{option}: {source}: no such file") from None
-                except OSError as exc:
-                    raise ConfigError(f"{option}: {source}: {exc.strerror or exc}") from None
-            try:
-                return server_context(cert, key, ALPN_DOT), server_context(cert, key, ALPN_DOH)
-            except ConfigError as exc:
-                # Name the operator's files, not the private copies.
-                text = str(exc).replace(cert, self.cert).replace(key, self.key)
-                raise ConfigError(text) from None
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        # Fresh contexts each time: a pair that fails to load leaves the ones in use
+        # untouched. OpenSSL checks that the key matches the certificate.
+        return (
+            server_context(self.cert, self.key, ALPN_DOT),
+            server_context(self.cert, self.key, ALPN_DOH),
+        )
 
     def reload(self) -> bool:
         """Read the files again; on failure log why and keep the contexts in use."""
@@ -186,6 +167,11 @@ class TlsListener:
         self._handshake_timeout = handshake_timeout
         self._removers: list[Callable[[], None]] = []
         self._handshakes: set[asyncio.Task[object]] = set()
+
+    @property
+    def handshaking(self) -> int:
+        """Clients accepted whose handshake is not done yet."""
+        return len(self._handshakes)
 
     def start(self) -> None:
         for sock in self.sockets:
