@@ -313,3 +313,44 @@ def test_goaway_on_shutdown(
     finally:
         for d in proc:
             d.stop()
+
+
+def test_one_answer_per_tls_record(listening: Listening, pki: Pki) -> None:
+    """Answers ready together still go out one TLS record each: dnsperf 2.10's DoH client
+    takes one answer per record it reads and strands the rest of a record (its queries
+    then time out). Python's ssl returns at most one record per recv, which shows it."""
+    client = _H2Client(listening.https_port, pki)
+    try:
+        client.pump(h2.events.RemoteSettingsChanged)
+        streams = set()
+        for i in range(20):
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(
+                stream_id,
+                [
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", TLS_NAME),
+                    (
+                        ":path",
+                        f"/dns-query?dns={encode_dns_param(_query_wire(f'n{i}.example.test'))}",
+                    ),
+                ],
+                end_stream=True,
+            )
+            streams.add(stream_id)
+        client.sock.sendall(client.conn.data_to_send())  # all 20 in one write
+        ended: set[int] = set()
+        deadline = time.monotonic() + 10
+        while ended != streams and time.monotonic() < deadline:
+            client.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            record = client.sock.recv(65536)
+            assert record
+            events = client.conn.receive_data(record)
+            finished = [e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)]
+            assert len(finished) <= 1, f"{len(finished)} answers in one TLS record"
+            ended.update(finished)
+            client.sock.sendall(client.conn.data_to_send())
+        assert ended == streams
+    finally:
+        client.close()
