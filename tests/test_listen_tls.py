@@ -457,3 +457,30 @@ def test_sighup_with_a_broken_pair_keeps_the_old_one(
         time.sleep(0.1)
     assert "loaded the TLS certificate again" in listening.proc.stderr()
     assert listening.proc.alive
+
+
+def test_idle_client_closed(
+    unbound: UnboundUpstream, pki: Pki, dns2dot: Callable[..., Dns2Dot], tmp_path: Path
+) -> None:
+    """--idle-timeout applies to DoT clients as to TCP ones; a busy client stays."""
+    listening = start_listening(
+        dns2dot, unbound.spec, pki, tmp_path / "certs", extra=["--idle-timeout", "1"]
+    )
+    with tls_connect(listening.tls_port, pki) as idle, tls_connect(listening.tls_port, pki) as busy:
+        dot_exchange(idle, make_query("a.example.test"))
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # busy keeps asking, well within the timeout
+            assert a_addresses(dot_exchange(busy, make_query("a.example.test"))) == {"192.0.2.10"}
+            time.sleep(0.2)
+        assert closed_within(idle, 5.0)
+        assert a_addresses(dot_exchange(busy, make_query("www.example.test"))) == {"192.0.2.11"}
+
+
+def test_h2_protocol_error_closes_that_client_only(listening: Listening, pki: Pki) -> None:
+    with tls_connect(listening.https_port, pki, alpn=("h2",)) as bad:
+        settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+        data_on_stream_0 = b"\x00\x00\x04\x00\x00\x00\x00\x00\x00junk"  # PROTOCOL_ERROR
+        bad.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + data_on_stream_0)
+        assert closed_within(bad, 5.0)
+    with tls_connect(listening.tls_port, pki) as good:
+        assert a_addresses(dot_exchange(good, make_query("a.example.test"))) == {"192.0.2.10"}

@@ -17,6 +17,7 @@ GOAWAY, and streams already open are still answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -153,8 +154,12 @@ class DohSession(asyncio.Protocol):
         try:
             events = conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
+            # Broken framing, more than MAX_STREAMS streams at once, oversized headers:
+            # h2 stops mid-input (its HPACK state with it), so the connection ends.
             log.debug("closing DoH client %s: %s", self.host, exc)
             self._server.stats.dropped["http_protocol"] += 1
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                conn.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
             self._send_h2()
             self.close()
             return
