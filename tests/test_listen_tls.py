@@ -484,3 +484,33 @@ def test_h2_protocol_error_closes_that_client_only(listening: Listening, pki: Pk
         assert closed_within(bad, 5.0)
     with tls_connect(listening.tls_port, pki) as good:
         assert a_addresses(dot_exchange(good, make_query("a.example.test"))) == {"192.0.2.10"}
+
+
+def test_max_clients_applies(
+    unbound: UnboundUpstream, pki: Pki, dns2dot: Callable[..., Dns2Dot], tmp_path: Path
+) -> None:
+    """--max-tcp-clients bounds each encrypted listener; a handshake under way counts."""
+    listening = start_listening(
+        dns2dot, unbound.spec, pki, tmp_path / "certs", extra=["--max-tcp-clients", "2"]
+    )
+    first = tls_connect(listening.tls_port, pki)
+    silent = socket.create_connection((LOOPBACK, listening.tls_port), timeout=5)  # handshaking
+    try:
+        time.sleep(0.3)  # let dns2dot accept the silent one
+        third = socket.create_connection((LOOPBACK, listening.tls_port), timeout=5)
+        with third:
+            assert closed_within(third, 5.0)
+        assert a_addresses(dot_exchange(first, make_query("a.example.test"))) == {"192.0.2.10"}
+    finally:
+        first.close()
+        silent.close()
+    deadline = time.monotonic() + 10
+    while True:  # room again once dns2dot has seen them go
+        try:
+            with tls_connect(listening.tls_port, pki) as again:
+                answer = dot_exchange(again, make_query("www.example.test"))
+            break
+        except (ssl.SSLError, OSError):
+            assert time.monotonic() < deadline, "no room for a new client after 10 s"
+            time.sleep(0.2)
+    assert a_addresses(answer) == {"192.0.2.11"}
