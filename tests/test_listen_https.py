@@ -354,3 +354,34 @@ def test_one_answer_per_tls_record(listening: Listening, pki: Pki) -> None:
         assert ended == streams
     finally:
         client.close()
+
+
+def test_http1_request_trickling_in_is_closed(listening: Listening, pki: Pki) -> None:
+    """A request head sent a byte at a time is closed after the frame deadline (5 s),
+    though every byte refreshes the idle timer; another client is served meanwhile."""
+    wire = _query_wire()
+    request = f"GET /dns-query?dns={encode_dns_param(wire)} HTTP/1.1\r\nhost: x\r\n".encode()
+    with tls_connect(listening.https_port, pki, alpn=("http/1.1",)) as slow:
+        closed = False
+        deadline = time.monotonic() + 15
+        for byte in request * 10:
+            if time.monotonic() > deadline:
+                break
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            slow.settimeout(0.3)
+            try:
+                if not slow.recv(4096):
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed, "a request trickling in for 15 s was not closed"
+    status, _, _, _ = _curl(listening, pki, f"/dns-query?dns={encode_dns_param(wire)}")
+    assert status == 200

@@ -101,6 +101,7 @@ class DohSession(asyncio.Protocol):
         self._goaway: int | None = None  # the last stream a GOAWAY we sent lets through
         self._inflight = 0
         self._paused = False
+        self._request_started = 0.0
         self.last_active = self._loop.time()
 
     # -- the transport's callbacks -----------------------------------------------------
@@ -304,7 +305,10 @@ class DohSession(asyncio.Protocol):
     # -- HTTP/1.1 ------------------------------------------------------------------------
 
     def _http1_received(self, data: bytes) -> None:
+        was_buffered = self._reader.buffered
         requests, rejection = self._reader.feed(data)
+        if self._reader.buffered and (requests or not was_buffered):
+            self._request_started = self._loop.time()  # a part-read request's deadline
         for request in requests:
             self._http1_request(request)
         if rejection is not None:
@@ -423,6 +427,13 @@ class DohSession(asyncio.Protocol):
     # -- the server's calls --------------------------------------------------------------
 
     def expired(self, now: float) -> str | None:
+        # An HTTP/1.1 request that trickles in is a slow frame, as on DNS over TCP.
+        if (
+            not self._paused
+            and self._reader.buffered
+            and now - self._request_started > self._limits.frame_timeout
+        ):
+            return "slow_frame"
         if self._inflight == 0 and now - self.last_active > self._limits.idle_timeout:
             return "idle"
         return None
