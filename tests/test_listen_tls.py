@@ -37,7 +37,7 @@ from support.listeners import (
     start_listening,
     tls_connect,
 )
-from support.net import LOOPBACK, a_addresses, free_port, make_query
+from support.net import LOOPBACK, a_addresses, free_port, make_query, wait_peer_closed
 from support.pki import TLS_NAME, Pki
 from support.proc import Dns2Dot, require_tool, run_dns2dot, start_dns2dot
 from support.unbound import N_NAMES, UnboundUpstream, n_address
@@ -514,3 +514,36 @@ def test_max_clients_applies(
             assert time.monotonic() < deadline, "no room for a new client after 10 s"
             time.sleep(0.2)
     assert a_addresses(answer) == {"192.0.2.11"}
+
+
+def test_client_that_does_not_read_is_reset(
+    unbound: UnboundUpstream, pki: Pki, dns2dot: Callable[..., Dns2Dot], tmp_path: Path
+) -> None:
+    """A DoT client that sends queries and reads no answers is reset (its answers are
+    dropped) once idle; another client is served meanwhile."""
+    listening = start_listening(
+        dns2dot, unbound.spec, pki, tmp_path / "certs", extra=["--idle-timeout", "2"]
+    )
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(2)
+    raw.connect((LOOPBACK, listening.tls_port))
+    ctx = pki.client_context()
+    ctx.set_alpn_protocols(["dot"])
+    with ctx.wrap_socket(raw, server_hostname=TLS_NAME) as sock:
+        wire = make_query("big.example.test", "TXT", edns=0, payload=4096).to_wire()
+        batch = (len(wire).to_bytes(2, "big") + wire) * 100
+        reset = False
+        for _ in range(20):  # 2000 answers of about 3 kB, none read
+            try:
+                sock.sendall(batch)
+            except TimeoutError:
+                break  # dns2dot stopped reading it: answers are piling up
+            except OSError:
+                reset = True
+                break
+        with tls_connect(listening.tls_port, pki) as good:
+            answer = dot_exchange(good, make_query("a.example.test"))
+            assert a_addresses(answer) == {"192.0.2.10"}
+        reset = reset or wait_peer_closed(sock, 15.0)
+        assert reset, "a client that reads nothing was kept"

@@ -35,6 +35,7 @@ import hyperframe.frame
 from dns2dot.protocol import http
 from dns2dot.protocol.encrypted import Asks, client_asks, finish_answer
 from dns2dot.serve.tcp import TcpLimits
+from dns2dot.transport.server_tls import reset
 
 if TYPE_CHECKING:
     from dns2dot.serve.tls_clients import EncryptedServer
@@ -421,7 +422,7 @@ class DohSession(asyncio.Protocol):
         ):
             log.debug("closing DoH client %s that does not read its answers", self.host)
             self._server.stats.dropped["unread_output"] += 1
-            transport.abort()
+            reset(transport)
             self._transport = None
 
     # -- the server's calls --------------------------------------------------------------

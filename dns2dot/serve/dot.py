@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 from dns2dot.protocol.encrypted import Asks, client_asks, finish_answer
 from dns2dot.protocol.framing import FrameDecoder, frame
 from dns2dot.serve.tcp import TcpLimits
+from dns2dot.transport.server_tls import reset
 
 if TYPE_CHECKING:
     from dns2dot.serve.tls_clients import EncryptedServer
@@ -154,7 +155,7 @@ class DotSession(asyncio.Protocol):
         if transport.get_write_buffer_size() > self._limits.max_write_buffer:
             log.debug("closing DoT client %s that does not read its answers", self.host)
             self._server.stats.dropped["unread_output"] += 1
-            transport.abort()
+            reset(transport)
             return
         if self._waiting and self._inflight < self._limits.max_inflight:
             waiting, self._waiting = self._waiting, []
@@ -199,7 +200,18 @@ class DotSession(asyncio.Protocol):
             self._end_input()
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        """Close (idle, slow, shutting down); reset a client that left answers unread.
+
+        The TLS transport stops reading a client whose answers pile up (its write
+        buffer's high-water mark), so a client that does not read ends up idle, and a
+        polite close would wait for it to read first.
+        """
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                self._server.stats.dropped["unread_output"] += 1
+                reset(transport)
+            else:
+                transport.close()
             self._transport = None
         self._server.sessions.discard(self)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from tornado.netutil import add_accept_handler
 
 from dns2dot.protocol.errors import ConfigError
+from dns2dot.transport.sockets import reset_on_close
 
 log = logging.getLogger("dns2dot.tls")
 
@@ -142,6 +143,15 @@ class Certificates:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Abort a client's TLS connection with a TCP reset (SO_LINGER 0): its FIN would
+    wait behind answers it never reads, and the kernel would keep them."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        reset_on_close(sock)
+    transport.abort()
 
 
 class TlsListener:
