@@ -70,6 +70,7 @@ def draw(
         return [c for c in cells if c["workload"] == workload and c["ok"]]
 
     tp, cached, pub = ok("throughput"), ok("cache"), ok("published")
+    listening = ok("listeners")
     sus = [
         c
         for c in ok("sustained")
@@ -82,6 +83,7 @@ def draw(
             ("cache", cached),
             ("published", pub),
             ("sustained", sus),
+            ("listeners", listening),
         )
         if present
     ] or ["none"]
@@ -112,6 +114,9 @@ def draw(
             ax.set_ylabel("latency, ms (log)")
             ax.set_title("published workload, TCP -c 10 -Q 30 (lower is better)")
             ax.legend()
+        elif panel == "listeners":
+            _qps_bars(ax, listening, rotation=30)
+            _title(ax, "DoT and DoH served to clients (higher is better)", None)
         elif panel == "sustained":
             samples = sus[0]["detail"]["rss_samples"]  # type: ignore[index]
             ax.plot([t for t, _ in samples], [k / 1024 for _, k in samples], marker=".")

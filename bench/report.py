@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .listeners import LISTENER_ORDER, kind_of
 from .workloads import CACHE_ORDER, DOH_KEYS, Cell
 
 
@@ -163,6 +164,40 @@ def targets(cells_list: list[Cell], workloads: Iterable[str]) -> list[Target]:
                 "",
             )
         )
+    if "listeners" in ran:
+        out += listener_targets(cells)
+    return out
+
+
+_DNS2DOT = {"dot": "dns2dot-dot-listener", "doh": "dns2dot-doh-listener"}
+_NAME = {"dot": "DoT", "doh": "DoH"}
+
+
+def listener_targets(cells: dict[str, Cell]) -> list[Target]:
+    """The encrypted listeners' targets (issue 15): DoT at least as fast as dnsdist's and
+    unbound's, DoH at least as fast as unbound's, nothing lost by dns2dot."""
+
+    def q(key: str) -> float | None:
+        return _metric(cells, f"listeners/{kind_of(key)}/{key}", "qps")
+
+    out = [
+        _judge(
+            f"{_NAME[kind_of(mine)]} listener q/s, dns2dot / {peer.split('-')[0]}",
+            _ratio(q(mine), q(peer)),
+            ">=",
+            1.0,
+            "x",
+            "",
+        )
+        for mine, peer in (
+            ("dns2dot-dot-listener", "dnsdist-dot-frontend"),
+            ("dns2dot-dot-listener", "unbound-dot-service"),
+            ("dns2dot-doh-listener", "unbound-doh-service"),
+        )
+    ]
+    for key in ("dns2dot-dot-listener", "dns2dot-doh-listener"):
+        lost = _metric(cells, f"listeners/{kind_of(key)}/{key}", "lost")
+        out.append(_judge(f"{_NAME[kind_of(key)]} listener, queries lost", lost, "<=", 0, "", ""))
     return out
 
 
@@ -413,6 +448,29 @@ def render(
         summary = doh_summary(cells_list)
         if summary:
             out.append(f"   {summary}")
+        out.append("")
+    listener_cells = sorted(by("listeners"), key=lambda c: LISTENER_ORDER.index(c.server))
+    if listener_cells:
+        ratio: dict[str, dict[str, float | None]] = {
+            c.id: {
+                "pool": _ratio(
+                    _metric(
+                        cells, f"listeners/{c.transport}/dns2dot-{c.transport}-listener", "qps"
+                    ),
+                    _metric(cells, c.id, "qps"),
+                )
+            }
+            for c in listener_cells
+            if not c.server.startswith("dns2dot")
+        }
+        out.append(
+            "== encrypted listeners: DoT (dnsperf -m dot) and DoH (-m doh, GET) served to "
+            "clients, each server forwarding to the DoT upstream, cache off"
+        )
+        out.append(
+            "   ratio column: dns2dot q/s / that peer's, same protocol (>1 = dns2dot faster)"
+        )
+        out += _perf_table(listener_cells, ratio, ("d2d/peer", ""))
         out.append("")
     cache_cells = sorted(by("cache"), key=lambda c: CACHE_ORDER.index(c.server))
     if cache_cells:

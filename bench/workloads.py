@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dnsperf, peers
+from . import dnsperf, listeners, peers
 from .pki import Pki
 from .probe import ProbeError, timed_query, wait_answering
 from .procs import Registry, free_port, tree_fd_count, tree_rss_kib
 from .zone import ZoneFiles
 
-QUICK = ("throughput", "cache", "published", "coldstart", "idle")
+QUICK = ("throughput", "cache", "published", "coldstart", "idle", "listeners")
 ALL = (*QUICK, "sustained")
 # Every dns2dot of the throughput, published, coldstart, sustained and DoH workloads has
 # its cache off, so the comparisons with the cacheless peers (and unbound with its caches
@@ -642,6 +642,26 @@ def sustained(bench: Bench) -> None:
     bench.add(cell)
 
 
+def listener_cells(bench: Bench) -> None:
+    """DoT and DoH served to clients: dns2dot's listeners against dnsdist's frontends and
+    unbound's service, each forwarding to the DoT upstream, cache off (``-c 10 -l 10``,
+    median of ``--repeat`` rounds, as throughput)."""
+    s = bench.settings
+    plan = [key for key in listeners.LISTENER_ORDER if key in bench.servers]
+    runs: dict[str, list[Cell]] = {key: [] for key in plan}
+    for rnd in range(s.repeat):
+        for key in plan:
+            server = bench.servers[key]
+            cell = Cell("listeners", key, server.label, listeners.kind_of(key))
+            _perf_cell(bench, cell, server, clients=s.clients, duration=s.duration)
+            runs[key].append(cell)
+            if s.repeat > 1:
+                state = f"{cell.metrics.get('qps', 0):,.0f} q/s" if cell.ok else "FAILED"
+                print(f"bench: round {rnd + 1}/{s.repeat} {cell.id:<30} {state}", flush=True)
+    for key in plan:
+        bench.add(_median(runs[key]))
+
+
 RUNNERS = {
     "throughput": throughput,
     "cache": cache,
@@ -649,6 +669,7 @@ RUNNERS = {
     "coldstart": coldstart,
     "idle": idle,
     "sustained": sustained,
+    "listeners": listener_cells,
 }
 
 
@@ -659,6 +680,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "cache": CACHE_ORDER,
     "idle": (),  # a dns2dot of its own
     "sustained": ("dns2dot",),
+    "listeners": listeners.LISTENER_ORDER,
 }
 _PEER_STARTERS = {
     "socat": peers.start_socat,
@@ -683,8 +705,21 @@ def start_servers(
     in the returned servers (and so in their cells), never raised."""
     needed = {key for w in chosen for key in NEEDS[w]} - {"upstream"}
     servers: dict[str, peers.Server] = {}
-    for key in [k for k in (*THROUGHPUT_ORDER, *CACHE_ORDER) if k in needed]:
-        if key in DOH_KEYS:
+    for key in [
+        k for k in (*THROUGHPUT_ORDER, *CACHE_ORDER, *listeners.LISTENER_ORDER) if k in needed
+    ]:
+        if key in listeners.LISTENER_KEYS and upstream.ok:
+            srv = listeners.start_listener(
+                registry,
+                work,
+                pki,
+                upstream.port,
+                zone.probe_name,
+                key,
+                dns2dot_args=[*CACHE_OFF, *settings.dns2dot_args],
+                root=settings.dns2dot_root,
+            )
+        elif key in DOH_KEYS:
             srv = _start_doh_server(registry, work, pki, zone, settings, servers, key)
         elif not upstream.ok:
             srv = peers.Server(

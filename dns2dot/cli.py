@@ -31,7 +31,7 @@ from dns2dot.metrics import (
 )
 from dns2dot.protocol.errors import ConfigError
 from dns2dot.proxy import ListenError, Proxy, bind_error
-from dns2dot.transport import tls
+from dns2dot.transport import server_tls, tls
 
 log = logging.getLogger("dns2dot")
 
@@ -71,14 +71,25 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def startup_line(config: Config, listening: Sequence[ListenAddress]) -> str:
+def startup_line(
+    config: Config,
+    listening: Sequence[ListenAddress],
+    encrypted: Sequence[tuple[str, ListenAddress]] = (),
+) -> str:
     if all(spec.transport == "tls" for spec in config.upstreams):
         upstreams = "tls " + ", ".join(str(spec) for spec in config.upstreams)
     else:  # DoH upstreams say https:// themselves
         upstreams = ", ".join(
             f"tls {spec}" if spec.transport == "tls" else str(spec) for spec in config.upstreams
         )
-    line = f"udp+tcp {', '.join(map(str, listening))} -> {upstreams}"
+    served = ", ".join(map(str, listening))
+    if not encrypted:  # the supervisor of --workers: the addresses as configured
+        encrypted = [("dot", a) for a in config.listen_tls] + [
+            ("doh", a) for a in config.listen_https
+        ]
+    for kind, address in encrypted:
+        served += f", {kind} {address}" + (config.https_path if kind == "doh" else "")
+    line = f"udp+tcp {served} -> {upstreams}"
     if config.mode == "pipe":
         line += " (tcp mode pipe)"
     if config.workers > 1:
@@ -125,7 +136,7 @@ async def serve(
         listening = await proxy.start()
         tune_gc()
         if on_ready is None:
-            log.info("%s", startup_line(config, listening))
+            log.info("%s", startup_line(config, listening, proxy.encrypted_addresses()))
         else:
             on_ready(listening)
         await stop.wait()
@@ -195,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_module.load(args)
         tls.client_context(config.cafile)  # a bad CA bundle is a configuration error
+        if config.tls_cert and config.tls_key and (config.listen_tls or config.listen_https):
+            server_tls.Certificates(config.tls_cert, config.tls_key)  # so is a bad pair
     except ConfigError as exc:
         print(f"dns2dot: error: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,11 @@ class Config:
     max_inflight: int = 20000
     allow: tuple[Network, ...] = ()
     ratelimit: float | None = None
+    listen_tls: tuple[ListenAddress, ...] = ()
+    listen_https: tuple[ListenAddress, ...] = ()
+    https_path: str = "/dns-query"
+    tls_cert: str | None = None
+    tls_key: str | None = None
     verbose: bool = False
     config: str | None = None
 
@@ -107,6 +112,30 @@ def parse_listen(text: str, what: str = "--listen") -> ListenAddress:
     """``IPv4:PORT`` or ``[IPv6]:PORT`` (port 53 when omitted)."""
     host, port = _split_host_port(text.strip(), what)
     return ListenAddress(_ip(host, what), 53 if port is None else _port(port, what))
+
+
+def parse_listen_tls(text: str) -> ListenAddress:
+    """A DNS-over-TLS listen address: port 853 when omitted (RFC 7858 §3.1)."""
+    host, port = _split_host_port(text.strip(), "--listen-tls")
+    return ListenAddress(
+        _ip(host, "--listen-tls"), 853 if port is None else _port(port, "--listen-tls")
+    )
+
+
+def parse_listen_https(text: str) -> ListenAddress:
+    """A DNS-over-HTTPS listen address: port 443 when omitted."""
+    host, port = _split_host_port(text.strip(), "--listen-https")
+    return ListenAddress(
+        _ip(host, "--listen-https"), 443 if port is None else _port(port, "--listen-https")
+    )
+
+
+def parse_https_path(text: str) -> str:
+    """The DoH path: absolute, ASCII, no query string or spaces."""
+    path = text.strip()
+    if not path.startswith("/") or not path.isascii() or any(c in path for c in " ?#\r\n\t"):
+        raise ConfigError(f"--https-path: '{text}' is not an absolute path like /dns-query")
+    return path
 
 
 def parse_upstream(
@@ -491,6 +520,38 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "log every query's name, type and outcome (off by default: names are private)",
     ),
+    Option(
+        "listen-tls",
+        ("--listen-tls",),
+        parse_listen_tls,
+        "DNS-over-TLS listen address for clients (RFC 7858), repeatable; port 853 by default",
+        "ADDR",
+        repeatable=True,
+    ),
+    Option(
+        "listen-https",
+        ("--listen-https",),
+        parse_listen_https,
+        "DNS-over-HTTPS listen address for clients (RFC 8484), repeatable; port 443 by default",
+        "ADDR",
+        repeatable=True,
+    ),
+    Option(
+        "https-path",
+        ("--https-path",),
+        parse_https_path,
+        "path the DNS-over-HTTPS listeners answer on (default /dns-query)",
+        "PATH",
+    ),
+    Option(
+        "tls-cert",
+        ("--tls-cert",),
+        str,
+        "PEM certificate (chain, leaf first) of the encrypted listeners; re-read on SIGHUP "
+        "and when it changes",
+        "FILE",
+    ),
+    Option("tls-key", ("--tls-key",), str, "PEM private key of --tls-cert", "FILE"),
     Option("config", ("-c", "--config"), str, "YAML file with the same settings", "FILE"),
     Option("verbose", ("-v", "--verbose"), None, "debug logging"),
 )
@@ -677,5 +738,14 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
         upstreams = tuple(u if u.pins else replace(u, pins=tuple(pins)) for u in upstreams)
     listen = parsed.pop("listen") or (ListenAddress("127.0.0.1", 53),)
     parsed["allow"] = parsed["allow"] or parse_networks(DEFAULT_ALLOW)
+    for option in ("listen_tls", "listen_https"):
+        if parsed[option]:
+            parsed[option] = tuple(dict.fromkeys(parsed[option]))
+    if parsed["listen_tls"] or parsed["listen_https"]:
+        flag = "--listen-tls" if parsed["listen_tls"] else "--listen-https"
+        for option in ("tls_cert", "tls_key"):
+            if not parsed[option]:
+                name = option.replace("_", "-")
+                raise ConfigError(f"--{name}: required by {flag} (a PEM file)")
     settings = {k: v for k, v in parsed.items() if v is not None}
     return Config(listen=tuple(dict.fromkeys(listen)), upstreams=tuple(upstreams), **settings)

@@ -14,18 +14,20 @@ import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from tornado.netutil import bind_sockets
 
 from dns2dot.config import Config, ListenAddress
 from dns2dot.metrics import Snapshot, Stats
-from dns2dot.policy.admission import AccessList, Admission, RateLimiter
+from dns2dot.policy.admission import AccessList, Admission, RateLimiter, Verdict
 from dns2dot.policy.cache import Cache, CachePolicy
 from dns2dot.policy.rules import RuleSet, build_rules
 from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol.errors import Dns2DotError
-from dns2dot.serve.resolver import AnswerPolicy, Resolver
+from dns2dot.serve.resolver import AnswerPolicy, Resolver, refuse
 from dns2dot.serve.tcp import DnsTcpServer, TcpLimits
+from dns2dot.serve.tls_clients import EncryptedListeners, Handler
 from dns2dot.serve.udp import UdpShim, start_udp, udp_socket
 from dns2dot.transport.tls import TlsContexts
 from dns2dot.upstream.connection import UpstreamConnection
@@ -35,6 +37,7 @@ from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
 
 log = logging.getLogger("dns2dot")
 
+ENCRYPTED_SETTINGS = ("listen_tls", "listen_https", "https_path", "tls_cert", "tls_key")
 DRAIN_POLL = 0.05  # seconds between checks while draining
 CONNECTION_TYPES: dict[str, type[UpstreamConnection]] = {
     **DEFAULT_CONNECTION_TYPES,
@@ -198,6 +201,38 @@ class Proxy:
         )
         self.transports: list[asyncio.DatagramTransport] = []
         self.shims: list[UdpShim] = []
+        self.encrypted: EncryptedListeners | None = None
+        if config.listen_tls or config.listen_https:
+            assert config.tls_cert is not None and config.tls_key is not None  # load() checks
+            self.encrypted = EncryptedListeners(
+                dot=config.listen_tls,
+                doh=config.listen_https,
+                https_path=config.https_path,
+                cert=config.tls_cert,
+                key=config.tls_key,
+                limits=self.limits,
+                stats=self.stats,
+                handler=self._encrypted_handler,
+                bind_error=lambda address, exc, option: bind_error(
+                    ListenAddress(address.host, address.port), exc, option
+                ),
+                reuse_port=reuse_port,
+            )
+
+    def _encrypted_handler(self, host: str, transport: str) -> Handler:
+        """How a DoT or DoH client's queries are answered: resolved, or REFUSED (--allow)."""
+        if self.admission.verdict(host, datagram=False) is not Verdict.SERVE:
+            self.stats.refused["acl"] += 1
+            return refuse
+        return partial(self.resolver.handle, transport=transport)
+
+    def encrypted_addresses(self) -> list[tuple[str, ListenAddress]]:
+        """("dot" or "doh", address) of every encrypted listener, ports resolved."""
+        if self.encrypted is None:
+            return []
+        return [
+            (kind, ListenAddress(host, port)) for kind, host, port in self.encrypted.addresses()
+        ]
 
     async def start(self) -> list[ListenAddress]:
         """Start serving; return the addresses (port 0 resolved)."""
@@ -208,6 +243,8 @@ class Proxy:
             transport, shim = await start_udp(self.resolver, self.admission, listener.udp)
             self.transports.append(transport)
             self.shims.append(shim)
+        if self.encrypted is not None:
+            self.encrypted.start()
         return [listener.address for listener in self.listeners]
 
     def reload(self, config: Config) -> None:
@@ -218,12 +255,14 @@ class Proxy:
         """
         fixed = [
             name
-            for name in ("listen", "mode", "workers", "metrics")
+            for name in ("listen", "mode", "workers", "metrics", *ENCRYPTED_SETTINGS)
             if getattr(config, name) != getattr(self.config, name)
         ]
         if fixed:
             log.warning("reload: %s only change on restart", ", ".join(fixed))
         upstreams = Upstreams(config, TlsContexts(config.cafile))  # may raise: nothing changed
+        if self.encrypted is not None:
+            self.encrypted.certificates.reload()  # a broken pair is logged, the old one kept
         old = self.upstreams
         self.upstreams = upstreams
         resolver = self.resolver
@@ -253,6 +292,8 @@ class Proxy:
     async def drain(self, grace: float) -> None:
         """Stop taking new work, then wait up to ``grace`` seconds for queries in flight."""
         self.tcp_server.stop_accepting()
+        if self.encrypted is not None:
+            self.encrypted.stop_accepting()  # HTTP/2 clients get a GOAWAY
         for shim in self.shims:
             shim.draining = True
         deadline = self._loop.time() + grace
@@ -265,6 +306,8 @@ class Proxy:
 
     def close(self) -> None:
         self.tcp_server.stop()
+        if self.encrypted is not None:
+            self.encrypted.close()
         for transport in self.transports:
             transport.close()
         self.resolver.stop()
@@ -272,5 +315,7 @@ class Proxy:
 
     def snapshot(self) -> Snapshot:
         snap = self.resolver.snapshot()
-        snap["tcp_clients"] = len(self.tcp_server.sessions)
+        snap["tcp_clients"] = len(self.tcp_server.sessions) + (
+            self.encrypted.clients if self.encrypted is not None else 0
+        )
         return snap

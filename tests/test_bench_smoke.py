@@ -52,6 +52,13 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "coldstart/tcp/dns2dot-pipe": ("first_ms", "warm_ms"),
     "idle/tcp/dns2dot": ("clients_open", "rss_per_client_kib", "udp_qps", "udp_lost"),
     "sustained/udp/dns2dot": (*PERF, "rss_first_kib", "rss_last_kib", "rss_growth_kib"),
+    # encrypted listeners: dnsdist's frontends, unbound's service and dns2dot's, to clients
+    "listeners/dot/dnsdist-dot-frontend": PERF,
+    "listeners/dot/unbound-dot-service": PERF,
+    "listeners/dot/dns2dot-dot-listener": PERF,
+    "listeners/doh/dnsdist-doh-frontend": PERF,
+    "listeners/doh/unbound-doh-service": PERF,
+    "listeners/doh/dns2dot-doh-listener": PERF,
 }
 
 
