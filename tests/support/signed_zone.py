@@ -391,7 +391,7 @@ class World:
             resp.answer.extend(more.answer)
             resp.authority = more.authority
             resp.set_rcode(more.rcode())
-        return dns.message.from_wire(resp.to_wire())
+        return dns.message.from_wire(resp.to_wire(max_size=65535))
 
     def fetch(self, need: NeedDS | NeedDNSKEY) -> dns.message.Message:
         if isinstance(need, NeedDS):
