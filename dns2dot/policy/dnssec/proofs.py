@@ -131,8 +131,8 @@ def nsec_nxdomain(records: Sequence[Nsec], qname: dns.name.Name) -> Proof:
     if _nsec_match(records, qname) is not None:
         return Proof.NOT_PROVEN
     cover = _nsec_cover(records, qname)
-    if cover is None:
-        return Proof.NOT_PROVEN
+    if cover is None or cover.next.is_subdomain(qname):
+        return Proof.NOT_PROVEN  # not covered, or an empty non-terminal: it exists
     wildcard = _WILD.concatenate(cover.closest_encloser(qname))
     if _nsec_match(records, wildcard) is not None or _nsec_cover(records, wildcard) is None:
         return Proof.NOT_PROVEN
