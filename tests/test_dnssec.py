@@ -79,7 +79,7 @@ def _build() -> World:
     unsigned = _zone("unsigned.test.", Algorithm.ED25519, signed=False)
     rsa512 = _zone("rsa512.test.", Algorithm.RSASHA512)
     ed448 = _zone("ed448.test.", Algorithm.ED448)
-    p256 = _zone("p256.test.", Algorithm.ECDSAP256SHA256, nsec3=Nsec3Params())
+    p256 = _zone("p256.test.", Algorithm.ECDSAP256SHA256, nsec3=Nsec3Params(), split=True)
     wrongds = _zone("wrongds.test.", Algorithm.ED25519)
     other = Zone("other.test.", Algorithm.ED25519)
     unsupported = _zone("unsupported.test.", Algorithm.ED25519)
@@ -171,6 +171,34 @@ def test_secure_positive_answer_for_every_algorithm(
     result = check(validator, world, qname, qtype)
     assert result.security is Security.SECURE, result
     assert result.ede is None
+
+
+def test_ksk_and_zsk_split(validator: Validator, world: World) -> None:
+    """The DS names the KSK, which signs only the DNSKEY RRset; the ZSK signs the data."""
+    zone = world.zones[name("p256.test.")]
+    assert zone.zsk is not zone.dnskey
+    assert check(validator, world, "www.p256.test.", A).security is Security.SECURE
+    assert check(validator, world, "nope.p256.test.", A).security is Security.SECURE
+    ksk_signed = resigned(world, world.resolve("www.p256.test.", A), "p256.test.")
+    assert check(validator, world, "www.p256.test.", A, ksk_signed).security is Security.SECURE
+    no_zsk = dns.message.from_wire(world.resolve("www.p256.test.", A).to_wire())
+    result = check(
+        Validator(validator.anchors), world, "www.p256.test.", A, no_zsk,
+        fetch=lambda need: _drop_zsk(world, need),
+    )  # fmt: skip
+    assert result.security is Security.BOGUS
+    assert result.ede is Ede.DNSKEY_MISSING or result.ede is Ede.DNSSEC_BOGUS
+
+
+def _drop_zsk(world: World, need: NeedDS | NeedDNSKEY) -> dns.message.Message:
+    """DNSKEY replies for p256.test. without its ZSK (the KSK signature then fails)."""
+    reply = world.fetch(need)
+    if isinstance(need, NeedDNSKEY) and need.zone == name("p256.test."):
+        zone = world.zones[name("p256.test.")]
+        for rrset in reply.answer:
+            if rrset.rdtype == DNSKEY_T:
+                rrset.discard(zone.zsk)
+    return reply
 
 
 @pytest.mark.parametrize("zone", ["nsec.test.", "nsec3.test.", "optout.test."])

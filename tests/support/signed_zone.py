@@ -89,6 +89,7 @@ class Zone:
         signed: bool = True,
         inception: int = INCEPTION,
         expiration: int = EXPIRATION,
+        split: bool = False,
     ) -> None:
         self.origin = name(origin)
         self.algorithm = algorithm
@@ -106,9 +107,20 @@ class Zone:
         self.sigs: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
         self.add(f"@ {TTL} IN SOA ns.{origin} hostmaster.{origin} 1 7200 900 86400 {TTL}")
         self.add(f"@ {TTL} IN NS ns.{origin}")
+        # ``dnskey`` is the key-signing key the parent's DS names; with ``split`` a
+        # separate zone-signing key (flags 256) signs everything but the DNSKEY RRset.
+        self.zsk_key, self.zsk = self.key, self.dnskey
+        if split:
+            self.zsk_key = private_key(algorithm)
+            self.zsk = dns.dnssec.make_dnskey(
+                self.zsk_key.public_key(),  # type: ignore[attr-defined]
+                algorithm,
+                flags=256,
+            )
         if signed:
-            self.rrsets[(self.origin, dns.rdatatype.DNSKEY)] = dns.rrset.from_rdata(
-                self.origin, TTL, self.dnskey
+            keys = [self.dnskey] if self.zsk is self.dnskey else [self.dnskey, self.zsk]
+            self.rrsets[(self.origin, dns.rdatatype.DNSKEY)] = dns.rrset.from_rdata_list(
+                self.origin, TTL, keys
             )
 
     # -- content ----------------------------------------------------------------------
@@ -184,7 +196,12 @@ class Zone:
                 continue
             if owner in cuts and rdtype not in (dns.rdatatype.DS, dns.rdatatype.NSEC):
                 continue  # delegation NS records are not signed
-            self.sigs[(owner, rdtype)] = self.sign_rrset(rrset)
+            if rdtype == dns.rdatatype.DNSKEY:
+                self.sigs[(owner, rdtype)] = self.sign_rrset(rrset)
+            else:
+                self.sigs[(owner, rdtype)] = self.sign_rrset(
+                    rrset, key=self.zsk_key, dnskey=self.zsk
+                )
         return self
 
     def _types(self, owner: dns.name.Name) -> set[int]:
