@@ -440,6 +440,22 @@ def test_clock_skew_allowance(validator: Validator, world: World) -> None:
     assert check(strict, world, "www.nsec.test.", A, msg).ede is Ede.SIGNATURE_EXPIRED
 
 
+def test_valid_until_bounds_how_long_a_secure_answer_holds(
+    validator: Validator, world: World
+) -> None:
+    """The earliest of the signature expirations (plus skew) and the chain's TTLs."""
+    first = check(validator, world, "www.nsec.test.", A)
+    again = check(validator, world, "www.nsec.test.", A)  # from the key cache
+    assert first.valid_until == again.valid_until == NOW + TTL
+    msg = resigned(
+        world, world.resolve("www.nsec.test.", A), "nsec.test.",
+        inception=NOW - 86400, expiration=NOW - 100,
+    )  # fmt: skip
+    assert check(validator, world, "www.nsec.test.", A, msg).valid_until == NOW + 200
+    assert check(validator, world, "nope.nsec.test.", A).valid_until == NOW + TTL
+    assert check(validator, world, "www.unsigned.test.", A).valid_until is None
+
+
 def test_ds_that_matches_no_key(validator: Validator, world: World) -> None:
     result = check(validator, world, "www.wrongds.test.", A)
     assert result.security is Security.BOGUS

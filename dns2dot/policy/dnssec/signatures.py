@@ -67,13 +67,6 @@ def owner_labels(name: dns.name.Name) -> int:
     return count - 1 if name.is_wild() else count
 
 
-def signatures_for(rrsigs: dns.rrset.RRset | None, rdtype: int) -> list[RRSIG]:
-    """The RRSIGs in ``rrsigs`` that cover ``rdtype``."""
-    if rrsigs is None:
-        return []
-    return [sig for sig in rrsigs if isinstance(sig, RRSIG) and sig.type_covered == rdtype]
-
-
 def verify_rrset(
     rrset: dns.rrset.RRset,
     rrsigs: Sequence[RRSIG],

@@ -19,7 +19,9 @@ NODATA. The result is the worst of its links: one bogus link makes the answer bo
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -104,12 +106,16 @@ class Result:
     ``reason`` is one line naming the zone and why (for the log); ``ede`` is the
     Extended DNS Error code (RFC 8914) to attach: always set when bogus, set when
     insecure only because of an unsupported algorithm or digest (EDE 1, 2).
+    ``valid_until`` (secure results) is the earliest time anything the proof used runs
+    out: a signature's expiration (skew included, RFC 4035 §5.3.3) or a DS, DNSKEY or
+    denial record's TTL. A cache must not keep the answer as secure past it.
     """
 
     security: Security
     reason: str
     ede: Ede | None = None
     zone: dns.name.Name | None = None
+    valid_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +148,13 @@ class State(enum.Enum):
     RUNNING = "running"  # has work to do before its next event
     WAITING = "waiting"  # has asked for a DS or DNSKEY reply
     DONE = "done"  # has a result
+
+
+_TRANSITIONS = {
+    State.RUNNING: frozenset({State.WAITING, State.DONE}),
+    State.WAITING: frozenset({State.RUNNING}),
+    State.DONE: frozenset(),
+}
 
 
 def _secure(zone: dns.name.Name, reason: str) -> Result:
@@ -263,6 +276,7 @@ class Validation:
         self._inbox: dns.message.Message | None = None
         self._pending: Need | None = None
         self._result: Result | None = None
+        self._valid_until = math.inf
 
     def next_event(self) -> Event:
         """The next thing the caller must do: fetch a DS or DNSKEY, or take the result.
@@ -285,14 +299,19 @@ class Validation:
         if now is not None:
             self.now = now
         self._inbox = parse_reply(reply)
-        self.state = State.RUNNING
+        self._to(State.RUNNING)
 
     @property
     def result(self) -> Result | None:
         return self._result
 
+    def _to(self, state: State) -> None:
+        """The one place the state changes."""
+        assert state in _TRANSITIONS[self.state], (self.state, state)
+        self.state = state
+
     def _advance(self) -> None:
-        """Run until the next need or the result: the one place the state changes."""
+        """Run until the next need or the result."""
         inbox, self._inbox = self._inbox, None
         try:
             need = next(self._steps) if self._pending is None else self._steps.send(inbox)
@@ -308,12 +327,27 @@ class Validation:
             self._finish(_bogus(None, f"{self.qname}: more than {self.fetches - 1} fetches"))
             return
         self._pending = need
-        self.state = State.WAITING
+        self._to(State.WAITING)
 
     def _finish(self, result: Result) -> None:
+        if result.security is Security.SECURE:
+            result = dataclasses.replace(result, valid_until=self._valid_until)
         self._pending = None
         self._result = result
-        self.state = State.DONE
+        self._to(State.DONE)
+
+    def _verify(
+        self,
+        rrset: dns.rrset.RRset,
+        sigs: Sequence[RRSIG],
+        zone: dns.name.Name,
+        keys: dns.rdataset.Rdataset,
+    ) -> Verdict:
+        """``verify_rrset``, remembering how long what it proved holds."""
+        verdict = verify_rrset(rrset, sigs, zone, keys, self.now, self.validator.skew)
+        if verdict.ok:
+            self._valid_until = min(self._valid_until, verdict.expires)
+        return verdict
 
     # -- the answer -----------------------------------------------------------------
 
@@ -391,7 +425,7 @@ class Validation:
         if isinstance(link, Result):
             return link
         assert link.keys is not None
-        verdict = verify_rrset(rrset, sigs, signer, link.keys, self.now, self.validator.skew)
+        verdict = self._verify(rrset, sigs, signer, link.keys)
         if not verdict.ok:
             return _from_verdict(signer, verdict)
         if verdict.labels < owner_labels(name):
@@ -409,7 +443,8 @@ class Validation:
             if denial.ede is Ede.RRSIGS_MISSING:
                 return _bogus(link.name, f"wildcard answer for {name} without its denial proof")
             return denial
-        nsecs, nsec3 = denial
+        nsecs, nsec3, expires = denial
+        self._valid_until = min(self._valid_until, expires)
         if nsecs:
             proof = nsec_wildcard(nsecs, name, encloser)
         elif nsec3.too_costly:
@@ -444,20 +479,14 @@ class Validation:
         assert link.keys is not None
         soa = _find(msg.authority, signer, _SOA)
         if soa is not None:
-            verdict = verify_rrset(
-                soa,
-                _sigs(msg.authority, signer, _SOA),
-                signer,
-                link.keys,
-                self.now,
-                self.validator.skew,
-            )
+            verdict = self._verify(soa, _sigs(msg.authority, signer, _SOA), signer, link.keys)
             if not verdict.ok:
                 return _from_verdict(signer, verdict)
         denial = self._denial(msg.authority, link)
         if isinstance(denial, Result):
             return denial
-        nsecs, nsec3 = denial
+        nsecs, nsec3, expires = denial
+        self._valid_until = min(self._valid_until, expires)
         if nsecs:
             proof = (
                 nsec_nxdomain(nsecs, sname) if nxdomain else nsec_nodata(nsecs, sname, self.qtype)
@@ -480,12 +509,14 @@ class Validation:
 
     def _denial(
         self, section: Sequence[dns.rrset.RRset], link: Link
-    ) -> tuple[list[Nsec], Nsec3Set] | Result:
-        """The NSEC and NSEC3 records of ``link``'s zone in ``section``, each verified."""
+    ) -> tuple[list[Nsec], Nsec3Set, float] | Result:
+        """The NSEC and NSEC3 records of ``link``'s zone in ``section``, each verified,
+        and until when they all hold (their TTLs and signature expirations)."""
         zone = link.name
         assert link.keys is not None
         nsecs: list[Nsec] = []
         nsec3s: list[Nsec3] = []
+        expires = self.now + MAX_LINK_TTL
         for rrset in section:
             if rrset.rdtype not in (_NSEC, _NSEC3) or not rrset.name.is_subdomain(zone):
                 continue
@@ -493,6 +524,7 @@ class Validation:
             verdict = verify_rrset(rrset, sigs, zone, link.keys, self.now, self.validator.skew)
             if not verdict.ok:
                 return _from_verdict(zone, verdict)
+            expires = min(expires, self._expiry(rrset.ttl, verdict))
             if verdict.labels < owner_labels(rrset.name):
                 continue  # NSEC records are never wildcard expansions
             if rrset.rdtype == _NSEC:
@@ -501,7 +533,7 @@ class Validation:
                 nsec3s.extend(Nsec3.from_rrset(rrset))
         if not nsecs and not nsec3s:
             return _bogus(zone, f"no signed NSEC or NSEC3 records from {zone}", Ede.RRSIGS_MISSING)
-        return nsecs, Nsec3Set(zone, nsec3s)
+        return nsecs, Nsec3Set(zone, nsec3s), expires
 
     # -- the chain of trust ---------------------------------------------------------
 
@@ -542,6 +574,7 @@ class Validation:
         if found.kind is LinkKind.INSECURE:
             return _insecure(found.name, found.reason, found.ede)
         link = found
+        self._valid_until = min(self._valid_until, link.expires)
         for depth in range(len(anchor.zone) + 1, len(target) + 1):
             name = target.split(depth)[1]
             step: Link | Result | None = self._cached(name)
@@ -551,6 +584,7 @@ class Validation:
                 return step
             if step.kind is LinkKind.INSECURE:
                 return _insecure(step.name, step.reason, step.ede)
+            self._valid_until = min(self._valid_until, step.expires)
             if step.kind is LinkKind.SECURE:
                 link = step
         if exact and link.name != target:
@@ -608,9 +642,7 @@ class Validation:
         denial = self._denial(reply.authority, parent)
         if isinstance(denial, Result):
             return denial
-        nsecs, nsec3 = denial
-        ttl = min((r.ttl for r in reply.authority if r.rdtype in (_NSEC, _NSEC3)), default=0)
-        expires = self._expiry(ttl)
+        nsecs, nsec3, expires = denial
         if nsecs:
             cut = nsec_cut(nsecs, name)
         elif nsec3.too_costly:
