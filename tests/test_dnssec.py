@@ -379,6 +379,21 @@ def test_no_trust_anchor_above_the_name(validator: Validator, world: World) -> N
     assert world.asked == [] or all(n.is_subdomain(name("test.")) for n, _ in world.asked)
 
 
+def test_any_query_validates_every_rrset_at_the_name(validator: Validator, world: World) -> None:
+    zone = world.zones[name("nsec.test.")]
+    www = name("www.nsec.test.")
+    nsec_t = int(dns.rdatatype.NSEC)
+    msg = dns.message.make_response(dns.message.make_query(www, "ANY"))
+    msg.answer = [zone.rrsets[(www, A)], zone.sigs[(www, A)]]
+    msg.answer += [zone.rrsets[(www, nsec_t)], zone.sigs[(www, nsec_t)]]
+    any_t = int(dns.rdatatype.ANY)
+    assert check(validator, world, "www.nsec.test.", any_t, msg).security is Security.SECURE
+    msg.answer.pop()  # the NSEC's RRSIG
+    result = check(validator, world, "www.nsec.test.", any_t, msg)
+    assert result.security is Security.BOGUS
+    assert result.ede is Ede.RRSIGS_MISSING
+
+
 def test_answers_without_data_to_validate(validator: Validator, world: World) -> None:
     msg = dns.message.make_response(dns.message.make_query("www.nsec.test.", A))
     msg.set_rcode(dns.rcode.SERVFAIL)

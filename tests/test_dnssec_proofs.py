@@ -264,7 +264,7 @@ def anchors_of(w: World) -> Validator:
     return Validator(parse_anchors(anchor_text(w.zones[name("test.")])))
 
 
-HOSTILE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HOSTILE = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @HOSTILE
