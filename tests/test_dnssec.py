@@ -46,7 +46,7 @@ from dns2dot.policy.dnssec import (
     Validator,
     parse_anchors,
 )
-from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.protocol.errors import ConfigError, Dns2DotError
 
 A = int(dns.rdatatype.A)
 AAAA = int(dns.rdatatype.AAAA)
@@ -614,6 +614,17 @@ def test_insecure_delegations_are_cached_too(validator: Validator, world: World)
     world.asked.clear()
     assert check(validator, world, "www.unsigned.test.", A).security is Security.INSECURE
     assert world.asked == []
+
+
+def test_validator_refuses_to_start_without_dnspythons_crypto(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def disabled(*args: object, **kwargs: object) -> None:
+        raise ImportError("DNSSEC validation requires python cryptography")
+
+    monkeypatch.setattr(dns.dnssec, "validate_rrsig", disabled)
+    with pytest.raises(ConfigError, match="cryptography"):
+        Validator(parse_anchors(". 0 IN DS 1 8 2 " + "AB" * 32))
 
 
 def test_event_protocol(validator: Validator, world: World) -> None:

@@ -61,6 +61,19 @@ class Verdict:
     expires: float = 0.0
 
 
+def crypto_available() -> bool:
+    """Whether dnspython's signature checks are enabled: dnspython 2.9 switches
+    ``dns.dnssec`` off (its functions raise ImportError) unless cryptography>=50 is
+    installed, which would otherwise surface only at the first answer."""
+    try:
+        dns.dnssec.validate_rrsig(None, None, {})  # type: ignore[arg-type]
+    except ImportError:
+        return False
+    except Exception:  # any other complaint about the dummy arguments: it is enabled
+        return True
+    return True
+
+
 def owner_labels(name: dns.name.Name) -> int:
     """The RRSIG label count of an owner name: no root label, no leading ``*``."""
     count = len(name) - 1

@@ -62,10 +62,11 @@ from dns2dot.policy.dnssec.signatures import (
     SUPPORTED_DIGESTS,
     Ede,
     Verdict,
+    crypto_available,
     owner_labels,
     verify_rrset,
 )
-from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.protocol.errors import ConfigError, Dns2DotError
 
 MAX_CHAIN = 12  # CNAME/DNAME links followed in one answer
 MAX_FETCHES = 32  # DS and DNSKEY fetches one validation may ask for
@@ -238,6 +239,8 @@ class Validator:
         cache_entries: int = 10_000,
         max_fetches: int = MAX_FETCHES,
     ) -> None:
+        if not crypto_available():
+            raise ConfigError("--dnssec validate: dnspython's DNSSEC needs cryptography>=50")
         self.anchors = anchors
         self.skew = skew
         self.max_fetches = max_fetches
