@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dns.dnssec
 import dns.name
+import dns.rdata
 import pytest
 
 from dns2dot.policy.dnssec import (
@@ -42,6 +44,31 @@ def test_built_in_root_anchors_are_ianas_ksk_2017_and_ksk_2024() -> None:
     )
     assert anchors.closest(n("www.example.com.")).zone == dns.name.root  # type: ignore[union-attr]
     assert anchors.negative == frozenset()
+
+
+# The root zone's two key-signing keys as the root zone publishes them (DNSKEY 257 3 8).
+ROOT_KSKS = {
+    20326: "AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3+/4RgWOq7HrxRixHlFlExOLAJr5e"
+    "mLvN7SWXgnLh4+B5xQlNVz8Og8kvArMtNROxVQuCaSnIDdD5LKyWbRd2n9WGe2R8PzgCmr3EgVLrjyBxWezF"
+    "0jLHwVN8efS3rCj/EWgvIWgb9tarpVUDK/b58Da+sqqls3eNbuv7pr+eoZG+SrDK6nWeL3c6H5Apxz7LjVc1"
+    "uTIdsIXxuOLYA4/ilBmSVIzuDWfdRUfhHdY6+cn8HFRm+2hM8AnXGXws9555KrUB5qihylGa8subX2Nn6UwN"
+    "R1AkUTV74bU=",
+    38696: "AwEAAa96jeuknZlaeSrvyAJj6ZHv28hhOKkx3rLGXVaC6rXTsDc449/cidltpkyGwCJNnOAlFNKF2jBosZBU"
+    "5eeHspaQWOmOElZsjICMQMC3aeHbGiShvZsx4wMYSjH8e7Vrhbu6irwCzVBApESjbUdpWWmEnhathWu1jo+s"
+    "iFUiRAAxm9qyJNg/wOZqqzL/dL/q8PkcRU5oUKEpUge71M3ej2/7CPqpdVwuMoTvoB+ZOT4YeGyxMvHmbrxl"
+    "FzGOHOijtzN+u1TQNatX2XBuzZNQ1K+s2CXkPIZo7s6JgZyvaBevYtxPvYLw4z9mR7K2vaF18UYH9Z9GNUUe"
+    "ayffKC73PYc=",
+}
+
+
+def test_built_in_root_anchors_are_the_digests_of_the_root_ksks() -> None:
+    """An independent check of the DS text: it hashes the published root KSKs."""
+    builtin = {d.key_tag: d for d in root_anchors().anchors[dns.name.root].ds}
+    for tag, key in ROOT_KSKS.items():
+        dnskey = dns.rdata.from_text("IN", "DNSKEY", f"257 3 8 {key}")
+        assert dns.dnssec.key_id(dnskey) == tag  # type: ignore[arg-type]
+        made = dns.dnssec.make_ds(dns.name.root, dnskey, "SHA256")
+        assert made == builtin[tag]
 
 
 def test_anchor_file_with_ds_and_dnskey_records() -> None:
