@@ -94,8 +94,12 @@ def _build() -> World:
         sha1.origin, sha1.dnskey, "SHA1", policy=dns.dnssec.allow_all_policy
     )
     root.delegate(sha1, [sha1_ds])
+    gost = _zone("gost.test.", Algorithm.ED25519)
+    real = dns.dnssec.make_ds(gost.origin, gost.dnskey, "SHA256")
+    gost_ds = DS(dns.rdataclass.IN, dns.rdatatype.DS, real.key_tag, real.algorithm, 3, real.digest)
+    root.delegate(gost, [gost_ds])
     zones = [root, nsec, nsec3, optout, under_optout, costly, unsigned, rsa512, ed448, p256]
-    zones += [wrongds, unsupported, sha1]
+    zones += [wrongds, unsupported, sha1, gost]
     for zone in zones:
         zone.sign()
     return World(*zones)
@@ -348,8 +352,13 @@ def test_unsupported_algorithm_is_insecure(validator: Validator, world: World) -
     assert "unsupported.test." in result.reason
 
 
+def test_sha1_ds_is_still_validated(validator: Validator, world: World) -> None:
+    """RFC 8624 §3.3: SHA-1 DS records must not be made but must still be validated."""
+    assert check(validator, world, "www.sha1.test.", A).security is Security.SECURE
+
+
 def test_unsupported_digest_is_insecure(validator: Validator, world: World) -> None:
-    result = check(validator, world, "www.sha1.test.", A)
+    result = check(validator, world, "www.gost.test.", A)
     assert result.security is Security.INSECURE, result
     assert result.ede is Ede.UNSUPPORTED_DS_DIGEST
 

@@ -23,11 +23,13 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.RRSIG import RRSIG
 
-# RFC 8624 / RFC 9904 "MUST validate" algorithms; anything else makes a zone insecure
-# rather than bogus (RFC 6840 §5.2, RFC 4035 §5.2).
+# Signature algorithms we validate: RSASHA256/512, ECDSAP256/384, ED25519/ED448. The
+# SHA-1 algorithms (5, 7), which RFC 9905 deprecates, are not among them: a zone that
+# uses only algorithms outside this set is insecure rather than bogus (RFC 6840 §5.2,
+# RFC 4035 §5.2).
 SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
-# DS digest types: SHA-256 and SHA-384 (SHA-1 is deprecated for validation, RFC 9904).
-SUPPORTED_DIGESTS = frozenset({2, 4})
+# DS digest types: SHA-1 (validation still required, RFC 8624 §3.3), SHA-256, SHA-384.
+SUPPORTED_DIGESTS = frozenset({1, 2, 4})
 DEFAULT_SKEW = 300  # seconds either side of a signature's validity period
 
 
