@@ -177,6 +177,22 @@ def test_secure_positive_answer_for_every_algorithm(
     assert result.ede is None
 
 
+@pytest.mark.parametrize(
+    ("qname", "expected"),
+    [
+        ("WWW.Nsec.TEST.", Security.SECURE),
+        ("NoPe.NSEC3.test.", Security.SECURE),
+        ("A.B.WILD.nsec.TEST.", Security.SECURE),
+        ("www.child.OPTOUT.test.", Security.INSECURE),
+    ],
+)
+def test_names_in_mixed_case(
+    validator: Validator, world: World, qname: str, expected: Security
+) -> None:
+    """Clients randomise case (0x20); names compare without it (RFC 4034 §6.1)."""
+    assert check(validator, world, qname, A).security is expected
+
+
 def test_ksk_and_zsk_split(validator: Validator, world: World) -> None:
     """The DS names the KSK, which signs only the DNSKEY RRset; the ZSK signs the data."""
     zone = world.zones[name("p256.test.")]
