@@ -510,6 +510,12 @@ def test_wrong_signer_name(validator: Validator, world: World, signer: str) -> N
     assert result.security is Security.BOGUS, result
 
 
+def test_ds_signed_by_the_child_itself_is_bogus(validator: Validator, world: World) -> None:
+    msg = resigned(world, world.resolve("nsec.test.", DS_T), "nsec.test.")
+    result = check(validator, world, "nsec.test.", DS_T, msg)
+    assert result.security is Security.BOGUS, result
+
+
 def test_signature_by_a_key_outside_the_chain(validator: Validator, world: World) -> None:
     """A well-formed RRSIG by a key the zone never published is bogus."""
     impostor = Zone("nsec.test.", Algorithm.ED25519)

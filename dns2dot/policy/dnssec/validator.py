@@ -418,7 +418,12 @@ class Validation:
             return _bogus(
                 link.name, f"no RRSIG for {what} in signed zone {link.name}", Ede.RRSIGS_MISSING
             )
-        signers = [s.signer for s in sigs if name.is_subdomain(s.signer)]
+        # The zone above the owner signs it; a DS is signed by the parent (RFC 4035 §5.2).
+        signers = [
+            s.signer
+            for s in sigs
+            if name.is_subdomain(s.signer) and not (rdtype == _DS and s.signer == name)
+        ]
         if not signers:
             return _bogus(
                 None, f"RRSIG for {what} names signer {sigs[0].signer}, not a zone above it"
