@@ -640,6 +640,22 @@ def test_key_cache_saves_fetches_until_the_ttl_runs_out(validator: Validator, wo
     assert world.asked == first
 
 
+def test_warm_and_cold_key_caches_agree(world: World, validator: Validator) -> None:
+    """What was learnt for one answer never changes the verdict on another."""
+    questions = [
+        (f"{label}.{zone}", qtype)
+        for zone in ("nsec.test.", "nsec3.test.", "optout.test.", "unsigned.test.")
+        for label in ("www", "nope", "a.wild", "ent", "www.child")
+        for qtype in (A, AAAA)
+    ] + [("www.wrongds.test.", A), ("www.gost.test.", A), ("nope.costly.test.", A)]
+    warm = Validator(validator.anchors)
+    for qname, qtype in questions:
+        msg = world.resolve(qname, qtype)
+        cold = check(Validator(validator.anchors), world, qname, qtype, msg)
+        hot = check(warm, world, qname, qtype, msg)
+        assert (hot.security, hot.ede) == (cold.security, cold.ede), (qname, qtype)
+
+
 def test_insecure_delegations_are_cached_too(validator: Validator, world: World) -> None:
     check(validator, world, "www.unsigned.test.", A)
     world.asked.clear()
