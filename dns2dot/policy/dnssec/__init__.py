@@ -5,6 +5,16 @@
 - ``proofs``: what NSEC and NSEC3 records prove;
 - ``keycache``: the validated chain of trust, by name, with expiry;
 - ``validator``: one answer's validation, asking for DS and DNSKEY RRsets as events.
+
+The I/O shell drives it like this (``now`` is wall-clock time: RRSIG periods are
+absolute; every fetch goes to the same upstreams with DO and CD set)::
+
+    validator = Validator(root_anchors().with_negative(insecure_zones))
+    validation = validator.validate(qname, qtype, upstream_answer, time.time())
+    while not isinstance(event := validation.next_event(), Done):
+        qname_, qtype_ = (event.name, DS) if isinstance(event, NeedDS) else (event.zone, DNSKEY)
+        validation.receive(await fetch(qname_, qtype_), time.time())  # None if it failed
+    event.result  # Security.SECURE / INSECURE / BOGUS, with ede, reason, valid_until
 """
 
 from dns2dot.policy.dnssec.anchors import (
