@@ -18,6 +18,9 @@ setup(
         "PyYAML>=6",
         "prometheus-client>=0.17",
         "h2>=4.1,<5",
+        # DNSSEC validation (dns2dot.policy.dnssec): dnspython 2.9 enables its dns.dnssec
+        # signature checks only with cryptography 50 or newer.
+        "cryptography>=50",
         "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
     ],
     extras_require={
