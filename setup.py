@@ -18,6 +18,7 @@ setup(
         "PyYAML>=6",
         "prometheus-client>=0.17",
         "h2>=4.1,<5",
+        "hpack>=4,<5",  # h2's HPACK library, used by dns2dot.protocol.http2 directly
         "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
     ],
     extras_require={

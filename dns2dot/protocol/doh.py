@@ -93,6 +93,11 @@ class StaticHeaderEncoder:
         self._blocks: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
 
     @property
+    def pending_update(self) -> bool:
+        """Whether the next block starts with a table size update."""
+        return self._smallest is not None
+
+    @property
     def header_table_size(self) -> int:
         return self._size
 

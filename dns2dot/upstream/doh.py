@@ -4,8 +4,9 @@
 DoT one, on the same :class:`~dns2dot.transport.channel.TlsChannel` (verified name and
 pins, session resumption, readiness callbacks, quick ACKs) with the same bookkeeping of
 queries in flight and hand-back to the pool when things fail. Only the protocol
-differs: ``h2``'s sans-IO state machine turns queries into streams on one long-lived
-connection, each query its own stream, answers matched by stream and then by question.
+differs: :class:`~dns2dot.protocol.http2.H2Client` (sans-IO) turns queries into streams
+on one long-lived connection, each query its own stream, answers matched by stream and
+then by question.
 The message ID on the wire is 0 (RFC 8484 §4.1); the client's is restored on the way
 back, as for DoT.
 
@@ -21,27 +22,16 @@ at a time with keep-alive: a fallback, not a fast path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import ssl
 from collections import deque
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-
-from dns2dot.protocol import wire
+from dns2dot.protocol import http2, wire
 from dns2dot.protocol.doh import (
-    MAX_BODY,
     Http1Reader,
     Http1Response,
-    StaticHeaderEncoder,
     http1_request,
-    request_headers,
     response_problem,
 )
 from dns2dot.protocol.errors import UpstreamClosedError, UpstreamError
@@ -51,15 +41,6 @@ from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamServer
 
 log = logging.getLogger("dns2dot.doh")
-
-DEFAULT_MAX_STREAMS = 100  # assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2)
-MAX_WINDOW = 2**31 - 1  # the largest flow-control window (RFC 9113 §6.9.1)
-# Each stream's receive window: room for the largest DNS message and then some, so that
-# an oversized body shows itself instead of stalling on flow control.
-STREAM_WINDOW = 2 * (MAX_BODY + 1)
-# The connection's receive window is opened to MAX_WINDOW once and topped up in bulk
-# after this many octets, instead of a WINDOW_UPDATE for every answer.
-WINDOW_REFILL = 2**30
 
 
 class State(enum.Enum):
@@ -81,20 +62,13 @@ class DohConnection(UpstreamConnection):
         self._channel: TlsChannel | None = None
         self._fd = -1
         self._ended: asyncio.Future[BaseException | None] | None = None
-        self._h2: h2.connection.H2Connection | None = None
+        self._h2: http2.H2Client | None = None
         self._queued: deque[Exchange] = deque()  # waiting for the connection or a stream
-        self._bodies: dict[int, bytes] = {}
-        self._problems: dict[int, str] = {}  # stream -> why its answer is unusable
-        self._unsent: dict[int, bytes] = {}  # stream -> body held back by flow control
-        self._received = 0  # octets counted against the connection's receive window
         self._flush_scheduled = False
         self._first_answer = True
         self._http1: Http1Reader | None = None
         self._http1_uid = 0  # the request in flight on HTTP/1.1; 0 for none
         self._authority = _authority(server)
-        self._headers: dict[int, list[tuple[bytes, bytes]]] = {}  # by body length
-        # Streams open at once: assumed until the server's SETTINGS say otherwise.
-        self._stream_limit = DEFAULT_MAX_STREAMS
         super().__init__(server)
 
     # -- what the pool sees -----------------------------------------------------------
@@ -107,8 +81,11 @@ class DohConnection(UpstreamConnection):
         instead of queueing here: servers cap streams per connection (unbound at 100).
         """
         state = self.state
-        if state is State.H2 or state is State.H2_STARTING or state is State.OPENING:
-            limit = self._stream_limit
+        if state is State.H2:
+            assert self._h2 is not None
+            limit = min(self._h2.max_streams, MAX_INFLIGHT_PER_CONNECTION)
+        elif state is State.H2_STARTING or state is State.OPENING:
+            limit = http2.DEFAULT_MAX_STREAMS
         elif state is State.HTTP1:
             limit = MAX_INFLIGHT_PER_CONNECTION
         else:
@@ -143,9 +120,8 @@ class DohConnection(UpstreamConnection):
             return
         conn = self._h2
         if conn is not None and self.state in (State.H2_STARTING, State.H2, State.DRAINING):
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                conn.close_connection()
-                self._write(conn.data_to_send())
+            conn.close()
+            self._write(conn.data_to_send())
         self._end(None)
 
     def _drop_queued(self) -> None:
@@ -264,32 +240,13 @@ class DohConnection(UpstreamConnection):
     # -- HTTP/2 -----------------------------------------------------------------------
 
     def _start_h2(self) -> None:
-        # Our request headers are fixed and known good, and answers are checked for what
-        # matters (status, content type, size): h2's per-header validation would cost
-        # more than the rest of a query.
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_inbound_headers=False,
-        )
-        conn = self._h2 = h2.connection.H2Connection(config=config)
-        conn.encoder = StaticHeaderEncoder()  # type: ignore[assignment]
-        conn.initiate_connection()
-        conn.update_settings(
-            {
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            }
-        )
-        conn.increment_flow_control_window(MAX_WINDOW - conn.inbound_flow_control_window)
+        self._h2 = http2.H2Client(self._authority, self.server.spec.path)
         self._enter(State.H2_STARTING)
         self._flush()
 
     def _flush(self) -> None:
         """Open a stream for each queued query while the server allows more, and send
-        everything h2 has to say: one write per loop turn, however many queries."""
+        everything there is to say: one write per loop turn, however many queries."""
         self._flush_scheduled = False
         conn = self._h2
         if conn is None or self.state is State.ENDED:
@@ -298,144 +255,59 @@ class DohConnection(UpstreamConnection):
             self._start_queued(conn)  # not before the server's SETTINGS: its stream limit
         self._write(conn.data_to_send())
 
-    def _start_queued(self, conn: h2.connection.H2Connection) -> None:
-        limit = self._stream_limit
+    def _start_queued(self, conn: http2.H2Client) -> None:
+        limit = min(conn.max_streams, MAX_INFLIGHT_PER_CONNECTION)
         queued = self._queued
-        pending = self._pending
-        headers = self._headers
-        # Our pending streams are the open ones; h2's own count walks every stream.
-        while queued and len(pending) < limit:
+        streams = conn.streams  # open on the server, answered or not by us
+        while queued and len(streams) < limit:
             exchange = queued.popleft()
             if exchange.done:
                 continue
-            try:
-                stream_id = conn.get_next_available_stream_id()
-            except h2.exceptions.NoAvailableStreamIDError:
+            if conn.exhausted:
                 queued.appendleft(exchange)
                 self._enter(State.DRAINING)  # this connection is used up: retire it
                 self._hand_back_queued()
                 return
-            body = wire.with_id(exchange.upstream_msg, 0)
-            self._track(stream_id, exchange)
-            length = len(body)
-            block = headers.get(length)
-            if block is None:
-                if len(headers) > 64:
-                    headers.clear()
-                block = request_headers(self._authority, self.server.spec.path, length)
-                headers[length] = block
-            conn.send_headers(stream_id, block)
-            self._send_body(conn, stream_id, body)
-
-    def _send_body(self, conn: h2.connection.H2Connection, stream_id: int, body: bytes) -> None:
-        """Send as much of the body as flow control allows; hold back the rest."""
-        allowed = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-        if len(body) <= allowed:
-            conn.send_data(stream_id, body, end_stream=True)
-            self._unsent.pop(stream_id, None)
-            return
-        if allowed > 0:
-            conn.send_data(stream_id, body[:allowed])
-        self._unsent[stream_id] = body[allowed:]
+            self._track(conn.request(wire.with_id(exchange.upstream_msg, 0)), exchange)
 
     def _h2_received(self, data: bytes) -> None:
         conn = self._h2
         assert conn is not None
-        try:
-            events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            log.warning("%s: HTTP/2 protocol error (%s), reconnecting", self.server, exc)
-            self._end(None)
-            return
-        for event in events:
-            self._on_event(conn, event)
-        if self._received >= WINDOW_REFILL:
-            conn.increment_flow_control_window(self._received)
-            self._received = 0
+        for event in conn.receive(data):
+            if isinstance(event, http2.Response):
+                entry = self._pending.get(event.stream_id)
+                if entry is not None:
+                    problem = response_problem(event.status, event.content_type)
+                    self._answered(event.stream_id, entry[0], event.body, problem)
+            elif isinstance(event, http2.StreamFailed):
+                entry = self._pending.get(event.stream_id)
+                if entry is not None:
+                    self._answered(event.stream_id, entry[0], b"", event.problem)
+            elif isinstance(event, http2.StreamReset):
+                # Even a refused stream (never processed, RFC 9113 §8.7) counts as sent:
+                # the query is tried once more, not again and again on a server
+                # shedding load.
+                error = UpstreamClosedError(f"stream reset (error code {event.error_code})")
+                self._give_back(event.stream_id, error, sent=True)
+            elif isinstance(event, http2.GoAway):
+                self._enter(State.DRAINING)
+                self._hand_back_queued()
+                for stream_id in event.lost:
+                    # Beyond the GOAWAY's last stream: never processed (RFC 9113 §6.8).
+                    self._give_back(stream_id, UpstreamClosedError("GOAWAY"), sent=False)
+            elif isinstance(event, http2.SettingsChanged):
+                if self.state is State.H2_STARTING:
+                    self._enter(State.H2)  # the queued streams are opened below
+            elif isinstance(event, http2.ConnectionBroken):
+                log.warning(
+                    "%s: HTTP/2 protocol error (%s), reconnecting", self.server, event.reason
+                )
+                self._write(conn.data_to_send())  # the GOAWAY saying why
+                self._end(None)
+                return
         self._flush()
         if self.state is State.DRAINING and not self._pending:
             self._end(None)
-
-    def _on_event(self, conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream_id = event.stream_id
-            self._received += event.flow_controlled_length or 0
-            if stream_id not in self._pending:
-                return  # forgotten (timed out, answered elsewhere) or failed already
-            data = event.data or b""
-            body = self._bodies.get(stream_id)
-            body = data if body is None else body + data
-            self._bodies[stream_id] = body
-            if len(body) > MAX_BODY:
-                self._oversized(conn, stream_id)
-        elif isinstance(event, h2.events.ResponseReceived):
-            self._on_response(conn, event)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._finish_stream(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            self._bodies.pop(event.stream_id, None)
-            self._problems.pop(event.stream_id, None)
-            self._unsent.pop(event.stream_id, None)
-            # Even a refused stream (never processed, RFC 9113 §8.7) counts as sent: the
-            # query is tried once more, not again and again on a server shedding load.
-            self._give_back(
-                event.stream_id,
-                UpstreamClosedError(f"stream reset ({event.error_code!r})"),
-                sent=True,
-            )
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._enter(State.DRAINING)
-            self._hand_back_queued()
-            last = event.last_stream_id if event.last_stream_id is not None else 0
-            for stream_id in [sid for sid in self._pending if sid > last]:
-                # Beyond the GOAWAY's last stream: never processed (RFC 9113 §6.8).
-                self._give_back(stream_id, UpstreamClosedError("GOAWAY"), sent=False)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._stream_limit = min(
-                MAX_INFLIGHT_PER_CONNECTION, conn.remote_settings.max_concurrent_streams
-            )
-            if self.state is State.H2_STARTING:
-                self._enter(State.H2)  # _h2_received opens the queued streams next
-        elif isinstance(event, h2.events.WindowUpdated):
-            for stream_id, rest in list(self._unsent.items()):
-                self._send_body(conn, stream_id, rest)
-
-    def _on_response(
-        self, conn: h2.connection.H2Connection, event: h2.events.ResponseReceived
-    ) -> None:
-        if event.stream_id not in self._pending:
-            return
-        status = content_type = length = b""
-        for name, value in event.headers or ():
-            if name == b":status":
-                status = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                length = value
-        problem = response_problem(status.decode("latin-1"), content_type.decode("latin-1"))
-        if problem is not None:
-            self._problems[event.stream_id] = problem
-        elif length.isdigit() and int(length) > MAX_BODY:
-            self._oversized(conn, event.stream_id)
-
-    def _oversized(self, conn: h2.connection.H2Connection, stream_id: int) -> None:
-        """A body longer than any DNS message: stop it, fail the query over."""
-        if stream_id in self._problems:
-            return
-        self._problems[stream_id] = "answer larger than a DNS message"
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
-            # Already over if this frame carried END_STREAM.
-            conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-        self._finish_stream(stream_id)
-
-    def _finish_stream(self, stream_id: int) -> None:
-        body = self._bodies.pop(stream_id, b"")
-        problem = self._problems.pop(stream_id, None)
-        entry = self._pending.get(stream_id)
-        if entry is None:
-            return
-        self._answered(stream_id, entry[0], body, problem)
 
     def _answered(self, uid: int, exchange: Exchange, body: bytes, problem: str | None) -> None:
         if problem is None and len(body) < wire.HEADER_LEN:
