@@ -295,3 +295,16 @@ def test_http1_broken_responses() -> None:
         b"Content-Type: application/dns-message\r\nContent-Length: 2\r\n\r\nxy"
     )
     assert request_headers("h", "/p", 3)[-1] == (b"content-length", b"3")
+
+
+def test_endless_continuation_breaks_the_connection() -> None:
+    """CONTINUATION frames without end are bounded: the connection is broken, not
+    grown without limit."""
+    client, _, _ = pair()
+    stream_id = client.request(b"q" * 30)
+    events = client.receive(http2.frame(http2.Frame.HEADERS, 0, stream_id, b"\x88"))
+    for _ in range(10):
+        events += client.receive(
+            http2.frame(http2.Frame.CONTINUATION, 0, stream_id, b"\x00" * 16384)
+        )
+    assert [type(e) for e in events] == [http2.ConnectionBroken]

@@ -37,6 +37,7 @@ STREAM_WINDOW = 2 * (MAX_BODY + 1)
 WINDOW_REFILL = 2**30
 LAST_STREAM_ID = 2**31 - 1
 MAX_DECODED = 256  # response header blocks kept decoded
+MAX_HEADER_BLOCK = 65536  # a response's header block, CONTINUATION frames included
 
 _HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream
 
@@ -321,6 +322,8 @@ class H2Client:
             if self._continuing is None or self._continuing[0] != stream_id:
                 raise _Broken(ErrorCode.PROTOCOL_ERROR, "CONTINUATION out of place")
             self._continuing[2].append(payload)
+            if sum(map(len, self._continuing[2])) > MAX_HEADER_BLOCK:
+                raise _Broken(ErrorCode.PROTOCOL_ERROR, "header block too long")
             if flags & END_HEADERS:
                 stream_id, first_flags, parts = self._continuing
                 self._continuing = None
