@@ -281,6 +281,8 @@ async def measure(
         upstream.UpstreamServer.open_channel = open_channel  # type: ignore[method-assign]
         spec = "127.0.0.1:853#dns.test"
     argv = ["-l", "127.0.0.1:0", "-u", spec, "--cafile", str(cafile)]
+    if doh:  # under valgrind a batch can outlast the default deadline
+        argv += ["--timeout", "60"]
     proxy = Proxy(config.load([*argv, "--cache-size", "0"]))
     proxy.resolver.start()
     shim = UdpShim(proxy.resolver, proxy.admission)

@@ -50,7 +50,7 @@ class State(enum.Enum):
     H2_STARTING = "h2-starting"  # HTTP/2 preface sent; streams wait for the server's SETTINGS
     H2 = "h2"  # HTTP/2: many streams at once
     HTTP1 = "http/1.1"  # the fallback: one request at a time
-    DRAINING = "draining"  # GOAWAY (either way): the streams in flight finish, no new ones
+    DRAINING = "draining"  # GOAWAY, or stream IDs used up: streams in flight finish, no new
     ENDED = "ended"  # over: run() hands back what is still pending
 
 
