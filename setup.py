@@ -21,6 +21,7 @@ setup(
         # DNSSEC validation (dns2dot.policy.dnssec): dnspython 2.9 enables its dns.dnssec
         # signature checks only with cryptography 50 or newer.
         "cryptography>=50",
+        "hpack>=4,<5",  # h2's HPACK library, used by dns2dot.protocol.http2 directly
         "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
     ],
     extras_require={

@@ -13,6 +13,7 @@ side of the work, and keeps it the same every run:
 
     python -m bench.hotpath                  # CPU microseconds per query, min of rounds
     python -m bench.hotpath --instructions   # instructions per query (valgrind): exact
+    python -m bench.hotpath --doh            # the same through a DoH (HTTP/2) upstream
 
 CPU time still moves 10-20% between runs on a shared machine; the instruction count
 (valgrind's cachegrind, two runs of different lengths, the difference divided by the
@@ -134,6 +135,76 @@ class FakeUpstream:
         self.cpu += time.process_time() - started
 
 
+class FakeDohUpstream:
+    """A DoH server (HTTP/2 through h2) on one end of a socketpair, answering from
+    ``answers``; like :class:`FakeUpstream`, its own CPU time is counted apart."""
+
+    def __init__(
+        self, sock: socket.socket, context: ssl.SSLContext, answers: dict[bytes, bytes]
+    ) -> None:
+        import h2.config
+        import h2.connection
+
+        self.sock = sock
+        self.answers = answers
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        config = h2.config.H2Configuration(client_side=False, validate_inbound_headers=False)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(1 << 30)
+        self.bodies: dict[int, bytes] = {}
+        self.handshaken = False
+        self.cpu = 0.0
+        asyncio.get_running_loop().add_reader(sock.fileno(), self.readable)
+
+    def readable(self) -> None:
+        import h2.events
+
+        started = time.process_time()
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            return
+        self.incoming.write(data)
+        plain = b""
+        try:
+            self.tls.do_handshake()
+            self.handshaken = True
+            while chunk := self.tls.read(1 << 20):
+                plain += chunk
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+        conn = self.h2
+        for event in conn.receive_data(plain) if plain else ():
+            if isinstance(event, h2.events.DataReceived):
+                self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                query = self.bodies.pop(event.stream_id)
+                end = 12
+                while query[end]:
+                    end += query[end] + 1
+                answer = b"\0\0" + self.answers[query[12 : end + 5]]
+                conn.send_headers(
+                    event.stream_id,
+                    [
+                        (":status", "200"),
+                        ("content-type", "application/dns-message"),
+                        ("content-length", str(len(answer))),
+                    ],
+                )
+                conn.send_data(event.stream_id, answer, end_stream=True)
+        if self.handshaken and (out := conn.data_to_send()):
+            self.tls.write(out)
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+        self.cpu += time.process_time() - started
+
+
 class FakeTransport:
     """The client side of the UDP shim: counts answers, calls back on each."""
 
@@ -152,7 +223,9 @@ class FakeTransport:
         self.on_answer()
 
 
-async def measure(count: int, batch: int, rounds: int) -> list[tuple[float, float]]:
+async def measure(
+    count: int, batch: int, rounds: int, doh: bool = False
+) -> list[tuple[float, float]]:
     """(dns2dot's CPU seconds, the fake upstream's) per round of ``count`` queries."""
     import trustme
 
@@ -169,7 +242,7 @@ async def measure(count: int, batch: int, rounds: int) -> list[tuple[float, floa
     cafile = Path(tempfile.mkdtemp(prefix="hotpath-")) / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
     queries, answers = make_traffic(TRAFFIC)  # the same whatever the count: cycled
-    fakes: list[FakeUpstream] = []
+    fakes: list[FakeUpstream | FakeDohUpstream] = []
 
     async def open_channel(server: upstream.UpstreamServer) -> TlsChannel:
         ours, theirs = socket.socketpair()
@@ -180,8 +253,36 @@ async def measure(count: int, batch: int, rounds: int) -> list[tuple[float, floa
         await channel.handshake()
         return channel
 
-    upstream.UpstreamServer.open_channel = open_channel  # type: ignore[method-assign]
-    argv = ["-l", "127.0.0.1:0", "-u", "127.0.0.1:853#dns.test", "--cafile", str(cafile)]
+    async def open_doh(server: upstream.UpstreamServer, *, memory_bio: bool) -> Any:
+        """What ``UpstreamServer._open`` returns, over a socketpair to a fake DoH server
+        (a TlsChannel, or a handshaken SSLSocket for a checkout that reads through
+        tornado)."""
+        from dns2dot.transport.channel import tls_handshake
+
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        fakes.append(FakeDohUpstream(theirs, server_context, answers))
+        if memory_bio:
+            channel = TlsChannel(ours, server.context, server.spec.verify_name)
+            await channel.handshake()
+            return channel
+        tls = server.context.wrap_socket(
+            ours, server_hostname=server.spec.verify_name, do_handshake_on_connect=False
+        )
+        await tls_handshake(tls)
+        return tls
+
+    if doh:
+        server_context.set_alpn_protocols(["h2"])
+        upstream.UpstreamServer._open = open_doh  # type: ignore[method-assign,assignment]
+        spec = "https://127.0.0.1:443/dns-query#dns.test"
+    else:
+        upstream.UpstreamServer.open_channel = open_channel  # type: ignore[method-assign]
+        spec = "127.0.0.1:853#dns.test"
+    argv = ["-l", "127.0.0.1:0", "-u", spec, "--cafile", str(cafile)]
+    if doh:  # under valgrind a batch can outlast the default deadline
+        argv += ["--timeout", "60"]
     proxy = Proxy(config.load([*argv, "--cache-size", "0"]))
     proxy.resolver.start()
     shim = UdpShim(proxy.resolver, proxy.admission)
@@ -230,7 +331,7 @@ async def measure(count: int, batch: int, rounds: int) -> list[tuple[float, floa
     return results
 
 
-def instructions(root: Path, batch: int) -> float:
+def instructions(root: Path, batch: int, doh: bool = False) -> float:
     """Instructions per query: valgrind counts two runs; the difference is per query."""
     counts = []
     sizes = (1500, 4500)
@@ -251,6 +352,7 @@ def instructions(root: Path, batch: int) -> float:
             str(batch),
             "--rounds",
             "1",
+            *(["--doh"] if doh else []),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True, cwd=REPO)
@@ -267,16 +369,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=30, help="queries in flight at once")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--instructions", action="store_true", help="count with valgrind")
+    parser.add_argument("--doh", action="store_true", help="through a DoH (HTTP/2) upstream")
     parser.add_argument("--root", type=Path, default=REPO, help="the dns2dot checkout to measure")
     args = parser.parse_args()
     if args.instructions:
-        per_query = instructions(args.root.resolve(), args.batch)
+        per_query = instructions(args.root.resolve(), args.batch, args.doh)
         print(f"{per_query:,.0f} instructions per query (fake upstream included)")
         return
     sys.path.insert(0, str(args.root.resolve()))
     import uvloop
 
-    results = uvloop.run(measure(args.queries, args.batch, args.rounds))
+    results = uvloop.run(measure(args.queries, args.batch, args.rounds, args.doh))
     ours = sorted(cpu / args.queries * 1e6 for cpu, _ in results)
     fake = min(f for _, f in results) / args.queries * 1e6
     print(
