@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import pytest
 from support.loops import LOOPS, read_to_end, run
-from tornado.iostream import IOStream
 
 from dns2dot.metrics import Stats
 from dns2dot.serve.tcp import PoolSession, TcpLimits
@@ -90,7 +89,7 @@ async def session_on_pair(
 ) -> tuple[PoolSession, socket.socket]:
     ours, client = tcp_pair() if tcp else socket.socketpair()
     ours.setblocking(False)
-    session = PoolSession(IOStream(ours), handler, limits, stats or Stats())
+    session = PoolSession(ours, handler, limits, stats or Stats())
     return session, client
 
 

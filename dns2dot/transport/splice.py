@@ -15,6 +15,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Callable
+from enum import Enum
 
 from dns2dot.transport.channel import MAX_BATCH, TlsChannel
 from dns2dot.transport.sockets import reset_on_close
@@ -22,6 +23,15 @@ from dns2dot.transport.sockets import reset_on_close
 # After the client's end of stream, how long the upstream may stay quiet before the
 # splice ends: socat's ``-t`` default. Answers to the last queries are still relayed.
 HALF_CLOSE_LINGER = 0.5
+
+
+class SpliceState(Enum):
+    """Where a splice is; changed only by ``Splice._to``."""
+
+    OPEN = "open"  # both ways
+    CLIENT_ENDED = "client_ended"  # the client half-closed: relay the upstream until quiet
+    UPSTREAM_ENDED = "upstream_ended"  # the upstream ended: the client takes the rest, then end
+    CLOSED = "closed"
 
 
 class Splice:
@@ -33,7 +43,8 @@ class Splice:
     relaying the upstream's bytes, as socat does, until the upstream has been quiet for
     ``linger`` seconds; the upstream is not told (a TLS close_notify could make it drop
     answers it still owes). ``activity`` counts the reads, for an idle check that costs
-    the hot path nothing but an addition. ``on_upstream_data`` is called once, after
+    the hot path nothing but an addition; :meth:`stalled` says how long the client has
+    left the upstream's bytes untaken. ``on_upstream_data`` is called once, after
     the first bytes from the upstream (by then TLS 1.3 has delivered its session
     tickets, which the caller may keep for resumption).
     """
@@ -54,11 +65,8 @@ class Splice:
         # Bytes the client did not take yet (the upstream's wait in its channel); while
         # they wait, the socket they came from is not read.
         self._to_client = b""
-        # The upstream has ended: the splice ends once the client has taken the rest.
-        self._ending = False
-        # The client has ended its side: it is no longer read, and a timer ends the
-        # splice once the upstream is quiet.
-        self._client_ended = False
+        self._blocked_since = 0.0  # when the client last took any of _to_client
+        self.state = SpliceState.OPEN
         self._linger = linger
         self._linger_timer: asyncio.TimerHandle | None = None
         self.activity = 0
@@ -76,16 +84,33 @@ class Splice:
         finally:
             self.close()
 
-    def close(self) -> None:
-        """Stop splicing and close both sockets (idempotent)."""
-        if self._client_fd < 0:
+    def _to(self, state: SpliceState) -> None:
+        """The one place the state changes; entering a state does its part."""
+        old = self.state
+        if old is SpliceState.CLOSED or state is old:
             return
+        self.state = state
         loop = self._loop
-        loop.remove_reader(self._client_fd)
-        loop.remove_writer(self._client_fd)
-        loop.remove_reader(self._upstream_fd)
-        loop.remove_writer(self._upstream_fd)
-        self._client_fd = self._upstream_fd = -1
+        if state is SpliceState.CLIENT_ENDED or state is SpliceState.UPSTREAM_ENDED:
+            # Nothing more is read from the client: it ended, or nothing can take it.
+            loop.remove_reader(self._client_fd)
+        elif state is SpliceState.CLOSED:
+            loop.remove_reader(self._client_fd)
+            loop.remove_writer(self._client_fd)
+            loop.remove_reader(self._upstream_fd)
+            loop.remove_writer(self._upstream_fd)
+
+    def stalled(self, now: float) -> float:
+        """For how long the client has taken none of the upstream's bytes waiting for it
+        (0 when none wait)."""
+        return now - self._blocked_since if self._to_client else 0.0
+
+    def close(self) -> None:
+        """Stop splicing and close both sockets (idempotent); a client that left bytes
+        untaken is reset."""
+        if self.state is SpliceState.CLOSED:
+            return
+        self._to(SpliceState.CLOSED)
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -129,8 +154,7 @@ class Splice:
         if self._linger <= 0:
             self._end()
             return
-        self._client_ended = True
-        self._loop.remove_reader(self._client_fd)
+        self._to(SpliceState.CLIENT_ENDED)
         self._arm_linger()
 
     def _arm_linger(self) -> None:
@@ -138,7 +162,7 @@ class Splice:
 
     def _linger_over(self, activity_then: int) -> None:
         self._linger_timer = None
-        if self._client_fd < 0:
+        if self.state is SpliceState.CLOSED:
             return
         if self.activity != activity_then or self._to_client:
             # The upstream sent more, or the client has yet to take it: wait again (a
@@ -159,7 +183,7 @@ class Splice:
         loop = self._loop
         if done and waited:
             loop.remove_writer(self._upstream_fd)
-            if not self._client_ended:
+            if self.state is SpliceState.OPEN:
                 loop.add_reader(self._client_fd, self._client_readable)
         elif not done and not waited:
             loop.remove_reader(self._client_fd)
@@ -183,7 +207,7 @@ class Splice:
         if self._upstream.outgoing.pending:  # OpenSSL has something to say (a key update)
             self._flush_upstream()
         if ended:
-            self._ending = True
+            self._to(SpliceState.UPSTREAM_ENDED)
             if self.error is None:
                 self.error = error
         if data:
@@ -196,7 +220,7 @@ class Splice:
             self._end(error)
 
     def _send_client(self, data: bytes) -> None:
-        if self._client_fd < 0:
+        if self.state is SpliceState.CLOSED:
             return
         try:
             sent = self._client.send(data)
@@ -207,7 +231,7 @@ class Splice:
             return
         loop = self._loop
         if sent == len(data):
-            if self._ending:
+            if self.state is SpliceState.UPSTREAM_ENDED:
                 self._end(self.error)  # the upstream has ended, and all it sent is out
                 return
             if self._to_client:
@@ -219,6 +243,9 @@ class Splice:
             if not self._to_client:
                 loop.remove_reader(self._upstream_fd)
                 loop.add_writer(self._client_fd, self._client_writable)
+                self._blocked_since = loop.time()
+            elif sent:
+                self._blocked_since = loop.time()  # progress: a slow reader, not a stalled one
             self._to_client = data[sent:]
 
     def _client_writable(self) -> None:

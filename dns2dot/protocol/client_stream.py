@@ -1,0 +1,307 @@
+"""The client side of DNS over a stream (TCP now, TLS next), sans-IO.
+
+:class:`ClientStream` is a plain object in the manner of h11: bytes the client sent go
+in (:meth:`~ClientStream.receive`), queries to resolve come out
+(:meth:`~ClientStream.next_query`), answers go in (:meth:`~ClientStream.answer`), and
+the bytes to write are :attr:`~ClientStream.output` (:meth:`~ClientStream.sent` says
+how many the connection took). It owns the framing, the in-flight cap, the bound on
+unread answers, the rules for malformed and failing frames and the deadlines; it has no
+socket, no loop and no clock (every call that needs the time is given it). What the
+connection should do next is its :class:`ClientState`. See docs/ARCHITECTURE.md,
+"protocol".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from dns2dot.protocol.framing import FrameDecoder
+from dns2dot.protocol.wire import MAX_MESSAGE_LEN
+
+#: How long answers may wait for a client that takes none of them (its socket buffers
+#: are full) before the connection is reset: a client that reads, however slowly,
+#: takes some within this; one that stopped reading holds a slot and memory for nothing.
+STALL_TIMEOUT = 3.0
+
+#: Failed frames in a row (answered FORMERR or NOTIMP, or not answerable at all) that
+#: close the connection once they have come over FAILURE_SPAN seconds or more...
+FAILURE_STREAK = 3
+FAILURE_SPAN = 1.0
+#: ...or at once when this many came in a row, however quickly: a client may pipeline a
+#: batch of odd queries, but not an endless one.
+FAILURE_BURST = 32
+
+_FORMERR = 1
+_NOTIMP = 4
+
+
+class ClientState(Enum):
+    """What the connection does next; changed only by ``ClientStream._to``."""
+
+    READING = "reading"  # read the client
+    HELD = "held"  # do not read: the cap is reached, queries wait, or answers are unread
+    INPUT_ENDED = "input_ended"  # the client ended its input: answer what it sent, close
+    CLOSING = "closing"  # dns2dot stopped reading it (garbage): answer what came before, close
+    CLOSED = "closed"  # all answered and written: close the connection
+    RESET = "reset"  # abort: reset the connection and drop everything held for it
+
+
+_OPEN = (ClientState.READING, ClientState.HELD)
+_DRAINING = (ClientState.INPUT_ENDED, ClientState.CLOSING)
+_FINAL = (ClientState.CLOSED, ClientState.RESET)
+_ALLOWED: dict[ClientState, frozenset[ClientState]] = {
+    ClientState.READING: frozenset(
+        (ClientState.HELD, ClientState.INPUT_ENDED, ClientState.CLOSING, *_FINAL)
+    ),
+    ClientState.HELD: frozenset(
+        (ClientState.READING, ClientState.INPUT_ENDED, ClientState.CLOSING, *_FINAL)
+    ),
+    ClientState.INPUT_ENDED: frozenset((ClientState.CLOSING, *_FINAL)),
+    ClientState.CLOSING: frozenset(_FINAL),
+    ClientState.CLOSED: frozenset((ClientState.RESET,)),
+    ClientState.RESET: frozenset(),
+}
+
+
+class ClientStream:
+    """One client connection's DNS-over-stream state, bytes in and bytes out.
+
+    - Framing (RFC 1035 §4.2.2): input split or coalesced anyhow gives the same queries.
+      A length prefix below a header's 12 octets cannot be answered and unsynchronises
+      the stream: nothing after it is read, what came before is answered, then the
+      connection closes (``reason`` "framing").
+    - At most ``max_inflight`` queries are at the resolver; the rest wait here and the
+      client is not read (state HELD) until answers come back. Nor is it read while
+      ``max_unsent`` bytes of answers are unwritten.
+    - Failing frames: a frame answered FORMERR or NOTIMP, or not answerable at all (an
+      error response), is a failure; any other answer ends the streak. FAILURE_STREAK
+      failures in a row spread over FAILURE_SPAN seconds, or FAILURE_BURST in a row, close
+      the connection after the answers already due (``reason`` "failures"), so one odd
+      query, or one pipelined batch of them, costs a client nothing.
+    - Deadlines (:meth:`expired`): a frame that trickles in, an idle client, and a client
+      that takes none of its answers for ``stall_timeout`` seconds.
+    - The end of the client's input is not the end of the connection (RFC 7766 §6.2.4):
+      what it sent is answered, then state CLOSED.
+    """
+
+    __slots__ = (
+        "_blocked_since",
+        "_decoder",
+        "_queries",
+        "_streak",
+        "_streak_started",
+        "frame_started",
+        "frame_timeout",
+        "idle_timeout",
+        "inflight",
+        "last_active",
+        "max_inflight",
+        "max_unsent",
+        "output",
+        "reason",
+        "stall_timeout",
+        "state",
+    )
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        max_inflight: int = 256,
+        max_unsent: int = 1 << 20,
+        frame_timeout: float = 5.0,
+        idle_timeout: float = 10.0,
+        stall_timeout: float = STALL_TIMEOUT,
+    ) -> None:
+        self.max_inflight = max_inflight
+        self.max_unsent = max_unsent
+        self.frame_timeout = frame_timeout
+        self.idle_timeout = idle_timeout
+        self.stall_timeout = stall_timeout
+        self.state = ClientState.READING
+        self.reason: str | None = None  # why dns2dot ends the connection, for counters
+        self.inflight = 0
+        self.output = bytearray()  # framed answers not yet taken by the connection
+        self.last_active = now
+        self.frame_started = now
+        self._decoder = FrameDecoder()
+        self._queries: deque[bytes] = deque()  # read, not yet handed to the resolver
+        self._blocked_since: float | None = None  # output waiting, none taken since
+        self._streak = 0
+        self._streak_started = now
+
+    # -- the one place the state changes ----------------------------------------------
+
+    def _to(self, state: ClientState, now: float, reason: str | None = None) -> None:
+        old = self.state
+        if state is old:
+            return
+        if state not in _ALLOWED[old]:
+            raise AssertionError(f"client stream: {old.name} -> {state.name}")
+        self.state = state
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        if state is ClientState.READING:
+            self.frame_started = now  # a frame cut while held restarts its deadline
+        elif state in _DRAINING:
+            self._decoder = FrameDecoder()  # a part-read frame will never be completed
+        elif state is ClientState.RESET:
+            self._queries.clear()
+            self.output.clear()
+            self._blocked_since = None
+
+    def _settle(self, now: float) -> None:
+        """Move between READING and HELD, or to CLOSED once a drain is complete."""
+        state = self.state
+        if state is ClientState.READING or state is ClientState.HELD:
+            readable = (
+                not self._queries
+                and self.inflight < self.max_inflight
+                and len(self.output) < self.max_unsent
+            )
+            self._to(ClientState.READING if readable else ClientState.HELD, now)
+        elif (state is ClientState.INPUT_ENDED or state is ClientState.CLOSING) and not (
+            self.inflight or self._queries or self.output
+        ):
+            self._to(ClientState.CLOSED, now)
+
+    # -- client -> resolver ------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Bytes read from the client; ``b""`` is the end of its input."""
+        if self.state not in _OPEN:
+            return  # read before the connection learnt it should stop: ignored
+        if not data:
+            self._to(ClientState.INPUT_ENDED, now)
+            self._settle(now)
+            return
+        self.last_active = now
+        decoder = self._decoder
+        was_buffered = decoder.buffered
+        messages = decoder.feed(data)
+        if decoder.buffered and not was_buffered:
+            self.frame_started = now
+        if messages:
+            self._queries.extend(messages)
+        if decoder.error is not None:
+            self._to(ClientState.CLOSING, now, "framing")
+        self._settle(now)
+
+    def next_query(self, now: float) -> bytes | None:
+        """The next query to hand to the resolver, or None (none read, or the cap)."""
+        queries = self._queries
+        if not queries or self.inflight >= self.max_inflight or self.state in _FINAL:
+            return None
+        self.inflight += 1
+        msg = queries.popleft()
+        if self.state is ClientState.READING and (queries or self.inflight >= self.max_inflight):
+            self._to(ClientState.HELD, now)
+        return msg
+
+    def dropped(self, now: float) -> None:
+        """The resolver will not answer the last query (not DNS enough to answer)."""
+        if self.state in _FINAL:
+            return
+        self.inflight -= 1
+        self._failed(now)
+        self._settle(now)
+
+    def end_input(self, now: float) -> None:
+        """The client ended its input (end of stream)."""
+        self.receive(b"", now)
+
+    # -- resolver -> client ------------------------------------------------------------
+
+    def answer(self, msg: bytes, now: float) -> None:
+        """An answer from the resolver, to be written framed; dropped after a reset."""
+        if self.state is ClientState.RESET or self.state is ClientState.CLOSED:
+            return
+        n = len(msg)
+        if n > MAX_MESSAGE_LEN:
+            raise ValueError(f"DNS message of {n} bytes cannot be framed")
+        self.inflight -= 1
+        out = self.output
+        out += n.to_bytes(2, "big")
+        out += msg
+        self.last_active = now
+        if n > 3 and (msg[3] & 0x0F) in (_FORMERR, _NOTIMP):
+            self._failed(now)
+        else:
+            self._streak = 0
+        self._settle(now)
+
+    def sent(self, count: int, now: float) -> None:
+        """The connection took ``count`` bytes of :attr:`output`."""
+        output = self.output
+        if count:
+            del output[:count]
+            self.last_active = now  # a slow reader is not an idle one
+        if not output:
+            self._blocked_since = None
+        elif count or self._blocked_since is None:
+            self._blocked_since = now
+        self._settle(now)
+
+    def _failed(self, now: float) -> None:
+        if self._streak == 0:
+            self._streak_started = now
+        self._streak += 1
+        if self.state in _OPEN and (
+            self._streak >= FAILURE_BURST
+            or (self._streak >= FAILURE_STREAK and now - self._streak_started >= FAILURE_SPAN)
+        ):
+            self._queries.clear()  # read after the failures: not answered
+            self._to(ClientState.CLOSING, now, "failures")
+
+    # -- deadlines and ends ------------------------------------------------------------
+
+    def expired(self, now: float) -> str | None:
+        """Why the connection should be ended now (a counter's name), or None."""
+        if self.state in _FINAL:
+            return None
+        blocked = self._blocked_since
+        if blocked is not None and now - blocked >= self.stall_timeout:
+            return "unread_output"
+        # A frame can only trickle in while it is read: not while the cap holds reading.
+        if (
+            self.state is ClientState.READING
+            and self._decoder.buffered
+            and now - self.frame_started > self.frame_timeout
+        ):
+            return "slow_frame"
+        if self.inflight == 0 and now - self.last_active > self.idle_timeout:
+            return "idle"
+        return None
+
+    def close(self, now: float, reason: str | None = None) -> None:
+        """End the connection: gracefully when nothing waits to be written, else reset."""
+        if self.state in _FINAL:
+            return
+        self._to(ClientState.RESET if self.output else ClientState.CLOSED, now, reason)
+
+    def reset(self, now: float, reason: str | None = None) -> None:
+        """End the connection at once (a reset), dropping everything held for it."""
+        if self.state is not ClientState.RESET:
+            self._to(ClientState.RESET, now, reason)
+
+    @property
+    def write_blocked(self) -> bool:
+        """Whether answers wait for the connection to take more (it took less than all)."""
+        return self._blocked_since is not None
+
+    @property
+    def stall_deadline(self) -> float:
+        """When :meth:`expired` says "unread_output" unless the connection takes some."""
+        blocked = self._blocked_since
+        return (self.last_active if blocked is None else blocked) + self.stall_timeout
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame not yet complete."""
+        return self._decoder.buffered
+
+    @property
+    def waiting(self) -> int:
+        """Queries read and not yet handed to the resolver."""
+        return len(self._queries)
