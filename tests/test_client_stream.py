@@ -22,6 +22,7 @@ from dns2dot.protocol.client_stream import (
     STALL_TIMEOUT,
     ClientState,
     ClientStream,
+    FrameScanner,
 )
 from dns2dot.protocol.errors import Dns2DotError
 
@@ -324,3 +325,45 @@ def test_failures_counted_from_answers_not_from_queries(rcode: int) -> None:
         stream.receive(framed(query(i)), float(i))
         stream.answer(with_rcode(drain(stream, float(i))[0], rcode), float(i))
     assert stream.state is ClientState.CLOSING
+
+
+# -- pipe mode's framing check -------------------------------------------------------
+
+
+def first_bad_prefix(data: bytes) -> int:
+    """Where a reader of RFC 1035 §4.2.2 frames meets a length below 12, or -1."""
+    pos = 0
+    while pos + 2 <= len(data):
+        length = (data[pos] << 8) | data[pos + 1]
+        if length < 12:
+            return pos
+        pos += 2 + length
+    return -1
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=400),
+        messages.map(lambda ms: b"".join(framed(m) for m in ms)),
+        st.tuples(messages, st.binary(max_size=3)).map(
+            lambda t: b"".join(framed(m) for m in t[0]) + t[1]
+        ),
+    ),
+    cuts=st.lists(st.integers(min_value=0), max_size=10),
+)
+@example(data=framed(bytes(12)) + b"\x00\x05", cuts=[15])
+def test_frame_scanner_finds_the_bad_prefix_however_split(data: bytes, cuts: list[int]) -> None:
+    scanner = FrameScanner()
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    found = -1
+    for start, end in itertools.pairwise(bounds):
+        bad = scanner.feed(data[start:end])
+        if bad >= 0:
+            # a prefix split across reads is reported at the start of the second read
+            found = start + bad
+            break
+    expected = first_bad_prefix(data)
+    if expected >= 0 and found >= 0 and found != expected:
+        assert found == expected + 1 and start == expected + 1  # the split prefix
+    else:
+        assert found == expected

@@ -43,6 +43,12 @@ log = logging.getLogger("dns2dot.tcp")
 
 SWEEP_INTERVAL = 1.0
 
+#: The kernel's send buffer for a client connection (Linux doubles it for its own
+#: bookkeeping). Left to autotuning it grows to megabytes (``tcp_wmem``) for a client
+#: that does not read, which hides that client from the stall check for seconds; DNS
+#: answers need far less, and a client that reads drains it in microseconds.
+CLIENT_SNDBUF = 64 * 1024
+
 
 class TcpLimits:
     """What one TCP client may hold; see the README's option table."""
@@ -292,6 +298,7 @@ class PipeSession:
             self.client,
             channel,
             on_upstream_data=partial(server.remember_session, channel),
+            dns_framing=True,
         )
         try:
             await self._splice.run()
@@ -369,8 +376,9 @@ class DnsTcpServer:
             return
         self._full_logged = False
         client.setblocking(False)
-        if client.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
+            if client.family in (socket.AF_INET, socket.AF_INET6):
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session: PoolSession | PipeSession
         host = address[0] if isinstance(address, tuple) else str(address)

@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from enum import Enum
 
+from dns2dot.protocol.client_stream import FrameScanner
 from dns2dot.transport.channel import MAX_BATCH, TlsChannel
 from dns2dot.transport.sockets import reset_on_close
 
@@ -46,7 +47,10 @@ class Splice:
     the hot path nothing but an addition; :meth:`stalled` says how long the client has
     left the upstream's bytes untaken. ``on_upstream_data`` is called once, after
     the first bytes from the upstream (by then TLS 1.3 has delivered its session
-    tickets, which the caller may keep for resumption).
+    tickets, which the caller may keep for resumption). With ``dns_framing`` the
+    client's bytes are followed as DNS frames (RFC 1035 §4.2.2): at a length prefix too
+    short for a header, what came before goes on and the client is then treated as
+    having ended its input.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Splice:
         upstream: TlsChannel,
         on_upstream_data: Callable[[], None] | None = None,
         linger: float = HALF_CLOSE_LINGER,
+        dns_framing: bool = False,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._client = client
@@ -67,6 +72,7 @@ class Splice:
         self._to_client = b""
         self._blocked_since = 0.0  # when the client last took any of _to_client
         self.state = SpliceState.OPEN
+        self._framing = FrameScanner() if dns_framing else None
         self._linger = linger
         self._linger_timer: asyncio.TimerHandle | None = None
         self.activity = 0
@@ -141,12 +147,20 @@ class Splice:
             self._client_done()
             return
         self.activity += 1
+        bad = -1 if self._framing is None else self._framing.feed(data)
+        if bad >= 0:
+            # A prefix too short for a DNS header: the stream cannot be followed past
+            # it. What came before goes on; then as if the client had ended its input.
+            data = data[:bad]
         try:
-            self._upstream.tls.write(data)  # into memory: never blocks
+            if data:
+                self._upstream.tls.write(data)  # into memory: never blocks
         except ssl.SSLError as exc:
             self._end(exc)
             return
         self._flush_upstream()
+        if bad >= 0 and self.state is SpliceState.OPEN:
+            self._client_done()
 
     def _client_done(self) -> None:
         """The client's end of stream: stop reading it, and end the splice once the
@@ -197,8 +211,10 @@ class Splice:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._end(exc)
-            return
+            # A reset: the records that came before it still go to the client.
+            if self.error is None:
+                self.error = exc
+            self._upstream.incoming.write_eof()
         self._decrypt()
 
     def _decrypt(self) -> None:
