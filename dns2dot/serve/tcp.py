@@ -110,17 +110,24 @@ class PoolSession:
         self.transport = SocketTransport(client, loop, self._readable, self._writable)
         self._pump_handle: asyncio.Handle | None = None  # answers to write, queries to serve
         self._stall_timer: asyncio.TimerHandle | None = None  # while answers wait unwritten
-        self._done: asyncio.Future[None] = loop.create_future()
+        self._on_end: Callable[[], None] | None = None
 
     def expired(self, now: float) -> str | None:
         """Why this session should be closed now, or None."""
         return self.stream.expired(now)
 
+    def start(self, on_end: Callable[[], None] | None = None) -> None:
+        """Serve the client; ``on_end`` is called once the connection has ended. No
+        task or Future of its own: an idle client costs its objects and socket only."""
+        self._on_end = on_end
+        self._apply()
+
     async def run(self) -> None:
         """Serve the client until the connection ends; it is closed on return."""
+        done: asyncio.Future[None] = self._loop.create_future()
         try:
-            self._apply()
-            await self._done
+            self.start(partial(_resolve, done))
+            await done
         finally:
             self.close()
 
@@ -212,8 +219,9 @@ class PoolSession:
                 if handle is not None:
                     handle.cancel()
             self._pump_handle = self._stall_timer = None
-            if not self._done.done():
-                self._done.set_result(None)
+            on_end, self._on_end = self._on_end, None
+            if on_end is not None:
+                on_end()
             return
         transport.want_read(state is ClientState.READING)
         blocked = stream.write_blocked
@@ -228,6 +236,11 @@ class PoolSession:
             self.close("unread_output")
         else:
             self._apply()  # progress since: wait again if answers still wait
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Pipe(Enum):
@@ -391,8 +404,11 @@ class DnsTcpServer:
         else:
             session = PoolSession(client, self.resolver.handle, self.limits, stats)
         self.sessions.add(session)
-        task = asyncio.ensure_future(session.run())
-        task.add_done_callback(partial(self._ended, session))
+        if isinstance(session, PoolSession):
+            session.start(partial(self.sessions.discard, session))
+        else:
+            task = asyncio.ensure_future(session.run())
+            task.add_done_callback(partial(self._ended, session))
 
     def _ended(self, session: PoolSession | PipeSession, task: asyncio.Future[None]) -> None:
         self.sessions.discard(session)
