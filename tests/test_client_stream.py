@@ -59,7 +59,7 @@ def drain(stream: ClientStream, now: float = 0.0) -> list[bytes]:
 
 
 def write_all(stream: ClientStream, now: float = 0.0) -> bytes:
-    data = bytes(stream.output)
+    data = stream.output()
     stream.sent(len(data), now)
     return data
 
@@ -129,7 +129,7 @@ def test_unread_answers_at_the_bound_hold_reading() -> None:
     for msg in drain(stream):
         stream.answer(msg, 0.0)
     stream.sent(0, 0.0)
-    assert len(stream.output) == 126
+    assert stream.unsent_bytes == 126
     assert stream.state is ClientState.HELD
     stream.sent(100, 1.0)
     assert stream.state is ClientState.READING
@@ -149,9 +149,9 @@ def test_a_client_that_takes_nothing_is_stalled_after_the_timeout() -> None:
     assert stream.expired(2.0 + STALL_TIMEOUT) == "unread_output"
     stream.close(5.0, "unread_output")
     assert stream.state is ClientState.RESET  # answers were waiting: a reset
-    assert not stream.output
+    assert stream.unsent_bytes == 0
     stream.answer(query(9), 6.0)  # late: dropped
-    assert not stream.output
+    assert stream.unsent_bytes == 0
 
 
 def test_a_frame_trickling_in_is_slow_only_while_read() -> None:
@@ -236,7 +236,7 @@ def test_a_reset_drops_everything_at_once() -> None:
     stream.answer(query(0), 0.0)
     stream.reset(0.0, "unread_output")
     assert stream.state is ClientState.RESET
-    assert not stream.output and stream.waiting == 0
+    assert stream.unsent_bytes == 0 and stream.waiting == 0
     assert stream.next_query(0.0) is None
     stream.receive(framed(query(9)), 0.0)
     assert stream.next_query(0.0) is None
@@ -266,7 +266,7 @@ def test_arbitrary_bytes_raise_nothing_but_our_errors(parts: list[bytes]) -> Non
                     stream.dropped(now)
                 else:
                     stream.answer(msg, now)
-            stream.sent(len(stream.output) // 2, now)
+            stream.sent(len(stream.output()) // 2, now)
             stream.expired(now)
         stream.end_input(now)
     except Dns2DotError:

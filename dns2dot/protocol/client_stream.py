@@ -3,7 +3,7 @@
 :class:`ClientStream` is a plain object in the manner of h11: bytes the client sent go
 in (:meth:`~ClientStream.receive`), queries to resolve come out
 (:meth:`~ClientStream.next_query`), answers go in (:meth:`~ClientStream.answer`), and
-the bytes to write are :attr:`~ClientStream.output` (:meth:`~ClientStream.sent` says
+the bytes to write come out (:meth:`~ClientStream.output`; :meth:`~ClientStream.sent` says
 how many the connection took). It owns the framing, the in-flight cap, the bound on
 unread answers, the rules for malformed and failing frames and the deadlines; it has no
 socket, no loop and no clock (every call that needs the time is given it). What the
@@ -31,9 +31,6 @@ FAILURE_SPAN = 1.0
 #: batch of odd queries, but not an endless one.
 FAILURE_BURST = 32
 
-_FORMERR = 1
-_NOTIMP = 4
-
 
 class ClientState(Enum):
     """What the connection does next; changed only by ``ClientStream._to``."""
@@ -46,20 +43,20 @@ class ClientState(Enum):
     RESET = "reset"  # abort: reset the connection and drop everything held for it
 
 
-_OPEN = (ClientState.READING, ClientState.HELD)
-_DRAINING = (ClientState.INPUT_ENDED, ClientState.CLOSING)
-_FINAL = (ClientState.CLOSED, ClientState.RESET)
+# The members as module globals: reading ``ClientState.READING`` goes through the enum
+# class, and costs a microsecond on Python 3.11, on the path of every query.
+READING, HELD, INPUT_ENDED, CLOSING, CLOSED, RESET = ClientState
+
+_OPEN = (READING, HELD)
+_DRAINING = (INPUT_ENDED, CLOSING)
+_FINAL = (CLOSED, RESET)
 _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
-    ClientState.READING: frozenset(
-        (ClientState.HELD, ClientState.INPUT_ENDED, ClientState.CLOSING, *_FINAL)
-    ),
-    ClientState.HELD: frozenset(
-        (ClientState.READING, ClientState.INPUT_ENDED, ClientState.CLOSING, *_FINAL)
-    ),
-    ClientState.INPUT_ENDED: frozenset((ClientState.CLOSING, *_FINAL)),
-    ClientState.CLOSING: frozenset(_FINAL),
-    ClientState.CLOSED: frozenset((ClientState.RESET,)),
-    ClientState.RESET: frozenset(),
+    READING: frozenset((HELD, INPUT_ENDED, CLOSING, *_FINAL)),
+    HELD: frozenset((READING, INPUT_ENDED, CLOSING, *_FINAL)),
+    INPUT_ENDED: frozenset((CLOSING, *_FINAL)),
+    CLOSING: frozenset(_FINAL),
+    CLOSED: frozenset((RESET,)),
+    RESET: frozenset(),
 }
 
 
@@ -86,11 +83,13 @@ class ClientStream:
 
     __slots__ = (
         "_blocked_since",
+        "_chunks",
         "_decoder",
         "_head",
         "_queries",
         "_streak",
         "_streak_started",
+        "_unsent",
         "frame_started",
         "frame_timeout",
         "idle_timeout",
@@ -98,10 +97,10 @@ class ClientStream:
         "last_active",
         "max_inflight",
         "max_unsent",
-        "output",
         "reason",
         "stall_timeout",
         "state",
+        "unsent_bytes",
     )
 
     def __init__(
@@ -119,10 +118,16 @@ class ClientStream:
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
-        self.state = ClientState.READING
+        self.state = READING
         self.reason: str | None = None  # why dns2dot ends the connection, for counters
         self.inflight = 0
-        self.output = bytearray()  # framed answers not yet taken by the connection
+        # Framed answers not yet taken by the connection: _unsent (what output() gave
+        # and the connection did not take), then _chunks (answers since), unsent_bytes
+        # in all. Joined once per write, as a bytearray grown answer by answer and
+        # consumed from the front costs a reallocation per answer.
+        self._chunks: list[bytes] = []
+        self._unsent = b""
+        self.unsent_bytes = 0
         self.last_active = now
         self.frame_started = now
         self._decoder = FrameDecoder()
@@ -145,39 +150,42 @@ class ClientStream:
         self.state = state
         if reason is not None and self.reason is None:
             self.reason = reason
-        if state is ClientState.READING:
+        if state is READING:
             self.frame_started = now  # a frame cut while held restarts its deadline
         elif state in _DRAINING:
             self._decoder = FrameDecoder()  # a part-read frame will never be completed
-        elif state is ClientState.RESET:
+        elif state is RESET:
             self._queries.clear()
             self._head = 0
-            self.output.clear()
+            self._chunks.clear()
+            self._unsent = b""
+            self.unsent_bytes = 0
             self._blocked_since = None
 
     def _settle(self, now: float) -> None:
         """Move between READING and HELD, or to CLOSED once a drain is complete."""
         state = self.state
-        if state is ClientState.READING or state is ClientState.HELD:
+        if state is READING or state is HELD:
             readable = (
                 not self._queries
                 and self.inflight < self.max_inflight
-                and len(self.output) < self.max_unsent
+                and self.unsent_bytes < self.max_unsent
             )
-            self._to(ClientState.READING if readable else ClientState.HELD, now)
-        elif (state is ClientState.INPUT_ENDED or state is ClientState.CLOSING) and not (
-            self.inflight or self._queries or self.output
+            self._to(READING if readable else HELD, now)
+        elif (state is INPUT_ENDED or state is CLOSING) and not (
+            self.inflight or self._queries or self.unsent_bytes
         ):
-            self._to(ClientState.CLOSED, now)
+            self._to(CLOSED, now)
 
     # -- client -> resolver ------------------------------------------------------------
 
     def receive(self, data: bytes, now: float) -> None:
-        """Bytes read from the client; ``b""`` is the end of its input."""
+        """Bytes read from the client; ``b""`` is the end of its input. Then call
+        :meth:`next_query` until it returns None."""
         if self.state not in _OPEN:
             return  # read before the connection learnt it should stop: ignored
         if not data:
-            self._to(ClientState.INPUT_ENDED, now)
+            self._to(INPUT_ENDED, now)
             self._settle(now)
             return
         self.last_active = now
@@ -189,13 +197,15 @@ class ClientStream:
         if messages:
             self._queries.extend(messages)
         if decoder.error is not None:
-            self._to(ClientState.CLOSING, now, "framing")
-        self._settle(now)
+            self._to(CLOSING, now, "framing")
+        if not self._queries:
+            self._settle(now)  # else next_query settles once they are handed on
 
     def next_query(self, now: float) -> bytes | None:
         """The next query to hand to the resolver, or None (none read, or the cap)."""
         queries = self._queries
         if not queries or self.inflight >= self.max_inflight or self.state in _FINAL:
+            self._settle(now)  # once per batch: read again, or hold
             return None
         self.inflight += 1
         head = self._head
@@ -205,8 +215,8 @@ class ClientStream:
             queries.clear()
             head = 0
         self._head = head
-        if self.state is ClientState.READING and (queries or self.inflight >= self.max_inflight):
-            self._to(ClientState.HELD, now)
+        if self.inflight >= self.max_inflight and self.state is READING:
+            self._to(HELD, now)
         return msg
 
     def dropped(self, now: float) -> None:
@@ -225,29 +235,41 @@ class ClientStream:
 
     def answer(self, msg: bytes, now: float) -> None:
         """An answer from the resolver, to be written framed; dropped after a reset."""
-        if self.state is ClientState.RESET or self.state is ClientState.CLOSED:
+        state = self.state
+        if state is RESET or state is CLOSED:
             return
         n = len(msg)
         if n > MAX_MESSAGE_LEN:
             raise ValueError(f"DNS message of {n} bytes cannot be framed")
         self.inflight -= 1
-        out = self.output
-        out += n.to_bytes(2, "big")
-        out += msg
+        self._chunks.append(n.to_bytes(2, "big") + msg)
+        unsent = self.unsent_bytes = self.unsent_bytes + n + 2
         self.last_active = now
-        if n > 3 and (msg[3] & 0x0F) in (_FORMERR, _NOTIMP):
+        if n > 3 and (msg[3] & 0x0F) in (1, 4):  # FORMERR, NOTIMP
             self._failed(now)
         else:
             self._streak = 0
+            if state is READING and unsent < self.max_unsent:
+                return  # nothing to settle: the common case, kept short
         self._settle(now)
 
+    def output(self) -> bytes:
+        """What to write: every answer not yet taken by the connection, in order."""
+        chunks = self._chunks
+        if chunks:
+            if self._unsent:
+                chunks.insert(0, self._unsent)
+            self._unsent = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        return self._unsent
+
     def sent(self, count: int, now: float) -> None:
-        """The connection took ``count`` bytes of :attr:`output`."""
-        output = self.output
+        """The connection took the first ``count`` bytes of :meth:`output`."""
         if count:
-            del output[:count]
+            self._unsent = self._unsent[count:]
+            self.unsent_bytes -= count
             self.last_active = now  # a slow reader is not an idle one
-        if not output:
+        if not self.unsent_bytes:
             self._blocked_since = None
         elif count or self._blocked_since is None:
             self._blocked_since = now
@@ -263,7 +285,7 @@ class ClientStream:
         ):
             self._queries.clear()  # read after the failures: not answered
             self._head = 0
-            self._to(ClientState.CLOSING, now, "failures")
+            self._to(CLOSING, now, "failures")
 
     # -- deadlines and ends ------------------------------------------------------------
 
@@ -276,7 +298,7 @@ class ClientStream:
             return "unread_output"
         # A frame can only trickle in while it is read: not while the cap holds reading.
         if (
-            self.state is ClientState.READING
+            self.state is READING
             and self._decoder.buffered
             and now - self.frame_started > self.frame_timeout
         ):
@@ -289,12 +311,12 @@ class ClientStream:
         """End the connection: gracefully when nothing waits to be written, else reset."""
         if self.state in _FINAL:
             return
-        self._to(ClientState.RESET if self.output else ClientState.CLOSED, now, reason)
+        self._to(RESET if self.unsent_bytes else CLOSED, now, reason)
 
     def reset(self, now: float, reason: str | None = None) -> None:
         """End the connection at once (a reset), dropping everything held for it."""
-        if self.state is not ClientState.RESET:
-            self._to(ClientState.RESET, now, reason)
+        if self.state is not RESET:
+            self._to(RESET, now, reason)
 
     @property
     def write_blocked(self) -> bool:

@@ -31,7 +31,7 @@ from tornado.netutil import add_accept_handler
 
 from dns2dot.metrics import Stats
 from dns2dot.policy.admission import Admission, Verdict
-from dns2dot.protocol.client_stream import STALL_TIMEOUT, ClientState, ClientStream
+from dns2dot.protocol.client_stream import CLOSED, READING, RESET, STALL_TIMEOUT, ClientStream
 from dns2dot.protocol.errors import UpstreamError
 from dns2dot.serve.resolver import Resolver, refuse, servfail
 from dns2dot.transport.sockets import SocketTransport
@@ -172,7 +172,7 @@ class PoolSession:
 
     def _reply(self, answer: bytes) -> None:
         self.stream.answer(answer, self._loop.time())
-        if self._pump_handle is None and not self.transport.closed:
+        if self._pump_handle is None:  # the pump returns at once if the session ended
             self._pump_handle = self._loop.call_soon(self._pump)
 
     def _pump(self) -> None:
@@ -192,10 +192,10 @@ class PoolSession:
 
     def _write(self, now: float) -> None:
         stream = self.stream
-        if not stream.output:
+        if not stream.unsent_bytes:
             return
         try:
-            sent = self.transport.send(stream.output)
+            sent = self.transport.send(stream.output())
         except OSError:
             stream.reset(now)
             return
@@ -206,12 +206,12 @@ class PoolSession:
         stream = self.stream
         state = stream.state
         transport = self.transport
-        if state is ClientState.CLOSED or state is ClientState.RESET:
+        if state is CLOSED or state is RESET:
             if not transport.closed:
                 if stream.reason is not None:
                     self._stats.dropped[stream.reason] += 1
                     log.debug("closing client: %s", stream.reason)
-                if state is ClientState.RESET:
+                if state is RESET:
                     transport.reset()
                 else:
                     transport.close()
@@ -223,7 +223,7 @@ class PoolSession:
             if on_end is not None:
                 on_end()
             return
-        transport.want_read(state is ClientState.READING)
+        transport.want_read(state is READING)
         blocked = stream.write_blocked
         transport.want_write(blocked)
         if blocked and self._stall_timer is None:
@@ -252,6 +252,9 @@ class _Pipe(Enum):
     CLOSED = "closed"
 
 
+_DIALLING, _SPLICING, _FALLBACK, _PIPE_CLOSED = _Pipe  # fast to read (see client_stream)
+
+
 class PipeSession:
     """One client connection spliced byte for byte onto a TLS connection of its own.
 
@@ -272,13 +275,13 @@ class PipeSession:
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self.last_active = self._loop.time()
-        self.state = _Pipe.DIALLING
+        self.state = _DIALLING
         self._fallback: PoolSession | None = None
         self._splice: Splice | None = None
         self._activity_seen = 0
 
     def _to(self, state: _Pipe) -> None:
-        if self.state is not _Pipe.CLOSED:
+        if self.state is not _PIPE_CLOSED:
             self.state = state
 
     def expired(self, now: float) -> str | None:
@@ -297,16 +300,16 @@ class PipeSession:
         try:
             server, channel = await self._pool.open_pipe_channel()
         except UpstreamError:
-            if self.state is _Pipe.CLOSED:  # closed while the upstreams were being dialled
+            if self.state is _PIPE_CLOSED:  # closed while the upstreams were being dialled
                 return
-            self._to(_Pipe.FALLBACK)
+            self._to(_FALLBACK)
             self._fallback = PoolSession(self.client, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
-        if self.state is _Pipe.CLOSED:  # closed while the upstream was being dialled
+        if self.state is _PIPE_CLOSED:  # closed while the upstream was being dialled
             channel.close()
             return
-        self._to(_Pipe.SPLICING)
+        self._to(_SPLICING)
         self._splice = Splice(
             self.client,
             channel,
@@ -316,16 +319,16 @@ class PipeSession:
         try:
             await self._splice.run()
         finally:
-            self._to(_Pipe.CLOSED)
+            self._to(_PIPE_CLOSED)
 
     def close(self, reason: str | None = None) -> None:
-        if reason is not None and self._fallback is None and self.state is not _Pipe.CLOSED:
+        if reason is not None and self._fallback is None and self.state is not _PIPE_CLOSED:
             self._stats.dropped[reason] += 1
         if self._fallback is not None:
             self._fallback.close(reason)  # counts the reason itself
         if self._splice is not None:
             self._splice.close()
-        self._to(_Pipe.CLOSED)
+        self._to(_PIPE_CLOSED)
         self.client.close()
 
 
