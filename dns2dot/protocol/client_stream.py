@@ -16,7 +16,7 @@ from __future__ import annotations
 from enum import Enum
 
 from dns2dot.protocol.framing import FrameDecoder
-from dns2dot.protocol.wire import HEADER_LEN, MAX_MESSAGE_LEN
+from dns2dot.protocol.wire import HEADER_LEN
 
 #: How long answers may wait for a client that takes none of them (its socket buffers
 #: are full) before the connection is reset: a client that reads, however slowly,
@@ -46,6 +46,8 @@ class ClientState(Enum):
 # The members as module globals: reading ``ClientState.READING`` goes through the enum
 # class, and costs a microsecond on Python 3.11, on the path of every query.
 READING, HELD, INPUT_ENDED, CLOSING, CLOSED, RESET = ClientState
+
+_UNLIMITED = 1 << 30
 
 _OPEN = (READING, HELD)
 _DRAINING = (INPUT_ENDED, CLOSING)
@@ -201,23 +203,40 @@ class ClientStream:
         if not self._queries:
             self._settle(now)  # else next_query settles once they are handed on
 
-    def next_query(self, now: float) -> bytes | None:
-        """The next query to hand to the resolver, or None (none read, or the cap)."""
+    def take(self, now: float, limit: int = _UNLIMITED) -> list[bytes]:
+        """The queries to hand to the resolver now, in order: as many as the cap allows
+        (at most ``limit``); empty when there are none. Call again until it is empty:
+        answers given meanwhile may make room."""
         queries = self._queries
-        if not queries or self.inflight >= self.max_inflight or self.state in _FINAL:
-            self._settle(now)  # once per batch: read again, or hold
-            return None
-        self.inflight += 1
+        room = min(self.max_inflight - self.inflight, limit)
+        if not queries or room <= 0 or self.state in _FINAL:
+            self._settle(now)  # once per round: read again, or hold
+            return []
         head = self._head
-        msg = queries[head]
-        head += 1
-        if head == len(queries):
-            queries.clear()
-            head = 0
-        self._head = head
+        end = head + room
+        if end >= len(queries):
+            batch = queries[head:] if head else queries
+            self._queries = []
+            self._head = 0
+        else:
+            batch = queries[head:end]
+            self._head = end
+        self.inflight += len(batch)
         if self.inflight >= self.max_inflight and self.state is READING:
             self._to(HELD, now)
-        return msg
+        return batch
+
+    def next_query(self, now: float) -> bytes | None:
+        """The next query to hand to the resolver, or None (none read, or the cap)."""
+        batch = self.take(now, 1)
+        return batch[0] if batch else None
+
+    def give_back(self, count: int, now: float) -> None:
+        """The last ``count`` queries taken were not handed on: the stream began
+        closing (its :attr:`reason` changed) while they were."""
+        if count and self.state not in _FINAL:
+            self.inflight -= count
+            self._settle(now)
 
     def dropped(self, now: float) -> None:
         """The resolver will not answer the last query (not DNS enough to answer)."""
@@ -239,10 +258,8 @@ class ClientStream:
         if state is RESET or state is CLOSED:
             return
         n = len(msg)
-        if n > MAX_MESSAGE_LEN:
-            raise ValueError(f"DNS message of {n} bytes cannot be framed")
         self.inflight -= 1
-        self._chunks.append(n.to_bytes(2, "big") + msg)
+        self._chunks.append(n.to_bytes(2, "big") + msg)  # OverflowError past 65535 octets
         unsent = self.unsent_bytes = self.unsent_bytes + n + 2
         self.last_active = now
         if n > 3 and (msg[3] & 0x0F) in (1, 4):  # FORMERR, NOTIMP

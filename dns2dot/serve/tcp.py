@@ -160,9 +160,14 @@ class PoolSession:
         handle = self._handler
         reply = self._reply
         try:
-            while (msg := stream.next_query(now)) is not None:
-                if not handle(msg, reply):
-                    stream.dropped(now)
+            while batch := stream.take(now):
+                reason = stream.reason
+                for index, msg in enumerate(batch):
+                    if not handle(msg, reply):
+                        stream.dropped(now)
+                    if stream.reason is not reason:  # closing: the rest is not handed on
+                        stream.give_back(len(batch) - index - 1, now)
+                        break
         except Exception:
             log.exception("closing client after an unexpected error")
             self._write(now)
