@@ -357,7 +357,7 @@ def test_frame_scanner_finds_the_bad_prefix_however_split(data: bytes, cuts: lis
     bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
     found = -1
     for start, end in itertools.pairwise(bounds):
-        bad = scanner.feed(data[start:end])
+        bad = scanner.feed(data[start:end], 0.0)  # under FAILURE_BURST frames: framing only
         if bad >= 0:
             # a prefix split across reads is reported at the start of the second read
             found = start + bad
@@ -367,3 +367,19 @@ def test_frame_scanner_finds_the_bad_prefix_however_split(data: bytes, cuts: lis
         assert found == expected + 1 and start == expected + 1  # the split prefix
     else:
         assert found == expected
+
+
+def test_frame_scanner_failure_rule_on_the_clients_frames() -> None:
+    """Pipe mode: frames that cannot be queries end the stream (all of the read still
+    goes upstream) after FAILURE_STREAK over FAILURE_SPAN, or FAILURE_BURST in a row;
+    a plausible query between them starts the count again; one odd frame is nothing."""
+    odd = framed(struct.pack("!HHHHHH", 1, 0x8000, 1, 0, 0, 0))  # QR set
+    good = framed(struct.pack("!HHHHHH", 2, 0x0100, 1, 0, 0, 0))
+    scanner = FrameScanner()
+    assert scanner.feed(odd * (FAILURE_BURST - 1) + good, 0.0) == -1
+    assert scanner.feed(odd + good + odd, 5.0) == -1
+    data = odd * 2
+    assert scanner.feed(data, 5.5) == -1  # three in a row since 5.0, but within the span
+    assert scanner.feed(odd, 5.0 + FAILURE_SPAN) == len(odd)
+    burst = odd * FAILURE_BURST
+    assert FrameScanner().feed(burst, 0.0) == len(burst)

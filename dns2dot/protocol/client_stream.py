@@ -359,21 +359,28 @@ class ClientStream:
 
 class FrameScanner:
     """Follows the length prefixes of a client's byte stream without copying it: pipe
-    mode's framing check, which passes the bytes on untouched.
+    mode's check of the client's frames, which passes the bytes on untouched.
 
-    :meth:`feed` says where the first prefix too short for a DNS header starts, so the
-    bytes before it can still go upstream and nothing after it does.
+    :meth:`feed` says where the stream stops being followed: at a prefix too short for
+    a DNS header (the bytes before it can still go upstream, nothing after it does), or
+    at the end of a read once frames that cannot be queries (QR set, an opcode other
+    than QUERY, a question count other than one) keep coming: the failure rule of
+    :class:`ClientStream`, judged on the client's frames since pipe mode does not read
+    the answers. A frame whose header is cut between two reads is not judged.
     """
 
-    __slots__ = ("_half", "_skip")
+    __slots__ = ("_half", "_skip", "_streak", "_streak_started")
 
     def __init__(self) -> None:
         self._skip = 0  # bytes of the current frame's body still to come
         self._half = -1  # the first octet of a prefix cut between two reads
+        self._streak = 0
+        self._streak_started = 0.0
 
-    def feed(self, data: bytes) -> int:
-        """-1 while the framing holds; else the offset in ``data`` where the bad prefix
-        starts (0 when its first octet came in the previous read)."""
+    def feed(self, data: bytes, now: float) -> int:
+        """-1 while the stream is followed; else how much of ``data`` still goes
+        upstream: the offset of a bad prefix (0 when its first octet came in the
+        previous read), or all of it when the failures decided."""
         size = len(data)
         if not size:
             return -1
@@ -384,14 +391,27 @@ class FrameScanner:
             if length < HEADER_LEN:
                 return 0
             pos = 1 + length
+        failed = False
         while pos + 2 <= size:
             length = (data[pos] << 8) | data[pos + 1]
             if length < HEADER_LEN:
                 return pos
+            if pos + 8 <= size:
+                if data[pos + 4] & 0xF8 or data[pos + 6] or data[pos + 7] != 1:
+                    if self._streak == 0:
+                        self._streak_started = now
+                    self._streak += 1
+                    failed = failed or self._streak >= FAILURE_BURST
+                else:
+                    self._streak = 0
             pos += 2 + length
         if pos == size - 1:
             self._half = data[pos]
             self._skip = 0
         else:
             self._skip = pos - size if pos > size else 0
+        if failed or (
+            self._streak >= FAILURE_STREAK and now - self._streak_started >= FAILURE_SPAN
+        ):
+            return size
         return -1

@@ -6,8 +6,11 @@ session* splices the client's socket byte for byte onto a TLS connection of its 
 ``socat tcp-listen:53,fork openssl:1.1.1.1:853``.
 
 Both kinds are watched by one periodic sweep that closes connections idle for longer
-than the idle timeout (RFC 7766 §6.2.3) and frames that trickle in for longer than
-the frame deadline (slowloris), so a stalled client costs nothing but its socket.
+than the idle timeout (RFC 7766 §6.2.3), frames that trickle in for longer than the
+frame deadline (slowloris), and resets clients that take none of their answers for
+the stall timeout, so a stalled client costs nothing but its socket. Garbage and
+failing frames close a pool session (the rules are in
+:mod:`dns2dot.protocol.client_stream`); in pipe mode the upstream judges the frames.
 
 tornado accepts the connections (``add_accept_handler``); both kinds of session run on
 the loop's readiness callbacks with the bare client socket. tornado's streams would

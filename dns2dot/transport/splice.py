@@ -53,9 +53,10 @@ class Splice:
     left the upstream's bytes untaken. ``on_upstream_data`` is called once, after
     the first bytes from the upstream (by then TLS 1.3 has delivered its session
     tickets, which the caller may keep for resumption). With ``dns_framing`` the
-    client's bytes are followed as DNS frames (RFC 1035 §4.2.2): at a length prefix too
-    short for a header, what came before goes on and the client is then treated as
-    having ended its input.
+    client's bytes are followed as DNS frames (RFC 1035 §4.2.2,
+    :class:`~dns2dot.protocol.client_stream.FrameScanner`): at a length prefix too
+    short for a header, or once frames that cannot be queries keep coming, what came
+    before goes on and the client is then treated as having ended its input.
     """
 
     def __init__(
@@ -152,10 +153,11 @@ class Splice:
             self._client_done()
             return
         self.activity += 1
-        bad = -1 if self._framing is None else self._framing.feed(data)
+        bad = -1 if self._framing is None else self._framing.feed(data, self._loop.time())
         if bad >= 0:
-            # A prefix too short for a DNS header: the stream cannot be followed past
-            # it. What came before goes on; then as if the client had ended its input.
+            # A prefix too short for a DNS header (the stream cannot be followed past
+            # it), or frames that keep failing: what came before goes on, then as if
+            # the client had ended its input.
             data = data[:bad]
         try:
             if data:
@@ -194,12 +196,19 @@ class Splice:
         """Send what OpenSSL encrypted; while the socket does not take it all, the
         client is not read."""
         waited = bool(self._upstream.unsent)
+        loop = self._loop
         try:
             done = self._upstream.transmit()
         except OSError as exc:
-            self._end(exc)
+            # The upstream takes nothing more (it closed, perhaps on the client's
+            # garbage), but what it sent before still goes to the client: stop reading
+            # the client, and the upstream's end of stream (its reader is level
+            # triggered) ends the splice once that is relayed.
+            if self.error is None:
+                self.error = exc
+            loop.remove_writer(self._upstream_fd)
+            loop.remove_reader(self._client_fd)
             return
-        loop = self._loop
         if done and waited:
             loop.remove_writer(self._upstream_fd)
             if self.state is _OPEN:
