@@ -383,3 +383,5 @@ def test_frame_scanner_failure_rule_on_the_clients_frames() -> None:
     assert scanner.feed(odd, 5.0 + FAILURE_SPAN) == len(odd)
     burst = odd * FAILURE_BURST
     assert FrameScanner().feed(burst, 0.0) == len(burst)
+    update = framed(struct.pack("!HHHHHH", 3, 0x2800, 1, 0, 1, 0))  # opcode UPDATE
+    assert FrameScanner().feed(update * (FAILURE_BURST + 1), 9.0) == -1  # carried

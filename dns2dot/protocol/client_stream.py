@@ -363,10 +363,11 @@ class FrameScanner:
 
     :meth:`feed` says where the stream stops being followed: at a prefix too short for
     a DNS header (the bytes before it can still go upstream, nothing after it does), or
-    at the end of a read once frames that cannot be queries (QR set, an opcode other
-    than QUERY, a question count other than one) keep coming: the failure rule of
-    :class:`ClientStream`, judged on the client's frames since pipe mode does not read
-    the answers. A frame whose header is cut between two reads is not judged.
+    at the end of a read once frames that cannot be requests keep coming (QR set, or a
+    question or zone count other than one; any opcode passes, as pipe mode carries
+    UPDATE and NOTIFY too): the failure rule of :class:`ClientStream`, judged on the
+    client's frames since pipe mode does not read the answers. A frame whose header is
+    cut between two reads is not judged.
     """
 
     __slots__ = ("_half", "_skip", "_streak", "_streak_started")
@@ -397,7 +398,7 @@ class FrameScanner:
             if length < HEADER_LEN:
                 return pos
             if pos + 8 <= size:
-                if data[pos + 4] & 0xF8 or data[pos + 6] or data[pos + 7] != 1:
+                if data[pos + 4] & 0x80 or data[pos + 6] or data[pos + 7] != 1:
                     if self._streak == 0:
                         self._streak_started = now
                     self._streak += 1
