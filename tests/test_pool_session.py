@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import pytest
 from support.loops import LOOPS, read_to_end, run
-from tornado.iostream import IOStream
 
 from dns2dot.metrics import Stats
+from dns2dot.protocol.client_stream import FAILURE_BURST
 from dns2dot.serve.tcp import PoolSession, TcpLimits
 
 Reply = Callable[[bytes], None]
@@ -90,7 +90,7 @@ async def session_on_pair(
 ) -> tuple[PoolSession, socket.socket]:
     ours, client = tcp_pair() if tcp else socket.socketpair()
     ours.setblocking(False)
-    session = PoolSession(IOStream(ours), handler, limits, stats or Stats())
+    session = PoolSession(ours, handler, limits, stats or Stats())
     return session, client
 
 
@@ -226,3 +226,29 @@ def test_answers_after_the_session_closed_are_dropped_quietly() -> None:
         client.close()
 
     run("uvloop", main)
+
+
+def test_failing_frames_close_the_session_after_their_answers() -> None:
+    """A burst of frames the resolver answers FORMERR: the session answers as many as
+    the failure rule allows, writes them, then closes (FIN), counted as "failures";
+    the frames after them are not handed on (README "How it behaves")."""
+    stats = Stats()
+    seen: list[bytes] = []
+
+    def formerr(msg: bytes, reply: Reply) -> bool:
+        seen.append(msg)
+        reply(msg[:3] + bytes([msg[3] | 1]) + msg[4:])
+        return True
+
+    async def main() -> bytes:
+        session, client = await session_on_pair(formerr, TcpLimits(max_inflight=1000), stats)
+        task = asyncio.ensure_future(session.run())
+        client.sendall(b"".join(framed(query(i)) for i in range(FAILURE_BURST * 2)))
+        data = await asyncio.to_thread(read_to_end, client)
+        await task
+        client.close()
+        return data
+
+    answers = unframe(run("uvloop", main))
+    assert len(answers) == len(seen) == FAILURE_BURST
+    assert stats.dropped["failures"] == 1

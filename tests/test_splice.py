@@ -47,11 +47,14 @@ async def spliced(
     *,
     on_upstream_data: Callable[[], None] | None = None,
     linger: float = HALF_CLOSE_LINGER,
+    dns_framing: bool = False,
+    tcp_client: bool = False,
 ) -> tuple[Splice, socket.socket, threading.Thread]:
-    """A splice between a fresh client socket pair and ``peer`` (a TLS server thread);
-    returns it (not started), the application's end of the client pair, the thread."""
+    """A splice between a fresh client socket pair (loopback TCP with ``tcp_client``:
+    a reset only exists there) and ``peer`` (a TLS server thread); returns it (not
+    started), the application's end of the client pair, the thread."""
     ours, theirs = socket.socketpair()
-    app, client = socket.socketpair()
+    app, client = tcp_pair() if tcp_client else socket.socketpair()
     for sock in (ours, theirs, app, client):
         small_buffers(sock)
     server_context = pki.server_context()
@@ -70,7 +73,17 @@ async def spliced(
     client.setblocking(False)
     channel = TlsChannel(ours, tls.client_context(str(pki.ca)), TLS_NAME)
     await channel.handshake()
-    return Splice(client, channel, on_upstream_data=on_upstream_data, linger=linger), app, thread
+    splice = Splice(
+        client, channel, on_upstream_data=on_upstream_data, linger=linger, dns_framing=dns_framing
+    )
+    return splice, app, thread
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        app = socket.create_connection(listener.getsockname())
+        client, _ = listener.accept()
+    return app, client
 
 
 def echo(tls_sock: ssl.SSLSocket) -> None:
@@ -428,3 +441,61 @@ def test_receive_asks_for_quick_acks_when_told(pki: Pki, family: str, asked: boo
             channel.receive()
         quick = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         assert recording.options.count(quick) == (3 if asked and family == "tcp" else 0)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_dns_framing_stops_at_a_short_prefix(pki: Pki, loop_name: str) -> None:
+    """Pipe mode follows the client's frames: at a length prefix below a header, the
+    frames before it go upstream, nothing after it does, and the client's input is
+    over (the splice ends after the linger, as after a half-close)."""
+    upstream_saw: list[bytes] = []
+    good = b"\x00\x0c" + bytes(12)
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        data = b""
+        while chunk := tls_sock.recv(65536):
+            data += chunk
+        upstream_saw.append(data)
+
+    async def main() -> bytes:
+        splice, app, thread = await spliced(pki, peer, linger=0.1, dns_framing=True)
+        task = asyncio.ensure_future(splice.run())
+        app.sendall(good[:7])
+        await asyncio.sleep(0.05)  # a frame split across reads is followed
+        app.sendall(good[7:] + good + b"\x00\x00" + good)
+        received = await asyncio.to_thread(read_to_end, app)
+        await task
+        await asyncio.to_thread(thread.join, 10)
+        return received
+
+    assert run(loop_name, main) == b""
+    assert upstream_saw == [good + good]
+
+
+def test_a_client_that_takes_nothing_is_stalled_then_reset(pki: Pki) -> None:
+    """The upstream talks, the client never reads: once the client's buffers are full
+    the splice reports how long it has been stalled, and closing it resets the client
+    (what the sweep does after the stall timeout)."""
+
+    def peer(tls_sock: ssl.SSLSocket) -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(1000):
+                tls_sock.sendall(bytes(16384))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        splice, app, thread = await spliced(pki, peer, tcp_client=True)
+        task = asyncio.ensure_future(splice.run())
+        for _ in range(1000):  # 10 s
+            if splice.stalled(loop.time()) > 0:
+                break
+            await asyncio.sleep(0.01)
+        assert splice.stalled(loop.time() + 5) >= 5
+        splice.close()
+        await task
+        with pytest.raises(ConnectionResetError):
+            await asyncio.to_thread(read_to_end, app)
+        app.close()
+        await asyncio.to_thread(thread.join, 10)
+
+    run("uvloop", main)

@@ -6,32 +6,38 @@ session* splices the client's socket byte for byte onto a TLS connection of its 
 ``socat tcp-listen:53,fork openssl:1.1.1.1:853``.
 
 Both kinds are watched by one periodic sweep that closes connections idle for longer
-than the idle timeout (RFC 7766 §6.2.3) and frames that trickle in for longer than
-the frame deadline (slowloris), so a stalled client costs nothing but its socket.
+than the idle timeout (RFC 7766 §6.2.3), frames that trickle in for longer than the
+frame deadline (slowloris), and resets clients that take none of their answers for
+the stall timeout, so a stalled client costs nothing but its socket. Garbage and
+failing frames close a pool session (the rules are in
+:mod:`dns2dot.protocol.client_stream`); in pipe mode the upstream judges the frames.
 
-tornado's ``TCPServer`` accepts the connections; both kinds of session then take the
-client's socket from its stream and run on the loop's readiness callbacks. tornado's
-reads cost a Future each and treat end of stream as the end of the connection, which
-would lose the answers of a client that half-closes after its queries.
+tornado accepts the connections (``add_accept_handler``); both kinds of session run on
+the loop's readiness callbacks with the bare client socket. tornado's streams would
+cost an object and a Future per read and treat end of stream as the end of the
+connection, which would lose the answers of a client that half-closes after its
+queries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
+from enum import Enum
 from functools import partial
 from typing import Any
 
-from tornado.iostream import IOStream
-from tornado.tcpserver import TCPServer
+from tornado.netutil import add_accept_handler
 
 from dns2dot.metrics import Stats
 from dns2dot.policy.admission import Admission, Verdict
+from dns2dot.protocol.client_stream import CLOSED, READING, RESET, STALL_TIMEOUT, ClientStream
 from dns2dot.protocol.errors import UpstreamError
-from dns2dot.protocol.framing import FrameDecoder, frame
 from dns2dot.serve.resolver import Resolver, refuse, servfail
-from dns2dot.transport.sockets import reset_on_close
+from dns2dot.transport.sockets import SocketTransport
 from dns2dot.transport.splice import Splice
 from dns2dot.transport.streams import READ_CHUNK
 from dns2dot.upstream.pool import UpstreamPool
@@ -39,6 +45,12 @@ from dns2dot.upstream.pool import UpstreamPool
 log = logging.getLogger("dns2dot.tcp")
 
 SWEEP_INTERVAL = 1.0
+
+#: The kernel's send buffer for a client connection (Linux doubles it for its own
+#: bookkeeping). Left to autotuning it grows to megabytes (``tcp_wmem``) for a client
+#: that does not read, which hides that client from the stall check for seconds; DNS
+#: answers need far less, and a client that reads drains it in microseconds.
+CLIENT_SNDBUF = 64 * 1024
 
 
 class TcpLimits:
@@ -70,249 +82,185 @@ class TcpLimits:
 class PoolSession:
     """One client connection whose queries share the upstream pool.
 
-    Driven by the event loop's readiness callbacks on the client's socket, as
-    :class:`~dns2dot.transport.splice.Splice` is, not by tornado's reads: no Future per read, and
-    the end of the client's input is not the end of the connection. A client that
-    half-closes after its queries (``shutdown(SHUT_WR)``) still gets every answer, and
-    then end of stream.
-
-    At most ``max_inflight`` of its queries are unanswered at once; beyond that the
-    session stops reading until answers drain, so one client cannot take every slot.
-    When the client breaks the framing or ends its input, what it sent before is still
-    answered (RFC 7766 §6.2.4: outstanding queries are answered before a server
-    closes). Answers the client does not read are kept up to ``max_write_buffer``
-    bytes; beyond that the connection is closed.
+    The protocol is :class:`~dns2dot.protocol.client_stream.ClientStream` (framing, the
+    in-flight cap, the bound on unread answers, the rules for malformed and failing
+    frames, the deadlines); this is its I/O shell on a
+    :class:`~dns2dot.transport.sockets.SocketTransport`, driven by the loop's readiness
+    callbacks (no Future per read, and the end of the client's input is not the end of
+    the connection: a client that half-closes after its queries gets every answer, then
+    end of stream). Any transport with the same methods (a TLS server channel) can
+    carry it. Answers that arrive in one loop iteration are written in one ``send``.
     """
 
     def __init__(
         self,
-        client_stream: IOStream,
+        client: socket.socket,
         handler: Callable[[bytes, Callable[[bytes], None]], bool],
         limits: TcpLimits,
         stats: Stats,
     ) -> None:
-        self.client_stream = client_stream
-        self._client = client_stream.socket
-        self._fd = self._client.fileno()
-        self._stats = stats
+        loop = asyncio.get_running_loop()
+        self._loop = loop
         self._handler = handler
-        self._limits = limits
-        self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder()
-        self._outbox: list[bytes] = []  # answers of this loop iteration, written at once
-        self._flush_scheduled = False
-        self._unsent = bytearray()  # answers the socket did not take yet
-        self._inflight = 0
-        # Queries read but not yet handed on, while the in-flight cap is reached.
-        self._waiting: list[bytes] = []
-        self._reading = False
-        self._resume_scheduled = False
-        self._input_ended = False  # end of stream, or broken framing: nothing more to read
-        self._done: asyncio.Future[None] = self._loop.create_future()
-        self.last_active = self._loop.time()
-        self.frame_started = 0.0
+        self._stats = stats
+        self.stream = ClientStream(
+            loop.time(),
+            max_inflight=limits.max_inflight,
+            max_unsent=limits.max_write_buffer,
+            frame_timeout=limits.frame_timeout,
+            idle_timeout=limits.idle_timeout,
+        )
+        self.transport = SocketTransport(client, loop, self._readable, self._writable)
+        self._pump_handle: asyncio.Handle | None = None  # answers to write, queries to serve
+        self._stall_timer: asyncio.TimerHandle | None = None  # while answers wait unwritten
+        self._on_end: Callable[[], None] | None = None
 
     def expired(self, now: float) -> str | None:
         """Why this session should be closed now, or None."""
-        # A frame can only trickle in while it is read: not while the cap holds reading.
-        if (
-            self._reading
-            and self._decoder.buffered
-            and now - self.frame_started > self._limits.frame_timeout
-        ):
-            return "slow_frame"
-        if self._inflight == 0 and now - self.last_active > self._limits.idle_timeout:
-            return "idle"
-        return None
+        return self.stream.expired(now)
+
+    def start(self, on_end: Callable[[], None] | None = None) -> None:
+        """Serve the client; ``on_end`` is called once the connection has ended. No
+        task or Future of its own: an idle client costs its objects and socket only."""
+        self._on_end = on_end
+        self._apply()
 
     async def run(self) -> None:
         """Serve the client until the connection ends; it is closed on return."""
+        done: asyncio.Future[None] = self._loop.create_future()
         try:
-            self._read()
-            await self._done
+            self.start(partial(_resolve, done))
+            await done
         finally:
             self.close()
 
-    def close(self) -> None:
-        """Stop and close the connection (idempotent); late answers are dropped."""
-        if self._fd >= 0:
-            if self._reading:
-                self._loop.remove_reader(self._fd)
-            if self._unsent:
-                self._loop.remove_writer(self._fd)
-                reset_on_close(self._client)  # the client stopped reading
-            self._fd = -1
-            self._reading = False
-            self._unsent.clear()
-            self._waiting.clear()
-        self.client_stream.close()  # closes the socket; tornado never registered it
-        if not self._done.done():
-            self._done.set_result(None)
+    def close(self, reason: str | None = None) -> None:
+        """End the connection (idempotent): a reset if answers wait unread; late answers
+        are dropped."""
+        self.stream.close(self._loop.time(), reason)
+        self._apply()
 
     # -- client -> resolver ------------------------------------------------------------
 
-    def _read(self) -> None:
-        if not self._reading and not self._input_ended and self._fd >= 0:
-            self._reading = True
-            self._loop.add_reader(self._fd, self._readable)
-            self.frame_started = self._loop.time()  # a part-read frame's deadline restarts
-
-    def _stop_reading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self._loop.remove_reader(self._fd)
-
     def _readable(self) -> None:
         try:
-            data = self._client.recv(READ_CHUNK)
+            data = self.transport.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.close()
-            return
-        if not data:
-            self._end_input()
+            self.stream.reset(self._loop.time())
+            self._apply()
             return
         now = self._loop.time()
-        self.last_active = now
-        decoder = self._decoder
-        was_buffered = decoder.buffered
-        messages = decoder.feed(data)
-        if decoder.buffered and not was_buffered:
-            self.frame_started = now
-        if not self._serve_guarded(messages):
-            return
-        if decoder.error is not None:
-            log.debug("closing client: %s", decoder.error)
-            self._stats.dropped["framing"] += 1
-            self._end_input()
+        self.stream.receive(data, now)
+        self._serve(now)
+        self._apply()
 
-    def _serve_guarded(self, messages: list[bytes]) -> bool:
-        """:meth:`_serve`, closing this client (only) if the handler raises: a bug."""
-        try:
-            self._serve(messages)
-        except Exception:
-            log.exception("closing client after an unexpected error")
-            self.close()
-            return False
-        return True
-
-    def _serve(self, messages: list[bytes]) -> None:
-        """Hand queries on while the cap allows; keep the rest and stop reading."""
+    def _serve(self, now: float) -> None:
+        """Hand the resolver what the stream lets through; a handler that raises (a bug)
+        closes this client only."""
+        stream = self.stream
         handle = self._handler
         reply = self._reply
-        cap = self._limits.max_inflight
-        for index, msg in enumerate(messages):
-            if self._inflight >= cap:
-                # One read can hold thousands of queries: the cap holds per query.
-                self._waiting = messages[index:]
-                self._stop_reading()
-                return
-            self._inflight += 1
-            if not handle(msg, reply):
-                self._inflight -= 1  # dropped: no answer will come
-        if self._inflight >= cap:
-            self._stop_reading()
-
-    def _resume(self) -> None:
-        """Answers drained below the cap: serve the queries kept, then read again."""
-        self._resume_scheduled = False
-        if self._fd < 0:
-            return
-        waiting, self._waiting = self._waiting, []
-        if not self._serve_guarded(waiting):
-            return
-        if not self._waiting and self._inflight < self._limits.max_inflight:
-            self._read()
-        self._finish_if_done()
-
-    def _end_input(self) -> None:
-        """Nothing more will be read: answer what was read, then close."""
-        self._input_ended = True
-        self._stop_reading()
-        self._decoder = FrameDecoder()  # a part-read frame will never be completed
-        self._finish_if_done()
+        try:
+            while batch := stream.take(now):
+                reason = stream.reason
+                for index, msg in enumerate(batch):
+                    if not handle(msg, reply):
+                        stream.dropped(now)
+                    if stream.reason is not reason:  # closing: the rest is not handed on
+                        stream.give_back(len(batch) - index - 1, now)
+                        break
+        except Exception:
+            log.exception("closing client after an unexpected error")
+            self._write(now)
+            stream.close(now)
 
     # -- resolver -> client ------------------------------------------------------------
 
     def _reply(self, answer: bytes) -> None:
-        self._inflight -= 1
-        self.last_active = self._loop.time()
-        self._outbox.append(frame(answer))
-        loop = self._loop
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        if (
-            not self._reading
-            and not self._resume_scheduled
-            and self._inflight < self._limits.max_inflight
-        ):
-            self._resume_scheduled = True
-            loop.call_soon(self._resume)
+        self.stream.answer(answer, self._loop.time())
+        if self._pump_handle is None:  # the pump returns at once if the session ended
+            self._pump_handle = self._loop.call_soon(self._pump)
 
-    def _flush(self) -> None:
-        """Write the answers gathered in this loop iteration in one go."""
-        self._flush_scheduled = False
-        outbox = self._outbox
-        if self._fd < 0:
-            outbox.clear()
+    def _pump(self) -> None:
+        """Once per loop iteration with answers: write them, serve the queries the cap
+        held back, and read again if the stream allows."""
+        self._pump_handle = None
+        if self.transport.closed:
             return
-        data = b"".join(outbox) if len(outbox) > 1 else outbox[0]
-        outbox.clear()
-        if self._unsent:  # still waiting for the socket: queue behind it
-            if len(self._unsent) + len(data) > self._limits.max_write_buffer:
-                self._unread_output()
-                return
-            self._unsent += data
-            return
-        try:
-            sent = self._client.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self.close()
-            return
-        if sent < len(data):
-            if len(data) - sent > self._limits.max_write_buffer:
-                self._unread_output()
-                return
-            self._unsent += memoryview(data)[sent:]
-            self._loop.add_writer(self._fd, self._writable)
-            return
-        self._finish_if_done()
+        now = self._loop.time()
+        self._write(now)
+        self._serve(now)
+        self._apply()
 
     def _writable(self) -> None:
+        self._write(self._loop.time())
+        self._apply()
+
+    def _write(self, now: float) -> None:
+        stream = self.stream
+        if not stream.unsent_bytes:
+            return
         try:
-            sent = self._client.send(self._unsent)
-        except (BlockingIOError, InterruptedError):
-            return
+            sent = self.transport.send(stream.output())
         except OSError:
-            self.close()
+            stream.reset(now)
             return
-        del self._unsent[:sent]
-        if sent:
-            self.last_active = self._loop.time()  # a slow reader is not an idle one
-        if not self._unsent:
-            self._loop.remove_writer(self._fd)
-            self._finish_if_done()
+        stream.sent(sent, now)
 
-    def _unread_output(self) -> None:
-        log.debug("closing client that does not read its answers")
-        self._stats.dropped["unread_output"] += 1
-        reset_on_close(self._client)
-        self.close()
+    def _apply(self) -> None:
+        """Make the transport do what the stream's state says."""
+        stream = self.stream
+        state = stream.state
+        transport = self.transport
+        if state is CLOSED or state is RESET:
+            if not transport.closed:
+                if stream.reason is not None:
+                    self._stats.dropped[stream.reason] += 1
+                    log.debug("closing client: %s", stream.reason)
+                if state is RESET:
+                    transport.reset()
+                else:
+                    transport.close()
+            for handle in (self._pump_handle, self._stall_timer):
+                if handle is not None:
+                    handle.cancel()
+            self._pump_handle = self._stall_timer = None
+            on_end, self._on_end = self._on_end, None
+            if on_end is not None:
+                on_end()
+            return
+        transport.want_read(state is READING)
+        blocked = stream.write_blocked
+        transport.want_write(blocked)
+        if blocked and self._stall_timer is None:
+            self._stall_timer = self._loop.call_at(stream.stall_deadline, self._stall_check)
 
-    def _finish_if_done(self) -> None:
-        """After the input ended: close once every query read is answered and sent."""
-        if (
-            self._input_ended
-            and self._inflight == 0
-            and not self._waiting
-            and not self._outbox
-            and not self._unsent
-        ):
-            self.close()
+    def _stall_check(self) -> None:
+        """Reset a client that took none of its answers for the stall timeout."""
+        self._stall_timer = None
+        if self.stream.expired(self._loop.time()) == "unread_output":
+            self.close("unread_output")
+        else:
+            self._apply()  # progress since: wait again if answers still wait
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Pipe(Enum):
+    """Where a pipe session is; changed only by ``PipeSession._to``."""
+
+    DIALLING = "dialling"
+    SPLICING = "splicing"
+    FALLBACK = "fallback"  # no upstream: a pool session answers SERVFAIL
+    CLOSED = "closed"
+
+
+_DIALLING, _SPLICING, _FALLBACK, _PIPE_CLOSED = _Pipe  # fast to read (see client_stream)
 
 
 class PipeSession:
@@ -321,64 +269,83 @@ class PipeSession:
     Carries anything, zone transfers included. If no upstream can be reached over
     verified TLS, the client's queries are answered SERVFAIL instead of the connection
     just dropping, so a pipe client too always gets an answer. The copying itself is
-    :class:`~dns2dot.transport.splice.Splice`: the client's socket is taken from its tornado
-    stream, which never reads it.
+    :class:`~dns2dot.transport.splice.Splice`. The upstream decides what is garbage; a
+    client that takes none of the upstream's answers for
+    :data:`~dns2dot.protocol.client_stream.STALL_TIMEOUT` seconds is reset.
     """
 
     def __init__(
-        self, client_stream: IOStream, pool: UpstreamPool, limits: TcpLimits, stats: Stats
+        self, client: socket.socket, pool: UpstreamPool, limits: TcpLimits, stats: Stats
     ) -> None:
-        self.client_stream = client_stream
+        self.client = client
         self._stats = stats
         self._pool = pool
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self.last_active = self._loop.time()
+        self.state = _DIALLING
         self._fallback: PoolSession | None = None
         self._splice: Splice | None = None
         self._activity_seen = 0
+
+    def _to(self, state: _Pipe) -> None:
+        if self.state is not _PIPE_CLOSED:
+            self.state = state
 
     def expired(self, now: float) -> str | None:
         if self._fallback is not None:
             return self._fallback.expired(now)
         splice = self._splice
-        if splice is not None and splice.activity != self._activity_seen:
-            self._activity_seen = splice.activity
-            self.last_active = now
+        if splice is not None:
+            if splice.stalled(now) >= STALL_TIMEOUT:
+                return "unread_output"
+            if splice.activity != self._activity_seen:
+                self._activity_seen = splice.activity
+                self.last_active = now
         return "idle" if now - self.last_active > self._limits.idle_timeout else None
 
     async def run(self) -> None:
         try:
             server, channel = await self._pool.open_pipe_channel()
         except UpstreamError:
-            if self.client_stream.closed():  # closed while the upstreams were being dialled
+            if self.state is _PIPE_CLOSED:  # closed while the upstreams were being dialled
                 return
-            self._fallback = PoolSession(self.client_stream, servfail, self._limits, self._stats)
+            self._to(_FALLBACK)
+            self._fallback = PoolSession(self.client, servfail, self._limits, self._stats)
             await self._fallback.run()
             return
-        if self.client_stream.closed():  # closed while the upstream was being dialled
+        if self.state is _PIPE_CLOSED:  # closed while the upstream was being dialled
             channel.close()
             return
+        self._to(_SPLICING)
         self._splice = Splice(
-            self.client_stream.socket,
+            self.client,
             channel,
             on_upstream_data=partial(server.remember_session, channel),
+            dns_framing=True,
         )
         try:
             await self._splice.run()
         finally:
-            self.client_stream.close()  # its socket is closed already: tornado takes note
+            self._to(_PIPE_CLOSED)
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
+        if reason is not None and self._fallback is None and self.state is not _PIPE_CLOSED:
+            self._stats.dropped[reason] += 1
+        if self._fallback is not None:
+            self._fallback.close(reason)  # counts the reason itself
         if self._splice is not None:
             self._splice.close()
-        if self._fallback is not None:
-            self._fallback.close()  # before the socket closes: it is still polled
-        self.client_stream.close()
+        self._to(_PIPE_CLOSED)
+        self.client.close()
 
 
-class DnsTcpServer(TCPServer):
-    """Accepts DNS-over-TCP clients and runs a pool or pipe session for each."""
+class DnsTcpServer:
+    """Accepts DNS-over-TCP clients and runs a pool or pipe session for each.
+
+    tornado accepts the connections (``tornado.netutil.add_accept_handler``); each
+    session gets the bare client socket, with no tornado stream around it.
+    """
 
     def __init__(
         self,
@@ -388,65 +355,82 @@ class DnsTcpServer(TCPServer):
         mode: str = "pool",
         limits: TcpLimits | None = None,
     ) -> None:
-        super().__init__()  # its streams only hand over their sockets
         self.resolver = resolver
         self.pool = pool
         self.admission = admission
         self.mode = mode
         self.limits = limits or TcpLimits()
         self.sessions: set[PoolSession | PipeSession] = set()
+        self._listeners: dict[int, tuple[socket.socket, Callable[[], None]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._full_logged = False
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept clients on these listening sockets (bound and listening already)."""
+        for sock in sockets:
+            remove = add_accept_handler(sock, self._accepted)
+            self._listeners[sock.fileno()] = (sock, remove)
 
     def start_sweeping(self) -> None:
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop_accepting(self) -> None:
         """Close the listening sockets; connected clients are still served."""
-        super().stop()
+        listeners, self._listeners = self._listeners, {}
+        for sock, remove in listeners.values():
+            remove()
+            sock.close()
 
     def stop(self) -> None:
         """Stop accepting and close every client connection."""
-        super().stop()  # idempotent in tornado
+        self.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
         for session in list(self.sessions):
             session.close()
 
-    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+    def _accepted(self, client: socket.socket, address: Any) -> None:
         if len(self.sessions) >= self.limits.max_clients:
             if not self._full_logged:
                 log.warning("%d TCP clients connected: refusing more", len(self.sessions))
                 self._full_logged = True
             self.resolver.stats.dropped["max_clients"] += 1
-            stream.close()
+            client.close()
             return
         self._full_logged = False
-        stream.set_nodelay(True)
+        client.setblocking(False)
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
+            if client.family in (socket.AF_INET, socket.AF_INET6):
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session: PoolSession | PipeSession
         host = address[0] if isinstance(address, tuple) else str(address)
         stats = self.resolver.stats
         if self.admission.verdict(host, datagram=False) is not Verdict.SERVE:
             stats.refused["acl"] += 1
-            session = PoolSession(stream, refuse, self.limits, stats)
+            session = PoolSession(client, refuse, self.limits, stats)
         elif self.mode == "pipe":
-            session = PipeSession(stream, self.pool, self.limits, stats)
+            session = PipeSession(client, self.pool, self.limits, stats)
         else:
-            session = PoolSession(stream, self.resolver.handle, self.limits, stats)
+            session = PoolSession(client, self.resolver.handle, self.limits, stats)
         self.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
+        if isinstance(session, PoolSession):
+            session.start(partial(self.sessions.discard, session))
+        else:
+            task = asyncio.ensure_future(session.run())
+            task.add_done_callback(partial(self._ended, session))
+
+    def _ended(self, session: PoolSession | PipeSession, task: asyncio.Future[None]) -> None:
+        self.sessions.discard(session)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("TCP session failed", exc_info=task.exception())
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        dropped = self.resolver.stats.dropped
         for session in list(self.sessions):
             reason = session.expired(now)
             if reason is not None:
-                dropped[reason] += 1
-                session.close()
+                session.close(reason)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
