@@ -29,8 +29,8 @@ from dns2dot.metrics import (
     read_snapshots,
     write_snapshot,
 )
-from dns2dot.protocol.errors import ConfigError
-from dns2dot.proxy import ListenError, Proxy, bind_error
+from dns2dot.protocol.errors import ConfigError, ListenError
+from dns2dot.proxy import Proxy, bind_error
 from dns2dot.transport import tls
 
 log = logging.getLogger("dns2dot")

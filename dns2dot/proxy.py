@@ -23,7 +23,7 @@ from dns2dot.policy.admission import AccessList, Admission, RateLimiter
 from dns2dot.policy.cache import Cache, CachePolicy
 from dns2dot.policy.rules import RuleSet, build_rules
 from dns2dot.policy.strategy import Strategy
-from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.protocol.errors import ListenError
 from dns2dot.serve.resolver import AnswerPolicy, Resolver
 from dns2dot.serve.tcp import DnsTcpServer, TcpLimits
 from dns2dot.serve.udp import UdpShim, start_udp, udp_socket
@@ -40,14 +40,6 @@ CONNECTION_TYPES: dict[str, type[UpstreamConnection]] = {
     **DEFAULT_CONNECTION_TYPES,
     "https": DohConnection,
 }
-
-
-class ListenError(Dns2DotError):
-    """A listen address could not be bound; ``exit_code`` says whose fault it is."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def bind_error(address: ListenAddress, exc: OSError, option: str = "--listen") -> ListenError:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dns2dot.protocol import wire
-from dns2dot.protocol.errors import FormError, MessageError
+from dns2dot.protocol.errors import FormError, ProtocolError
 
 _TTL = struct.Struct("!I")
 _TYPE_SOA = 6
@@ -220,13 +220,10 @@ class Cache:
         try:
             if wire.answer_key(answer) is None:
                 return None  # no question to serve it for
-        except (FormError, MessageError):
+            offsets, ttls, negative, opt = _walk_ttls(answer)
+        except ProtocolError:
             return None
         rcode = wire.rcode_of(answer)
-        try:
-            offsets, ttls, negative, opt = _walk_ttls(answer)
-        except (FormError, struct.error, IndexError):
-            return None
         policy = self.policy
         if rcode == wire.Rcode.SERVFAIL:
             return min(policy.servfail_ttl, policy.max_ttl), offsets, ttls, opt

@@ -17,7 +17,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from dns2dot.protocol.errors import FormError, MessageError
+from dns2dot.protocol.errors import FormError, MessageError, ProtocolError
 
 HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12
@@ -295,7 +295,11 @@ def parse_query(msg: bytes) -> Query:
 
 
 def message_id(msg: bytes) -> int:
-    return (msg[0] << 8) | msg[1]
+    """The message's ID; :class:`MessageError` when it is too short to have one."""
+    try:
+        return (msg[0] << 8) | msg[1]
+    except IndexError:
+        raise MessageError("message shorter than its ID") from None
 
 
 def with_id(msg: bytes, new_id: int) -> bytes:
@@ -379,8 +383,10 @@ def error_response(
     Echoes the ID, opcode, RD and CD bits and, when it can be read, the question.
     Adds an OPT record when the client sent one (RFC 6891 §7), or when the rcode needs
     the extended bits (BADVERS); otherwise never, since a client without EDNS may not
-    understand one.
+    understand one. Raises :class:`MessageError` for a message shorter than a header.
     """
+    if len(msg) < HEADER_LEN:
+        raise MessageError("message shorter than a DNS header")
     if query is not None:
         qend = query.question_end
         has_edns = query.edns is not None
@@ -404,7 +410,7 @@ def _find_opt_lenient(msg: bytes) -> tuple[int, int] | None:
     """:func:`_find_opt` for a message that may be malformed: None when unreadable."""
     try:
         return _find_opt(msg)
-    except (FormError, struct.error, IndexError):
+    except ProtocolError:
         return None
 
 
@@ -425,8 +431,11 @@ def truncate(answer: bytes) -> bytes:
 
     Tells a UDP client to ask again over TCP. The OPT record is rebuilt without
     options, so padding or EDE never pushes the stub past the client's limit.
+    Raises :class:`MessageError` for an answer shorter than a header.
     """
-    qid, flags = struct.unpack_from("!HH", answer)
+    if len(answer) < HEADER_LEN:
+        raise MessageError("answer shorter than a DNS header")
+    qid, flags = _U16_U16.unpack_from(answer)
     qend = _question_end_lenient(answer)
     opt = b""
     if qend:
@@ -456,22 +465,29 @@ def fit_udp(answer: bytes, query_msg: bytes) -> bytes:
 
 def rcode_of(msg: bytes) -> int:
     """The header rcode (without the EDNS extension bits)."""
-    return msg[3] & RCODE_MASK
+    try:
+        return msg[3] & RCODE_MASK
+    except IndexError:
+        raise MessageError("message shorter than its flags") from None
 
 
 def skip_name(msg: bytes, pos: int) -> int:
     """The offset past the name at ``pos``, without following or checking pointers.
 
     Only for locating records in a message that is not interpreted further by name
-    (an upstream's answer); raises IndexError when the message ends first.
+    (an upstream's answer); raises :class:`FormError` when the message ends first.
     """
-    while True:
+    try:
         length = msg[pos]
-        if length == 0:
-            return pos + 1
-        if length >= 0xC0:
-            return pos + 2
-        pos += length + 1
+        while length and length < 0xC0:
+            pos += length + 1
+            length = msg[pos]
+    except IndexError:
+        raise FormError("name runs past the end of the message") from None
+    pos += 2 if length else 1
+    if pos > len(msg):
+        raise FormError("compression pointer truncated")
+    return pos
 
 
 def _find_opt(msg: bytes) -> tuple[int, int] | None:
@@ -479,6 +495,8 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 
     On the path of every answer, so records are skipped, not validated.
     """
+    if len(msg) < HEADER_LEN:
+        raise MessageError("message shorter than a DNS header")
     if not (msg[10] or msg[11]):
         return None
     offset = HEADER_LEN
@@ -500,13 +518,16 @@ def _find_opt_after(msg: bytes, offset: int) -> tuple[int, int] | None:
     end = len(msg)
     for index in range(first_additional + arcount):
         start = offset
-        length = msg[offset]
-        while length and length < 0xC0:
-            offset += length + 1
+        try:
             length = msg[offset]
+            while length and length < 0xC0:
+                offset += length + 1
+                length = msg[offset]
+        except IndexError:
+            raise FormError("name runs past the end of the message") from None
         offset += 12 if length else 11  # a pointer or the root; then type to rdlength
         if offset > end:
-            raise IndexError("record header truncated")
+            raise FormError("record header truncated")
         rtype = (msg[offset - 10] << 8) | msg[offset - 9]
         offset += (msg[offset - 2] << 8) | msg[offset - 1]
         if offset > end:
@@ -638,7 +659,7 @@ def for_client(answer: bytes, query: Query) -> bytes:
             found = _find_opt_after(answer, query.question_end)
         else:
             found = _find_opt(answer)
-    except (FormError, struct.error, IndexError):
+    except ProtocolError:
         found = None
     if found is None:
         return qid + answer[2:]
