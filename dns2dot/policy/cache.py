@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dns2dot.protocol import wire
-from dns2dot.protocol.errors import FormError, ProtocolError
+from dns2dot.protocol.errors import ProtocolError
 
 _TTL = struct.Struct("!I")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _TYPE_SOA = 6
 STALE_ANSWER_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
 ENTRY_OVERHEAD = 200  # bytes charged per entry beyond its answer, for the byte bound
@@ -89,7 +90,8 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[i
     """TTL field offsets and values of every record but OPT, the negative TTL, the OPT.
 
     The negative TTL is min(SOA TTL, SOA MINIMUM) of the first SOA in the authority
-    section, or None when there is none; the OPT is its (start, end), or None.
+    section, or None when there is none; the OPT is its (start, end), or None. Names
+    are validated: a broken answer raises a ``FormError`` and is not kept.
     """
     _, _, qdcount, ancount, nscount, arcount = wire.HEADER.unpack_from(answer)
     offset = wire.HEADER_LEN
@@ -99,25 +101,19 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[i
     ttls: list[int] = []
     negative: int | None = None
     opt: tuple[int, int] | None = None
-    for index in range(ancount + nscount + arcount):
-        start = offset
-        offset = wire.read_name(answer, offset)  # validated: a broken answer is not kept
-        if offset + 10 > len(answer):
-            raise FormError("record header truncated")
-        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", answer, offset)
-        end = offset + 10 + rdlen
-        if end > len(answer):
-            raise FormError("record data truncated")
+    first_additional = ancount + nscount
+    records = wire.walk_records(answer, offset, first_additional + arcount)
+    for index, (start, fields, end) in enumerate(records):
+        rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(answer, fields)
         if rtype != wire.RdataType.OPT:
-            offsets.append(offset + 4)
+            offsets.append(fields + 4)
             ttls.append(ttl)
-            in_authority = ancount <= index < ancount + nscount
+            in_authority = ancount <= index < first_additional
             if rtype == _TYPE_SOA and in_authority and negative is None and rdlen >= 20:
                 (minimum,) = _TTL.unpack_from(answer, end - 4)
                 negative = min(ttl, minimum)
-        elif index >= ancount + nscount and opt is None:
+        elif index >= first_additional and opt is None:
             opt = (start, end)  # the first, as wire.client_view finds it
-        offset = end
     return offsets, ttls, negative, opt
 
 

@@ -14,6 +14,7 @@ Everything else is the upstream's business.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -73,6 +74,9 @@ class RdataType(IntEnum):
     OPT = 41
     IXFR = 251
     AXFR = 252
+
+
+_OPT = int(RdataType.OPT)  # a plain int: compared once per record walked
 
 
 class EdnsOption(IntEnum):
@@ -214,31 +218,62 @@ def _read_plain_name(msg: bytes, offset: int) -> int:
         pos += length + 1
 
 
-def _skip_records(msg: bytes, offset: int, count: int) -> tuple[int, Edns | None]:
-    """Walk ``count`` resource records; return the end offset and the OPT record seen."""
-    end = len(msg)
-    edns: Edns | None = None
+def walk_records(
+    msg: bytes, offset: int, count: int, *, validate: bool = True
+) -> Iterator[tuple[int, int, int]]:
+    """Walk ``count`` resource records from ``offset``: the one record walker.
+
+    Yields ``(start, fields, end)`` for each: where its owner name starts, where its
+    fixed fields start (TYPE, CLASS, TTL and RDLENGTH at ``fields``, ``+2``, ``+4``,
+    ``+8``) and where its RDATA ends. Owner names are checked by :func:`read_name`, or
+    with ``validate=False`` only skipped (an answer that is forwarded, not interpreted
+    by name). Raises :class:`FormError` when a record runs past the message.
+
+    Callers on the hot path run it to the end rather than leave it: closing a
+    suspended generator costs more than the walk.
+    """
+    size = len(msg)
     for _ in range(count):
         start = offset
-        offset = read_name(msg, offset)
-        if offset + 10 > end:
+        if validate:
+            offset = read_name(msg, offset)
+        else:
+            try:
+                length = msg[offset]
+                while length and length < 0xC0:
+                    offset += length + 1
+                    length = msg[offset]
+            except IndexError:
+                raise FormError("name runs past the end of the message") from None
+            offset += 2 if length else 1  # a pointer or the root
+        if offset + 10 > size:
             raise FormError("record header truncated")
-        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(msg, offset)
-        offset += 10 + rdlen
-        if offset > end:
+        end = offset + 10 + ((msg[offset + 8] << 8) | msg[offset + 9])
+        if end > size:
             raise FormError("record data truncated")
-        if rtype == RdataType.OPT:
+        yield start, offset, end
+        offset = end
+
+
+def _skip_records(msg: bytes, offset: int, count: int) -> tuple[int, Edns | None]:
+    """Validate ``count`` resource records; return the end offset and the OPT record seen."""
+    edns: Edns | None = None
+    end = offset
+    for start, fields, record_end in walk_records(msg, offset, count):
+        end = record_end
+        if msg[fields + 1] == _OPT and not msg[fields]:
             if edns is not None:
                 raise FormError("more than one OPT record")
             if msg[start] != 0:
                 raise FormError("OPT record not owned by the root")
+            payload, ttl, _ = _OPT_FIXED.unpack_from(msg, fields + 2)
             edns = Edns(
-                payload=rclass,
+                payload=payload,
                 version=(ttl >> 16) & 0xFF,
                 do=bool(ttl & 0x8000),
                 offset=start,
             )
-    return offset, edns
+    return end, edns
 
 
 def parse_query(msg: bytes) -> Query:
@@ -508,33 +543,19 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 def _find_opt_after(msg: bytes, offset: int) -> tuple[int, int] | None:
     """:func:`_find_opt` for records starting at ``offset`` (the question's end).
 
-    :func:`skip_name` is written out in the loop: this runs once per answer, and the
-    calls were most of its cost.
+    The first OPT record of the additional section, in an answer whose records all
+    hold together (:func:`walk_records` without name checks).
     """
     ancount, nscount, arcount = _COUNTS3.unpack_from(msg, 6)
     if not arcount:
         return None
-    first_additional = ancount + nscount
-    end = len(msg)
-    for index in range(first_additional + arcount):
-        start = offset
-        try:
-            length = msg[offset]
-            while length and length < 0xC0:
-                offset += length + 1
-                length = msg[offset]
-        except IndexError:
-            raise FormError("name runs past the end of the message") from None
-        offset += 12 if length else 11  # a pointer or the root; then type to rdlength
-        if offset > end:
-            raise FormError("record header truncated")
-        rtype = (msg[offset - 10] << 8) | msg[offset - 9]
-        offset += (msg[offset - 2] << 8) | msg[offset - 1]
-        if offset > end:
-            raise FormError("record data truncated")
-        if rtype == RdataType.OPT and index >= first_additional:
-            return start, offset
-    return None
+    index = -(ancount + nscount)  # 0 at the first additional record
+    found = None
+    for start, fields, end in walk_records(msg, offset, arcount - index, validate=False):
+        if index >= 0 and found is None and msg[fields + 1] == _OPT and not msg[fields]:
+            found = start, end
+        index += 1
+    return found
 
 
 def _options(rdata: bytes) -> list[tuple[int, bytes]]:
