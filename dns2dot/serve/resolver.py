@@ -19,12 +19,12 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from dns2dot.metrics import Stats
 from dns2dot.policy.admission import Verdict
 from dns2dot.policy.cache import Cache, CacheEntry, cache_key
 from dns2dot.policy.rules import RuleSet
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
+from dns2dot.serve.stats import Stats
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamPool
 

@@ -26,11 +26,11 @@ from typing import Any
 from tornado.iostream import IOStream
 from tornado.tcpserver import TCPServer
 
-from dns2dot.metrics import Stats
 from dns2dot.policy.admission import Admission, Verdict
 from dns2dot.protocol.errors import UpstreamError
 from dns2dot.protocol.framing import FrameDecoder, frame
 from dns2dot.serve.resolver import Resolver, refuse, servfail
+from dns2dot.serve.stats import Stats
 from dns2dot.transport.sockets import reset_on_close
 from dns2dot.transport.splice import Splice
 from dns2dot.transport.streams import READ_CHUNK
