@@ -71,12 +71,16 @@ class KnownQuery:
 
 @dataclass(frozen=True)
 class CachePolicy:
-    max_entries: int = 10000
+    """The cache's bounds and clamps. Those that are options come from ``Config``
+    (``--cache-size``, ``--cache-min-ttl``, ``--cache-max-ttl``, ``--serve-stale``)
+    and have no default here."""
+
+    max_entries: int
+    min_ttl: int
+    max_ttl: int
+    stale_ttl: int  # how long past expiry an entry may still be served stale
     max_bytes: int = 64 << 20
-    min_ttl: int = 0
-    max_ttl: int = 86400
-    servfail_ttl: int = 2
-    stale_ttl: int = 86400  # how long past expiry an entry may still be served stale
+    servfail_ttl: int = 2  # RFC 9520 §3.2: a few seconds
 
 
 def cache_key(query: wire.Query) -> bytes:
@@ -120,8 +124,8 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[i
 class Cache:
     """An LRU map from :func:`cache_key` to :class:`CacheEntry`, bounded in entries and bytes."""
 
-    def __init__(self, policy: CachePolicy | None = None) -> None:
-        self.policy = policy or CachePolicy()
+    def __init__(self, policy: CachePolicy) -> None:
+        self.policy = policy
         self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
         # Stubs ask the same questions in the same bytes over and over; a repeat is
         # answered without a parse or a render (see :meth:`known`). Bounded by the

@@ -48,6 +48,7 @@ MIN_UDP_PAYLOAD = 512
 MAX_MESSAGE_LEN = 0xFFFF  # the TCP length prefix is 16 bits
 # What dns2dot advertises in the OPT records it writes itself (DNS flag day 2020).
 OWN_UDP_PAYLOAD = 1232
+PAD_BLOCK = 128  # RFC 8467 §4.1: queries padded to a multiple of 128 octets
 
 
 class Rcode(IntEnum):
@@ -580,7 +581,7 @@ def _set_arcount(msg: bytes, arcount: int) -> bytes:
 
 
 def prepare_upstream(
-    msg: bytes, query: Query, *, pad_block: int = 128, keep_client_subnet: bool = False
+    msg: bytes, query: Query, *, pad_block: int = PAD_BLOCK, keep_client_subnet: bool = False
 ) -> bytes:
     """The query as it goes upstream: padded (RFC 7830, RFC 8467), ECS removed.
 
@@ -591,10 +592,10 @@ def prepare_upstream(
     if query.edns is None:
         if not pad_block:
             return msg
-        if pad_block == 128 and len(msg) <= MAX_MESSAGE_LEN - 15 - 127:
+        if pad_block == PAD_BLOCK and len(msg) <= MAX_MESSAGE_LEN - 15 - 127:
             # The common case (a client without EDNS): one precomputed padded OPT.
             arcount = ((msg[10] << 8) | msg[11]) + 1
-            return _set_arcount(msg, arcount) + _PADDED_OPT[(-(len(msg) + 15)) % 128]
+            return _set_arcount(msg, arcount) + _PADDED_OPT[(-(len(msg) + 15)) % PAD_BLOCK]
         opt_start, opt_end = len(msg), len(msg)
         payload, ttl, options = OWN_UDP_PAYLOAD, 0, []
         arcount = ((msg[10] << 8) | msg[11]) + 1
@@ -602,9 +603,13 @@ def prepare_upstream(
         opt_start = query.edns.offset
         payload, ttl, rdlen = _OPT_FIXED.unpack_from(msg, opt_start + 3)
         opt_end = opt_start + 11 + rdlen
-        if pad_block == 128 and not rdlen and opt_end == len(msg) <= MAX_MESSAGE_LEN - 4 - 127:
+        if (
+            pad_block == PAD_BLOCK
+            and not rdlen
+            and opt_end == len(msg) <= MAX_MESSAGE_LEN - 4 - 127
+        ):
             # The common case with EDNS: a last OPT without options gets the padding.
-            pad = (-(len(msg) + 4)) % 128
+            pad = (-(len(msg) + 4)) % PAD_BLOCK
             return msg[: opt_start + 9] + _PADDING_RDATA[pad]
         options = _options(msg[opt_end - rdlen : opt_end])
         drop = (
@@ -646,9 +651,9 @@ def _padded_opt(pad: int) -> bytes:
     return b"\x00" + _RR_FIXED.pack(RdataType.OPT, OWN_UDP_PAYLOAD, 0, len(body)) + body
 
 
-_PADDED_OPT = tuple(_padded_opt(pad) for pad in range(128))
+_PADDED_OPT = tuple(_padded_opt(pad) for pad in range(PAD_BLOCK))
 # RDLENGTH and RDATA of an OPT record holding only a padding option of ``pad`` octets.
-_PADDING_RDATA = tuple(_U16.pack(4 + pad) + _padding_option(pad) for pad in range(128))
+_PADDING_RDATA = tuple(_U16.pack(4 + pad) + _padding_option(pad) for pad in range(PAD_BLOCK))
 
 
 def client_view(answer: bytes, client_has_edns: bool) -> bytes:

@@ -54,10 +54,11 @@ class TcpLimits:
 
     def __init__(
         self,
-        idle_timeout: float = 10.0,
+        *,
+        idle_timeout: float,
+        max_clients: int,
+        max_inflight: int,
         frame_timeout: float = 5.0,
-        max_clients: int = 10000,
-        max_inflight: int = 256,
         max_write_buffer: int = 1 << 20,
     ) -> None:
         self.idle_timeout = idle_timeout
@@ -385,15 +386,15 @@ class DnsTcpServer(TCPServer):
         resolver: Resolver,
         pool: UpstreamPool,
         admission: Admission,
-        mode: str = "pool",
-        limits: TcpLimits | None = None,
+        mode: str,
+        limits: TcpLimits,
     ) -> None:
         super().__init__()  # its streams only hand over their sockets
         self.resolver = resolver
         self.pool = pool
         self.admission = admission
         self.mode = mode
-        self.limits = limits or TcpLimits()
+        self.limits = limits
         self.sessions: set[PoolSession | PipeSession] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._full_logged = False
