@@ -160,8 +160,8 @@ class Cache:
 
         Identical bytes validate alike and ask the same question in the same spelling,
         so the answer :meth:`remember` kept (re-rendered once a second, as TTLs count
-        down) is theirs too: about a third of the cost of a hit through :meth:`get`
-        and :meth:`render`. Counted as a hit; None sends the caller the long way.
+        down) is theirs too, without a parse or a render. Counted as a hit; None
+        sends the caller the long way (:meth:`get` and :meth:`render`).
         """
         rest = msg[2:]
         known = self._known.get(rest)
