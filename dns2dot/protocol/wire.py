@@ -218,7 +218,7 @@ def _read_plain_name(msg: bytes, offset: int) -> int:
 
 
 def walk_records(
-    msg: bytes, offset: int, count: int, *, validate: bool = True
+    msg: bytes, offset: int, count: int, validate: bool = True
 ) -> Iterator[tuple[int, int, int]]:
     """Walk ``count`` resource records from ``offset``: the one record walker.
 
@@ -228,8 +228,9 @@ def walk_records(
     with ``validate=False`` only skipped (an answer that is forwarded, not interpreted
     by name). Raises :class:`FormError` when a record runs past the message.
 
-    Callers on the hot path run it to the end rather than leave it: closing a
-    suspended generator costs more than the walk.
+    Callers on the hot path pass ``validate`` by position and run the walk to its
+    end: a keyword call and closing a suspended generator each cost more than a
+    record.
     """
     size = len(msg)
     for _ in range(count):
@@ -550,7 +551,7 @@ def _find_opt_after(msg: bytes, offset: int) -> tuple[int, int] | None:
         return None
     index = -(ancount + nscount)  # 0 at the first additional record
     found = None
-    for start, fields, end in walk_records(msg, offset, arcount - index, validate=False):
+    for start, fields, end in walk_records(msg, offset, arcount - index, False):
         if index >= 0 and found is None and msg[fields + 1] == _OPT and not msg[fields]:
             found = start, end
         index += 1
