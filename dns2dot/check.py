@@ -27,7 +27,7 @@ from dns2dot import config as config_module
 from dns2dot.config import Config
 from dns2dot.protocol import wire, x509
 from dns2dot.protocol.errors import ConfigError, UpstreamTimeoutError
-from dns2dot.proxy import CONNECTION_TYPES
+from dns2dot.proxy import CONNECTION_TYPES, lifecycle
 from dns2dot.transport import tls
 from dns2dot.transport.tls import TlsContexts
 from dns2dot.upstream.exchange import Exchange
@@ -128,7 +128,12 @@ async def _test_query(
     spec: UpstreamSpec, contexts: TlsContexts, timeout: float, qname: str, result: CheckResult
 ) -> None:
     """One query through the proxy's own upstream code: DoT or DoH, pins and all."""
-    pool = UpstreamPool([spec], contexts, connection_types=CONNECTION_TYPES)
+    pool = UpstreamPool(
+        [spec],
+        contexts,
+        lifecycle=lifecycle(Config(timeout=timeout)),
+        connection_types=CONNECTION_TYPES,
+    )
     query = dns.message.make_query(qname, "NS")
     msg = query.to_wire()
     loop = asyncio.get_running_loop()

@@ -1,9 +1,12 @@
 """Settings from three sources, one table: command line > environment > YAML > default.
 
-Every option is declared once in :data:`OPTIONS`; the argument parser, the
-``DNS2DOT_<OPTION>`` environment variables and the YAML keys are all derived from it,
-so the three cannot drift apart. Every parse error is a :class:`ConfigError` whose
-message names the setting and says why (exit code 2).
+Every option is declared once in :data:`OPTIONS`, default included; the argument
+parser and its help, the ``DNS2DOT_<OPTION>`` environment variables, the YAML keys and
+the defaults of :class:`Config` are all derived from it, so they cannot drift apart.
+The classes below (cache policy, upstream lifecycle, TCP limits, answer policy) state
+no defaults of their own for what an option sets: ``proxy.py`` builds them from
+:class:`Config`. Every parse error is a :class:`ConfigError` whose message names the
+setting and says why (exit code 2).
 """
 
 from __future__ import annotations
@@ -37,46 +40,6 @@ class ListenAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: tuple[ListenAddress, ...]
-    upstreams: tuple[UpstreamSpec, ...]
-    cafile: str | None = None
-    mode: str = "pool"
-    timeout: float = 3.0
-    idle_timeout: float = 10.0
-    max_tcp_clients: int = 10000
-    max_inflight_per_client: int = 256
-    workers: int = 1
-    grace_period: float = 5.0
-    log_format: str = "text"
-    log_queries: bool = False
-    metrics: ListenAddress | None = None
-    cache_size: int = 10000
-    cache_min_ttl: int = 0
-    cache_max_ttl: int = 86400
-    serve_stale: int = 86400
-    no_padding: bool = False
-    keep_client_subnet: bool = False
-    forward: tuple[tuple[str, UpstreamSpec], ...] = ()
-    hosts: tuple[str, ...] = ()
-    blocklist: tuple[str, ...] = ()
-    block_answer: tuple[str, ...] = ()
-    strategy: str = "failover"
-    upstream_idle_timeout: float = 8.0
-    max_queries_per_connection: int = 50000
-    max_inflight: int = 20000
-    allow: tuple[Network, ...] = ()
-    ratelimit: float | None = None
-    listen_tls: tuple[ListenAddress, ...] = ()
-    listen_https: tuple[ListenAddress, ...] = ()
-    https_path: str = "/dns-query"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    verbose: bool = False
-    config: str | None = None
 
 
 def _ip(text: str, what: str) -> str:
@@ -299,6 +262,8 @@ class Option:
     metavar: str | None = None
     repeatable: bool = False
     yaml_key: str | None = None
+    default: Any = None  # the value as Config holds it; the one place it is written
+    shown: str | None = None  # how the help shows the default, when not str(default)
 
     @property
     def env(self) -> str:
@@ -312,15 +277,33 @@ class Option:
     def key(self) -> str:
         return self.yaml_key or self.dest
 
+    @property
+    def help_text(self) -> str:
+        """The help line, its default rendered from :attr:`default`."""
+        shown = self.shown if self.shown is not None else _show(self.default)
+        return f"{self.help} (default {shown})" if shown else self.help
+
+
+def _show(value: Any) -> str:
+    """A default as the help shows it: ``3`` for 3.0, lists comma-separated, switches not."""
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value)
+
 
 OPTIONS: tuple[Option, ...] = (
     Option(
         "listen",
         ("-l", "--listen"),
         parse_listen,
-        "plain-DNS listen address, UDP and TCP, repeatable (default 127.0.0.1:53)",
+        "plain-DNS listen address, UDP and TCP, repeatable",
         "ADDR",
         repeatable=True,
+        default=(ListenAddress("127.0.0.1", 53),),
     ),
     Option(
         "upstream",
@@ -331,6 +314,7 @@ OPTIONS: tuple[Option, ...] = (
         "SPEC",
         repeatable=True,
         yaml_key="upstreams",
+        default=tuple(parse_upstream(spec) for spec in DEFAULT_UPSTREAMS),
     ),
     Option(
         "pin",
@@ -340,117 +324,145 @@ OPTIONS: tuple[Option, ...] = (
         "BASE64",
         repeatable=True,
         yaml_key="pins",
+        default=(),
     ),
-    Option("cafile", ("--cafile",), _cafile, "CA bundle (default: certifi's)", "PATH"),
+    Option("cafile", ("--cafile",), _cafile, "CA bundle", "PATH", shown="certifi's bundle"),
     Option(
-        "mode", ("--mode",), _choice("mode", MODES), "TCP handling: pool (default) or pipe", "MODE"
+        "mode",
+        ("--mode",),
+        _choice("mode", MODES),
+        "TCP handling: pool or pipe",
+        "MODE",
+        default="pool",
     ),
     Option(
         "timeout",
         ("--timeout",),
         _positive(float, "timeout"),
-        "seconds before a query is answered SERVFAIL (default 3)",
+        "seconds before a query is answered SERVFAIL",
         "SECONDS",
+        default=3.0,
     ),
     Option(
         "idle-timeout",
         ("--idle-timeout",),
         _positive(float, "idle-timeout"),
-        "seconds an idle TCP client may stay connected (default 10)",
+        "seconds an idle TCP client may stay connected",
         "SECONDS",
+        default=10.0,
     ),
     Option(
         "max-tcp-clients",
         ("--max-tcp-clients",),
         _positive(int, "max-tcp-clients"),
-        "TCP clients connected at once (default 10000)",
+        "TCP clients connected at once",
         "N",
+        default=10000,
     ),
     Option(
         "max-inflight-per-client",
         ("--max-inflight-per-client",),
         _positive(int, "max-inflight-per-client"),
-        "unanswered queries per TCP client before it is read no further (default 256)",
+        "unanswered queries per TCP client before it is read no further",
         "N",
+        default=256,
     ),
     Option(
         "strategy",
         ("--strategy",),
         _choice("strategy", STRATEGIES),
-        "how upstreams share queries: failover (default), round-robin, fastest, race",
+        "how upstreams share queries: failover, round-robin, fastest, race",
         "NAME",
+        default="failover",
     ),
     Option(
         "upstream-idle-timeout",
         ("--upstream-idle-timeout",),
         _positive(float, "upstream-idle-timeout"),
-        "seconds before an idle upstream connection is closed (default 8)",
+        "seconds before an idle upstream connection is closed",
         "SECONDS",
+        default=8.0,  # below the 10 s some public resolvers enforce
     ),
     Option(
         "max-queries-per-connection",
         ("--max-queries-per-connection",),
         _positive(int, "max-queries-per-connection"),
-        "queries on one upstream connection before a fresh one takes over (default 50000)",
+        "queries on one upstream connection before a fresh one takes over",
         "N",
+        default=50000,
     ),
     Option(
         "max-inflight",
         ("--max-inflight",),
         _positive(int, "max-inflight"),
-        "queries waiting for upstreams at once; more are answered REFUSED (default 20000)",
+        "queries waiting for upstreams at once; more are answered REFUSED",
         "N",
+        default=20000,
     ),
     Option(
         "allow",
         ("--allow",),
         _allow,
-        "client network (CIDR) to serve, repeatable; others get REFUSED "
-        "(default: loopback and private ranges)",
+        "client network (CIDR) to serve, repeatable; others get REFUSED",
         "CIDR",
         repeatable=True,
+        default=parse_networks(DEFAULT_ALLOW),
+        shown="loopback and private ranges",
     ),
     Option(
         "ratelimit",
         ("--ratelimit",),
         _positive(float, "ratelimit"),
-        "UDP queries per second per client /24 or /56; beyond it, TC=1 (default off)",
+        "UDP queries per second per client /24 or /56; beyond it, TC=1",
         "QPS",
+        default=None,
+        shown="off",
     ),
     Option(
         "cache-size",
         ("--cache-size",),
         _non_negative("cache-size"),
-        "answers kept in the cache, per worker; 0 turns it off (default 10000)",
+        "answers kept in the cache, per worker; 0 turns it off",
         "ENTRIES",
+        default=10000,
     ),
     Option(
         "cache-min-ttl",
         ("--cache-min-ttl",),
         _non_negative("cache-min-ttl"),
-        "lower clamp on cached TTLs, seconds (default 0)",
+        "lower clamp on cached TTLs, seconds",
         "SECONDS",
+        default=0,
     ),
     Option(
         "cache-max-ttl",
         ("--cache-max-ttl",),
         _non_negative("cache-max-ttl"),
-        "upper clamp on cached TTLs, seconds (default 86400)",
+        "upper clamp on cached TTLs, seconds",
         "SECONDS",
+        default=86400,
     ),
     Option(
         "serve-stale",
         ("--serve-stale",),
         _non_negative("serve-stale"),
-        "how long past expiry an answer may be served stale (RFC 8767); 0: never (default 86400)",
+        "how long past expiry an answer may be served stale (RFC 8767); 0: never",
         "SECONDS",
+        default=86400,
     ),
-    Option("no-padding", ("--no-padding",), None, "do not pad queries upstream (RFC 8467)"),
+    Option(
+        "no-padding",
+        ("--no-padding",),
+        None,
+        "do not pad queries upstream (RFC 8467)",
+        default=False,
+    ),
     Option(
         "keep-client-subnet",
         ("--keep-client-subnet",),
         None,
         "forward the clients' EDNS Client Subnet option instead of removing it",
+        default=False,
     ),
     Option(
         "forward",
@@ -460,6 +472,7 @@ OPTIONS: tuple[Option, ...] = (
         "(cleartext, only this way), repeatable",
         "ZONE=UPSTREAM",
         repeatable=True,
+        default=(),
     ),
     Option(
         "hosts",
@@ -468,6 +481,7 @@ OPTIONS: tuple[Option, ...] = (
         "hosts-format file answered locally (A, AAAA and PTR), repeatable",
         "FILE",
         repeatable=True,
+        default=(),
     ),
     Option(
         "blocklist",
@@ -477,71 +491,85 @@ OPTIONS: tuple[Option, ...] = (
         "FILE",
         repeatable=True,
         yaml_key="blocklists",
+        default=(),
     ),
     Option(
         "block-answer",
         ("--block-answer",),
         str,
-        "answer for blocked names: nxdomain (default) or an IPv4 and/or IPv6 address",
+        "answer for blocked names: nxdomain or an IPv4 and/or IPv6 address",
         "ANSWER",
         repeatable=True,
+        default=(),
+        shown="nxdomain",
     ),
     Option(
         "metrics",
         ("--metrics",),
         lambda text: parse_listen(text, what="--metrics"),
-        "serve Prometheus /metrics, /healthz and /readyz on ADDR (default off)",
+        "serve Prometheus /metrics, /healthz and /readyz on ADDR",
         "ADDR",
+        default=None,
+        shown="off",
     ),
     Option(
         "workers",
         ("--workers",),
         _positive(int, "workers"),
-        "serving processes sharing the listen addresses (SO_REUSEPORT; default 1)",
+        "serving processes sharing the listen addresses (SO_REUSEPORT)",
         "N",
+        default=1,
     ),
     Option(
         "grace-period",
         ("--grace-period",),
         _positive(float, "grace-period"),
-        "on SIGTERM/SIGINT, seconds to finish queries in flight (default 5)",
+        "on SIGTERM/SIGINT, seconds to finish queries in flight",
         "SECONDS",
+        default=5.0,
     ),
     Option(
         "log-format",
         ("--log-format",),
         _choice("log-format", ("text", "json")),
-        "text (default) or json (one object a line)",
+        "text or json (one object a line)",
         "FORMAT",
+        default="text",
     ),
     Option(
         "log-queries",
         ("--log-queries",),
         None,
-        "log every query's name, type and outcome (off by default: names are private)",
+        "log every query's name, type and outcome (names are private: off unless asked)",
+        default=False,
     ),
     Option(
         "listen-tls",
         ("--listen-tls",),
         parse_listen_tls,
-        "DNS-over-TLS listen address for clients (RFC 7858), repeatable; port 853 by default",
+        "DNS-over-TLS address for clients (RFC 7858), repeatable; port 853 when ADDR has none",
         "ADDR",
         repeatable=True,
+        default=(),
+        shown="none",
     ),
     Option(
         "listen-https",
         ("--listen-https",),
         parse_listen_https,
-        "DNS-over-HTTPS listen address for clients (RFC 8484), repeatable; port 443 by default",
+        "DNS-over-HTTPS address for clients (RFC 8484), repeatable; port 443 if ADDR has none",
         "ADDR",
         repeatable=True,
+        default=(),
+        shown="none",
     ),
     Option(
         "https-path",
         ("--https-path",),
         parse_https_path,
-        "path the DNS-over-HTTPS listeners answer on (default /dns-query)",
+        "path the DNS-over-HTTPS listeners answer on",
         "PATH",
+        default="/dns-query",
     ),
     Option(
         "tls-cert",
@@ -553,9 +581,56 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("tls-key", ("--tls-key",), str, "PEM private key of --tls-cert", "FILE"),
     Option("config", ("-c", "--config"), str, "YAML file with the same settings", "FILE"),
-    Option("verbose", ("-v", "--verbose"), None, "debug logging"),
+    Option("verbose", ("-v", "--verbose"), None, "debug logging", default=False),
 )
 _BY_KEY = {option.key: option for option in OPTIONS}
+DEFAULTS: Mapping[str, Any] = {option.dest: option.default for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, parsed. ``Config()`` is what no flag, variable or YAML gives:
+    each default comes from :data:`OPTIONS`, and the classes below take their values
+    from here (see ``proxy.py``) instead of stating defaults of their own."""
+
+    listen: tuple[ListenAddress, ...] = DEFAULTS["listen"]
+    upstreams: tuple[UpstreamSpec, ...] = DEFAULTS["upstream"]
+    cafile: str | None = DEFAULTS["cafile"]
+    mode: str = DEFAULTS["mode"]
+    timeout: float = DEFAULTS["timeout"]
+    idle_timeout: float = DEFAULTS["idle_timeout"]
+    max_tcp_clients: int = DEFAULTS["max_tcp_clients"]
+    max_inflight_per_client: int = DEFAULTS["max_inflight_per_client"]
+    workers: int = DEFAULTS["workers"]
+    grace_period: float = DEFAULTS["grace_period"]
+    log_format: str = DEFAULTS["log_format"]
+    log_queries: bool = DEFAULTS["log_queries"]
+    metrics: ListenAddress | None = DEFAULTS["metrics"]
+    cache_size: int = DEFAULTS["cache_size"]
+    cache_min_ttl: int = DEFAULTS["cache_min_ttl"]
+    cache_max_ttl: int = DEFAULTS["cache_max_ttl"]
+    serve_stale: int = DEFAULTS["serve_stale"]
+    no_padding: bool = DEFAULTS["no_padding"]
+    keep_client_subnet: bool = DEFAULTS["keep_client_subnet"]
+    forward: tuple[tuple[str, UpstreamSpec], ...] = DEFAULTS["forward"]
+    hosts: tuple[str, ...] = DEFAULTS["hosts"]
+    blocklist: tuple[str, ...] = DEFAULTS["blocklist"]
+    block_answer: tuple[str, ...] = DEFAULTS["block_answer"]
+    strategy: str = DEFAULTS["strategy"]
+    upstream_idle_timeout: float = DEFAULTS["upstream_idle_timeout"]
+    max_queries_per_connection: int = DEFAULTS["max_queries_per_connection"]
+    max_inflight: int = DEFAULTS["max_inflight"]
+    allow: tuple[Network, ...] = DEFAULTS["allow"]
+    ratelimit: float | None = DEFAULTS["ratelimit"]
+    listen_tls: tuple[ListenAddress, ...] = DEFAULTS["listen_tls"]
+    listen_https: tuple[ListenAddress, ...] = DEFAULTS["listen_https"]
+    https_path: str = DEFAULTS["https_path"]
+    tls_cert: str | None = DEFAULTS["tls_cert"]
+    tls_key: str | None = DEFAULTS["tls_key"]
+    verbose: bool = DEFAULTS["verbose"]
+    config: str | None = DEFAULTS["config"]
+
+
 _BOOLEANS = {
     "1": True,
     "true": True,
@@ -585,7 +660,11 @@ def build_parser(prog: str = "dns2dot") -> argparse.ArgumentParser:
     for option in OPTIONS:
         if option.parse is None:
             parser.add_argument(
-                *option.flags, dest=option.dest, action="store_true", default=None, help=option.help
+                *option.flags,
+                dest=option.dest,
+                action="store_true",
+                default=None,
+                help=option.help_text,
             )
         elif option.repeatable:
             parser.add_argument(
@@ -593,11 +672,11 @@ def build_parser(prog: str = "dns2dot") -> argparse.ArgumentParser:
                 dest=option.dest,
                 action="append",
                 metavar=option.metavar,
-                help=option.help,
+                help=option.help_text,
             )
         else:
             parser.add_argument(
-                *option.flags, dest=option.dest, metavar=option.metavar, help=option.help
+                *option.flags, dest=option.dest, metavar=option.metavar, help=option.help_text
             )
     return parser
 
@@ -732,12 +811,12 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Confi
         return option.parse(raw)
 
     parsed = {option.dest: value(option) for option in OPTIONS}
-    upstreams = parsed.pop("upstream") or tuple(parse_upstream(u) for u in DEFAULT_UPSTREAMS)
+    upstreams = parsed.pop("upstream") or DEFAULTS["upstream"]
     pins = parsed.pop("pin") or ()
     if pins:
         upstreams = tuple(u if u.pins else replace(u, pins=tuple(pins)) for u in upstreams)
-    listen = parsed.pop("listen") or (ListenAddress("127.0.0.1", 53),)
-    parsed["allow"] = parsed["allow"] or parse_networks(DEFAULT_ALLOW)
+    listen = parsed.pop("listen") or DEFAULTS["listen"]
+    parsed["allow"] = parsed["allow"] or DEFAULTS["allow"]
     for option in ("listen_tls", "listen_https"):
         if parsed[option]:
             parsed[option] = tuple(dict.fromkeys(parsed[option]))

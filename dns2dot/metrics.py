@@ -10,7 +10,6 @@ and the supervisor's endpoint adds them up, so one scrape shows all processes.
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
@@ -32,42 +31,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from dns2dot.serve.stats import BUCKETS as BUCKETS
+from dns2dot.serve.stats import Snapshot as Snapshot
+from dns2dot.serve.stats import Stats as Stats
+
 log = logging.getLogger("dns2dot.metrics")
 
-# Seconds; from a cache hit on loopback to a query that timed out.
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SNAPSHOT_INTERVAL = 0.5  # seconds
-
-Snapshot = dict[str, Any]
-
-
-class Stats:
-    """What one serving process counts. Only plain ints: cheap enough for every query."""
-
-    def __init__(self) -> None:
-        self.queries: Counter[tuple[str, int, int]] = Counter()
-        self.latency: dict[str, list[float]] = {}
-        self.dropped: Counter[str] = Counter()
-        self.refused: Counter[str] = Counter()
-
-    def answered(self, transport: str, qtype: int, rcode: int, seconds: float) -> None:
-        self.queries[(transport, qtype, rcode)] += 1
-        buckets = self.latency.get(transport)
-        if buckets is None:
-            buckets = self.latency[transport] = [0.0] * (len(BUCKETS) + 3)
-        buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        buckets[-2] += seconds
-        buckets[-1] += 1
-
-    def snapshot(self, **gauges: Any) -> Snapshot:
-        """A JSON-able copy of the counters, plus the gauges the caller reads off live objects."""
-        return {
-            "queries": [[t, q, r, n] for (t, q, r), n in self.queries.items()],
-            "latency": {transport: list(b) for transport, b in self.latency.items()},
-            "dropped": dict(self.dropped),
-            "refused": dict(self.refused),
-            **gauges,
-        }
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:

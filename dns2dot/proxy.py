@@ -24,7 +24,8 @@ from dns2dot.policy.admission import AccessList, Admission, RateLimiter, Verdict
 from dns2dot.policy.cache import Cache, CachePolicy
 from dns2dot.policy.rules import RuleSet, build_rules
 from dns2dot.policy.strategy import Strategy
-from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.protocol import wire
+from dns2dot.protocol.errors import ListenError
 from dns2dot.serve.resolver import AnswerPolicy, Resolver, refuse
 from dns2dot.serve.tcp import DnsTcpServer, TcpLimits
 from dns2dot.serve.tls_clients import EncryptedListeners, Handler
@@ -43,14 +44,6 @@ CONNECTION_TYPES: dict[str, type[UpstreamConnection]] = {
     **DEFAULT_CONNECTION_TYPES,
     "https": DohConnection,
 }
-
-
-class ListenError(Dns2DotError):
-    """A listen address could not be bound; ``exit_code`` says whose fault it is."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def bind_error(address: ListenAddress, exc: OSError, option: str = "--listen") -> ListenError:
@@ -109,7 +102,10 @@ def bind_listeners(
     return bound
 
 
-def _cache_policy(config: Config) -> CachePolicy:
+# The classes below state no defaults for what the options set: built here from Config.
+
+
+def cache_policy(config: Config) -> CachePolicy:
     return CachePolicy(
         max_entries=config.cache_size,
         min_ttl=config.cache_min_ttl,
@@ -118,10 +114,26 @@ def _cache_policy(config: Config) -> CachePolicy:
     )
 
 
-def _answer_policy(config: Config) -> AnswerPolicy:
+def answer_policy(config: Config) -> AnswerPolicy:
     return AnswerPolicy(
-        pad_block=0 if config.no_padding else 128,
+        pad_block=0 if config.no_padding else wire.PAD_BLOCK,
         keep_client_subnet=config.keep_client_subnet,
+    )
+
+
+def lifecycle(config: Config) -> Lifecycle:
+    return Lifecycle(
+        connect_timeout=config.timeout,
+        idle_timeout=config.upstream_idle_timeout,
+        max_queries=config.max_queries_per_connection,
+    )
+
+
+def tcp_limits(config: Config) -> TcpLimits:
+    return TcpLimits(
+        idle_timeout=config.idle_timeout,
+        max_clients=config.max_tcp_clients,
+        max_inflight=config.max_inflight_per_client,
     )
 
 
@@ -129,11 +141,7 @@ class Upstreams:
     """The main pool, the rules, and the pools of the zones the rules forward."""
 
     def __init__(self, config: Config, contexts: TlsContexts) -> None:
-        lifecycle = Lifecycle(
-            connect_timeout=config.timeout,
-            idle_timeout=config.upstream_idle_timeout,
-            max_queries=config.max_queries_per_connection,
-        )
+        upstream_lifecycle = lifecycle(config)
         zones: dict[str, list[UpstreamSpec]] = {}
         for zone, spec in config.forward:
             zones.setdefault(zone, []).append(spec)
@@ -147,7 +155,7 @@ class Upstreams:
             list(config.upstreams),
             contexts,
             strategy=Strategy(config.strategy),
-            lifecycle=lifecycle,
+            lifecycle=upstream_lifecycle,
             connection_types=CONNECTION_TYPES,
         )
         self.zone_pools = [
@@ -155,7 +163,7 @@ class Upstreams:
                 specs,
                 contexts,
                 strategy=Strategy("failover"),
-                lifecycle=lifecycle,
+                lifecycle=upstream_lifecycle,
                 connection_types=CONNECTION_TYPES,
             )
             for specs in zones.values()
@@ -179,8 +187,8 @@ class Proxy:
             self.upstreams.pool,
             config.timeout,
             max_inflight=config.max_inflight,
-            cache=Cache(_cache_policy(config)) if config.cache_size else None,
-            policy=_answer_policy(config),
+            cache=Cache(cache_policy(config)) if config.cache_size else None,
+            policy=answer_policy(config),
             rules=self.upstreams.rules,
             zone_pools=self.upstreams.zone_pools,
             stats=self.stats,
@@ -191,11 +199,7 @@ class Proxy:
             RateLimiter(config.ratelimit) if config.ratelimit else None,
             clock=self._loop.time,
         )
-        self.limits = TcpLimits(
-            idle_timeout=config.idle_timeout,
-            max_clients=config.max_tcp_clients,
-            max_inflight=config.max_inflight_per_client,
-        )
+        self.limits = tcp_limits(config)
         self.tcp_server = DnsTcpServer(
             self.resolver, self.upstreams.pool, self.admission, config.mode, self.limits
         )
@@ -271,14 +275,14 @@ class Proxy:
         resolver.rules = upstreams.rules if not upstreams.rules.empty else None
         resolver.timeout = config.timeout
         resolver.max_inflight = config.max_inflight
-        resolver.policy = _answer_policy(config)
+        resolver.policy = answer_policy(config)
         resolver.log_queries = config.log_queries
         if not config.cache_size:
             resolver.cache = None
         elif resolver.cache is None:
-            resolver.cache = Cache(_cache_policy(config))
+            resolver.cache = Cache(cache_policy(config))
         else:
-            resolver.cache.policy = _cache_policy(config)
+            resolver.cache.policy = cache_policy(config)
         self.tcp_server.pool = upstreams.pool
         self.admission.access = AccessList(config.allow)
         self.admission.limiter = RateLimiter(config.ratelimit) if config.ratelimit else None

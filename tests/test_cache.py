@@ -7,6 +7,7 @@ No sockets, no loop, no real clock: ``now`` is just a number the test chooses.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from typing import Any
 
 import dns.edns
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from support.mutate import mutated
 
+from dns2dot.config import Config
 from dns2dot.policy.cache import (
     ENTRY_OVERHEAD,
     STALE_ANSWER_TTL,
@@ -30,6 +32,7 @@ from dns2dot.policy.cache import (
     cache_key,
 )
 from dns2dot.protocol import wire
+from dns2dot.proxy import cache_policy
 
 T0 = 1000.0  # an arbitrary clock origin: nothing depends on it being 0
 
@@ -136,8 +139,13 @@ def ttls(m: dns.message.Message) -> list[int]:
     return [rr.ttl for section in (m.answer, m.authority, m.additional) for rr in section]
 
 
+def policy(**kw: int) -> CachePolicy:
+    """The default configuration's cache policy (``Config()``), with ``kw`` changed."""
+    return replace(cache_policy(Config()), **kw)
+
+
 def no_stale(**kw: int) -> CachePolicy:
-    return CachePolicy(stale_ttl=0, **kw)
+    return policy(stale_ttl=0, **kw)
 
 
 def header(
@@ -186,7 +194,7 @@ def test_key_ignores_edns_without_do_and_the_id() -> None:
 
 
 def test_do_and_cd_answers_are_separate_entries() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q_plain = make_query()
     q_do = make_query(do=True)
     q_cd = make_query(cd=True)
@@ -229,7 +237,7 @@ def test_positive_lifetime_is_smallest_answer_ttl() -> None:
 
 
 def test_each_record_counts_down_its_own_ttl() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query()
     answer = chain_answer(q)
     key, query = put_answer(cache, q, answer)
@@ -241,14 +249,14 @@ def test_each_record_counts_down_its_own_ttl() -> None:
     ("elapsed", "expected"), [(0.0, 300), (0.999, 300), (1.0, 299), (41.7, 259)]
 )
 def test_ttls_count_down_by_whole_seconds(elapsed: float, expected: int) -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(ttl=300)
     key, query = put_answer(cache, q, answer)
     assert ttls(render(cache, key, query, T0 + elapsed)) == [expected]
 
 
 def test_render_restores_client_id_and_spelling() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(make_query("example.com.", qid=1))
     key, _ = put_answer(cache, q, answer)
     _client_msg, client = parsed(make_query("ExAmPlE.cOm.", qid=0xBEEF))
@@ -265,14 +273,14 @@ def test_render_restores_client_id_and_spelling() -> None:
 
 
 def test_stored_entry_has_id_zeroed() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(make_query(qid=0xABCD))
     key, _ = put_answer(cache, q, answer)
     assert fetch(cache, key, T0).answer[:2] == b"\x00\x00"
 
 
 def test_put_replaces_an_entry_with_the_same_key() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, first = a_answer(ttl=300)
     key, query = put_answer(cache, q, first)
     _, second = a_answer(q, ttl=60)
@@ -283,7 +291,7 @@ def test_put_replaces_an_entry_with_the_same_key() -> None:
 
 
 def test_zero_ttl_answer_is_not_cached() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(ttl=0)
     assert not cache.put(cache_key(parsed(q)[1]), answer, T0)
     assert len(cache) == 0
@@ -327,7 +335,7 @@ def test_negative_uses_the_authority_soa_not_one_in_additional() -> None:
 
 @pytest.mark.parametrize("rcode", [dns.rcode.NXDOMAIN, dns.rcode.NOERROR])
 def test_negative_without_soa_is_not_cached(rcode: int) -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query("nothing.example.com.")
     answer = make_answer(
         q, rcode=rcode, authority=[rrset("example.com.", 300, "NS", "ns.example.com.")]
@@ -337,7 +345,7 @@ def test_negative_without_soa_is_not_cached(rcode: int) -> None:
 
 
 def test_negative_with_soa_only_in_additional_is_not_cached() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query("nothing.example.com.")
     answer = make_answer(q, rcode=dns.rcode.NXDOMAIN, additional=[soa()])
     assert not cache.put(cache_key(parsed(q)[1]), answer, T0)
@@ -357,7 +365,7 @@ def test_servfail_cached_for_servfail_ttl() -> None:
     "rcode", [dns.rcode.REFUSED, dns.rcode.FORMERR, dns.rcode.NOTIMP, dns.rcode.YXDOMAIN]
 )
 def test_never_cached_rcodes(rcode: int) -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query()
     answer = make_answer(q, rcode=rcode, authority=[soa()])
     assert not cache.put(cache_key(parsed(q)[1]), answer, T0)
@@ -369,7 +377,7 @@ def test_never_cached_rcodes(rcode: int) -> None:
     [(dns.rcode.NOERROR, False), (dns.rcode.NXDOMAIN, True), (dns.rcode.SERVFAIL, False)],
 )
 def test_truncated_answers_never_cached(rcode: int, authority: bool) -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query()
     answer = make_answer(
         q,
@@ -383,7 +391,7 @@ def test_truncated_answers_never_cached(rcode: int, authority: bool) -> None:
 
 
 def test_short_answer_is_not_cached() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     assert not cache.put(b"k", b"\x00" * 11, T0)
     assert not cache.put(b"k", b"", T0)
 
@@ -402,7 +410,7 @@ def test_min_ttl_clamps_lifetime_and_rendered_ttls() -> None:
 
 
 def test_min_ttl_makes_a_zero_ttl_answer_cacheable() -> None:
-    cache = Cache(CachePolicy(min_ttl=5))
+    cache = Cache(policy(min_ttl=5))
     q, answer = a_answer(ttl=0)
     key, query = put_answer(cache, q, answer)
     assert ttls(render(cache, key, query, T0)) == [5]
@@ -461,7 +469,7 @@ def test_ttl_with_high_bit_is_capped_not_zero() -> None:
 
 
 def test_lru_eviction_by_entries_keeps_recently_read() -> None:
-    cache = Cache(CachePolicy(max_entries=3))
+    cache = Cache(policy(max_entries=3))
     keys = []
     for i in range(3):
         q, answer = a_answer(make_query(f"n{i}.example.com."))
@@ -481,7 +489,7 @@ def test_lru_eviction_by_bytes_keeps_recently_read() -> None:
         q, answer = a_answer(make_query(f"n{i}.example.com."))  # same length each
         answers.append((q, answer))
     size = len(answers[0][1]) + ENTRY_OVERHEAD
-    cache = Cache(CachePolicy(max_bytes=3 * size + size // 2))
+    cache = Cache(policy(max_bytes=3 * size + size // 2))
     keys = [put_answer(cache, q, a)[0] for q, a in answers[:3]]
     assert cache.bytes == 3 * size
     fetch(cache, keys[0], T0 + 1)
@@ -496,7 +504,7 @@ def test_lru_eviction_by_bytes_keeps_recently_read() -> None:
 def test_byte_bound_evicts_several_for_one_big_answer() -> None:
     small = [a_answer(make_query(f"n{i}.example.com.")) for i in range(4)]
     size = len(small[0][1]) + ENTRY_OVERHEAD
-    cache = Cache(CachePolicy(max_bytes=4 * size))
+    cache = Cache(policy(max_bytes=4 * size))
     small_keys = [put_answer(cache, q, a)[0] for q, a in small]
     assert cache.bytes == 4 * size
     big_q = make_query("big.example.com.", "TXT")
@@ -525,7 +533,7 @@ def test_expired_entries_removed_on_get_release_bytes() -> None:
 
 
 def stale_setup() -> tuple[Cache, dns.message.Message, bytes]:
-    cache = Cache(CachePolicy(stale_ttl=3600))
+    cache = Cache(policy(stale_ttl=3600))
     q = make_query()
     answer = make_answer(
         q,
@@ -562,7 +570,7 @@ def test_stale_render_with_edns_has_ttl_30_and_ede_3() -> None:
 
 
 def test_stale_render_keeps_do_bit() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(make_query(do=True))
     key, query = put_answer(cache, q, answer)
     m = render(cache, key, query, T0 + 400, stale=True)
@@ -583,7 +591,7 @@ def test_stale_render_without_edns_has_no_opt() -> None:
 
 
 def test_stale_render_when_upstream_answer_had_no_opt() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(edns=False)
     key, query = put_answer(cache, q, answer)
     m = render(cache, key, query, T0 + 301, stale=True)
@@ -595,7 +603,7 @@ def test_stale_render_when_upstream_answer_had_no_opt() -> None:
 
 
 def test_client_without_edns_gets_no_opt() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer()
     key, _ = put_answer(cache, q, answer)
     out_query = parsed(make_query(edns=False))[1]
@@ -605,7 +613,7 @@ def test_client_without_edns_gets_no_opt() -> None:
 
 
 def test_client_with_edns_gets_the_opt() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer()
     key, query = put_answer(cache, q, answer)
     m = render(cache, key, query, T0)
@@ -619,7 +627,7 @@ def has_padding(msg: bytes) -> bool:
 
 
 def test_put_strips_padding() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(pad=128)
     assert has_padding(answer)
     assert len(answer) % 128 == 0
@@ -634,7 +642,7 @@ def test_put_strips_padding() -> None:
 
 
 def test_put_strips_padding_keeps_other_options() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query()
     r = dns.message.make_response(q)
     keep = dns.edns.GenericOption(65001, b"keep")  # type: ignore[arg-type]
@@ -665,7 +673,7 @@ def test_put_strips_padding_when_opt_is_not_last() -> None:
     answer = answer_with_opt_in_the_middle(40)
     m0 = dns.message.from_wire(answer)  # dnspython accepts it
     assert any(o.otype == 12 for o in m0.options)
-    cache = Cache()
+    cache = Cache(policy())
     q = make_query()
     key, query = put_answer(cache, q, answer)
     entry = fetch(cache, key, T0)
@@ -687,7 +695,7 @@ def test_put_strips_padding_when_opt_is_not_last() -> None:
 
 def test_put_keeps_unpadded_opt_in_the_middle() -> None:
     answer = answer_with_opt_in_the_middle(0)
-    cache = Cache()
+    cache = Cache(policy())
     key, query = put_answer(cache, make_query(), answer)
     assert ttls(render(cache, key, query, T0 + 1)) == [299, 49]
 
@@ -696,7 +704,7 @@ def test_put_keeps_unpadded_opt_in_the_middle() -> None:
 
 
 def test_hits_and_misses() -> None:
-    cache = Cache(CachePolicy(stale_ttl=100))
+    cache = Cache(policy(stale_ttl=100))
     q, answer = a_answer(ttl=10)
     key = cache_key(parsed(q)[1])
     assert cache.get(key, T0) is None
@@ -718,10 +726,10 @@ def test_hits_and_misses() -> None:
 def test_put_question_less_answer_returns_false() -> None:
     """A SERVFAIL without a question (legal, RFC 1035) must give False, not raise.
 
-    Reproducer: ``Cache().put(b"k", struct.pack("!6H", 1, 0x8182, 0, 0, 0, 0), 0)``
+    Reproducer: ``Cache(policy()).put(b"k", struct.pack("!6H", 1, 0x8182, 0, 0, 0, 0), 0)``
     raises FormError from ``wire.read_name`` in ``put`` (``lifetime`` accepted it).
     """
-    cache = Cache()
+    cache = Cache(policy())
     assert cache.put(b"k", header(flags=0x8182, qd=0), T0) is False
     assert len(cache) == 0
 
@@ -732,7 +740,7 @@ def test_put_rejects_answer_with_truncated_question() -> None:
     answer = header(flags=0x8182) + b"\x01a\x00"
     with pytest.raises(dns.exception.FormError):
         dns.message.from_wire(answer)
-    assert Cache().put(b"k", answer, T0) is False
+    assert Cache(policy()).put(b"k", answer, T0) is False
 
 
 @pytest.mark.parametrize(
@@ -746,7 +754,7 @@ def test_put_rejects_answer_with_truncated_question() -> None:
     ],
 )
 def test_put_malformed_answers_return_false(answer: bytes) -> None:
-    assert Cache().put(b"k", answer, T0) is False
+    assert Cache(policy()).put(b"k", answer, T0) is False
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -815,7 +823,7 @@ def render_all_ways(cache: Cache, key: bytes, now: float) -> list[bytes]:
 @example(header(flags=0x8182, qd=0))  # a question-less SERVFAIL (see the test above)
 @settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_property_put_never_raises(answer: bytes) -> None:
-    cache = Cache(CachePolicy(max_entries=4, max_bytes=4096))
+    cache = Cache(policy(max_entries=4, max_bytes=4096))
     stored = cache.put(b"key", answer, T0)
     assert stored in (True, False)
     render_all_ways(cache, b"key", T0 + 1)
@@ -843,7 +851,7 @@ def test_property_render_of_parseable_answers_parses(answer: bytes) -> None:
         return
     if len(original.question) != 1:
         return
-    cache = Cache()
+    cache = Cache(policy())
     if not cache.put(b"key", answer, T0):
         event("not cached")
         return
@@ -876,7 +884,7 @@ def test_property_render_of_parseable_answers_parses(answer: bytes) -> None:
             elif original.rcode() == dns.rcode.SERVFAIL:
                 assert got <= was  # SERVFAIL records are not clamped (lives 2 s anyway)
             else:
-                assert got <= min(was, CachePolicy().max_ttl)
+                assert got <= min(was, policy().max_ttl)
     # A client without EDNS gets what wire.client_view makes of the answer with EDNS.
     plain_client = make_query(original.question[0].name.to_text().upper(), qid=4321, edns=False)
     plain = cache.render(entry, parsed(plain_client)[1], T0 + 3, stale=False)
@@ -889,7 +897,7 @@ def test_property_render_of_parseable_answers_parses(answer: bytes) -> None:
 def test_property_wellformed_answers_round_trip(pair: tuple[dns.message.Message, bytes]) -> None:
     q, answer = pair
     original = dns.message.from_wire(answer)
-    cache = Cache()
+    cache = Cache(policy())
     query = parsed(q)[1]
     key = cache_key(query)
     stored = cache.put(key, answer, T0)
@@ -942,7 +950,7 @@ def known_answer(cache: Cache, q: dns.message.Message, now: float) -> bytes | No
 
 
 def test_a_repeated_query_gets_what_render_gives_with_its_own_id() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(make_query("ExAmPlE.com.", qid=1), ttl=300)
     put_answer(cache, q, answer)
     first = serve_once(cache, q, T0)
@@ -962,7 +970,7 @@ def test_a_repeated_query_gets_what_render_gives_with_its_own_id() -> None:
 
 
 def test_only_the_same_bytes_are_known() -> None:
-    cache = Cache()
+    cache = Cache(policy())
     q, answer = a_answer(make_query("example.com."))
     put_answer(cache, q, answer)
     serve_once(cache, q, T0)
@@ -977,7 +985,7 @@ def test_only_the_same_bytes_are_known() -> None:
 
 @pytest.mark.parametrize("change", ["expired", "replaced", "evicted", "forgotten"])
 def test_a_known_query_goes_the_long_way_once_its_entry_changes(change: str) -> None:
-    cache = Cache(CachePolicy(max_entries=2, stale_ttl=3600))
+    cache = Cache(policy(max_entries=2, stale_ttl=3600))
     q, answer = a_answer(make_query("example.com."), ttl=60)
     put_answer(cache, q, answer)
     serve_once(cache, q, T0)
@@ -1002,7 +1010,7 @@ def test_a_known_query_goes_the_long_way_once_its_entry_changes(change: str) -> 
 
 
 def test_known_queries_are_bounded_by_the_entry_bound() -> None:
-    cache = Cache(CachePolicy(max_entries=5))
+    cache = Cache(policy(max_entries=5))
     queries = [make_query(f"n{i}.example.") for i in range(5)]
     for q in queries:
         put_answer(cache, q, a_answer(q)[1])
@@ -1019,8 +1027,8 @@ def test_known_queries_are_bounded_by_the_entry_bound() -> None:
 
 def test_known_queries_are_bounded_by_a_quarter_of_the_byte_bound() -> None:
     """Known queries hold answers of their own: they count against the byte bound."""
-    policy = CachePolicy(max_entries=1000, max_bytes=40 * (ENTRY_OVERHEAD + 100))
-    cache = Cache(policy)
+    bounded = policy(max_entries=1000, max_bytes=40 * (ENTRY_OVERHEAD + 100))
+    cache = Cache(bounded)
     for i in range(200):
         q = make_query(f"n{i}.example.")
         put_answer(cache, q, a_answer(q)[1])
@@ -1028,5 +1036,5 @@ def test_known_queries_are_bounded_by_a_quarter_of_the_byte_bound() -> None:
         held = sum(
             len(rest) + len(k.answer) + 2 + ENTRY_OVERHEAD for rest, k in cache._known.items()
         )
-        assert held <= policy.max_bytes // 4
+        assert held <= bounded.max_bytes // 4
     assert 0 < len(cache._known) < 40

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 from pathlib import Path
 
@@ -55,6 +56,35 @@ def test_defaults() -> None:
     assert cfg.verbose is False
     assert cfg.config is None
     assert cfg.strategy == "failover"
+
+
+def test_config_defaults_are_the_option_tables() -> None:
+    """Every default is written once, in the option table: Config() is what loading
+    nothing gives, and each Config field takes its default from its option."""
+    assert Config() == load()
+    fields = {f.name: f.default for f in dataclasses.fields(Config)}
+    for option in config.OPTIONS:
+        if option.name == "pin":
+            continue  # merged into the upstreams
+        name = "upstreams" if option.name == "upstream" else option.dest
+        assert fields[name] == option.default, option.name
+    assert set(fields) == {
+        "upstreams" if o.name == "upstream" else o.dest for o in config.OPTIONS if o.name != "pin"
+    }
+
+
+def test_help_renders_each_default_from_the_table() -> None:
+    """The help text is not a second copy of the defaults: none is written by hand, and
+    each one the table holds is shown as the table says."""
+    text = " ".join(config.build_parser().format_help().split())
+    for option in config.OPTIONS:
+        assert "default" not in option.help, option.name
+        assert " ".join(option.help_text.split()) in text
+    assert "--timeout SECONDS seconds before a query is answered SERVFAIL (default 3)" in text
+    assert "(default 127.0.0.1:53)" in text
+    assert "(default loopback and private ranges)" in text
+    assert "--ratelimit QPS UDP queries per second per client /24 or /56; beyond it, TC=1 " in text
+    assert "(default 1.1.1.1:853#cloudflare-dns.com, 1.0.0.1:853#cloudflare-dns.com)" in text
 
 
 def test_default_listen_is_loopback() -> None:

@@ -26,8 +26,10 @@ import h2.settings
 import pytest
 import trustme
 
+from dns2dot.config import Config
 from dns2dot.protocol import wire
 from dns2dot.protocol.doh import CONTENT_TYPE, parse_http1_head
+from dns2dot.proxy import lifecycle
 from dns2dot.transport.channel import TlsChannel
 from dns2dot.transport.tls import TlsContexts
 from dns2dot.upstream.doh import DohConnection, State
@@ -229,7 +231,10 @@ class Harness:
         ca.cert_pem.write_to_path(str(cafile))
         spec = UpstreamSpec("127.0.0.1", 443, NAME, (), "https", "/dns-query")
         self.pool = UpstreamPool(
-            [spec], TlsContexts(str(cafile)), connection_types={"https": DohConnection}
+            [spec],
+            TlsContexts(str(cafile)),
+            lifecycle=lifecycle(Config()),
+            connection_types={"https": DohConnection},
         )
         self.server: UpstreamServer = self.pool.servers[0]
         self.http1 = http1

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dns2dot.protocol.errors import FramingError, RemoteProtocolError
+from dns2dot.protocol.errors import FramingError, ProtocolError
 from dns2dot.protocol.framing import MAX_MESSAGE_LEN, FrameDecoder, frame, frame_with_id
 from dns2dot.protocol.wire import with_id
 
@@ -156,7 +156,7 @@ def test_decoder_prefix_shorter_than_header_sets_error(length: int) -> None:
     out = decoder.feed(frame(MSG_A) + length.to_bytes(2, "big") + b"x" * length + frame(MSG_B))
     assert out == [MSG_A], "what came before the bad prefix is still delivered"
     assert isinstance(decoder.error, FramingError)
-    assert isinstance(decoder.error, RemoteProtocolError)
+    assert isinstance(decoder.error, ProtocolError)
     assert decoder.buffered == 0
     assert decoder.feed(frame(MSG_C)) == []
     assert decoder.feed(STREAM) == []

@@ -22,11 +22,21 @@ from collections.abc import Callable
 import pytest
 from support.loops import LOOPS, read_to_end, run
 
+from dns2dot.config import Config
 from dns2dot.metrics import Stats
 from dns2dot.protocol.client_stream import FAILURE_BURST
+from dns2dot.proxy import tcp_limits
 from dns2dot.serve.tcp import PoolSession, TcpLimits
 
 Reply = Callable[[bytes], None]
+
+
+def limits(**changes: float) -> TcpLimits:
+    """The default configuration's TCP limits (``Config()``), with ``changes``."""
+    built = tcp_limits(Config())
+    for name, value in changes.items():
+        setattr(built, name, value)
+    return built
 
 
 def query(i: int, size: int = 20) -> bytes:
@@ -111,7 +121,7 @@ def test_half_close_beyond_the_cap_gets_every_answer_then_end_of_stream(loop_nam
     sent = [query(i) for i in range(50)]
 
     async def main() -> list[bytes]:
-        session, client = await session_on_pair(resolver.handle, TcpLimits(max_inflight=3))
+        session, client = await session_on_pair(resolver.handle, limits(max_inflight=3))
         task = asyncio.ensure_future(session.run())
         client.sendall(b"".join(framed(q) for q in sent))
         client.shutdown(socket.SHUT_WR)
@@ -133,11 +143,11 @@ def test_a_frame_left_half_sent_while_the_cap_holds_reading_is_not_slow() -> Non
     """The cap stops reading, so a frame cut at the end of the last read cannot be
     completed: the frame deadline waits until reading resumes, then starts afresh."""
     resolver = FakeResolver()
-    limits = TcpLimits(max_inflight=1, frame_timeout=5.0, idle_timeout=60.0)
+    tight = limits(max_inflight=1, frame_timeout=5.0, idle_timeout=60.0)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        session, client = await session_on_pair(resolver.handle, limits)
+        session, client = await session_on_pair(resolver.handle, tight)
         task = asyncio.ensure_future(session.run())
         client.sendall(framed(query(1)) + framed(query(2))[:5])  # one and a half
         await until(lambda: resolver.seen == 1, "the first query")
@@ -165,7 +175,7 @@ def test_a_client_that_stops_reading_is_reset_past_its_write_buffer() -> None:
 
     async def main() -> None:
         session, client = await session_on_pair(
-            handler, TcpLimits(max_write_buffer=64 * 1024), stats, tcp=True
+            handler, limits(max_write_buffer=64 * 1024), stats, tcp=True
         )
         task = asyncio.ensure_future(session.run())
         await asyncio.to_thread(client.sendall, b"".join(framed(query(i)) for i in range(200)))
@@ -193,7 +203,7 @@ def test_a_handler_that_raises_closes_only_that_client(
         return True
 
     async def main() -> bytes:
-        session, client = await session_on_pair(handler, TcpLimits(max_inflight=1))
+        session, client = await session_on_pair(handler, limits(max_inflight=1))
         task = asyncio.ensure_future(session.run())
         client.sendall(framed(query(1)) + framed(query(2)))
         await until(lambda: bool(calls), "the first query")
@@ -214,7 +224,7 @@ def test_answers_after_the_session_closed_are_dropped_quietly() -> None:
     resolver = FakeResolver()
 
     async def main() -> None:
-        session, client = await session_on_pair(resolver.handle, TcpLimits())
+        session, client = await session_on_pair(resolver.handle, limits())
         task = asyncio.ensure_future(session.run())
         client.sendall(framed(query(1)) + framed(query(2)))
         await until(lambda: resolver.seen == 2, "both queries")
@@ -241,7 +251,7 @@ def test_failing_frames_close_the_session_after_their_answers() -> None:
         return True
 
     async def main() -> bytes:
-        session, client = await session_on_pair(formerr, TcpLimits(max_inflight=1000), stats)
+        session, client = await session_on_pair(formerr, limits(max_inflight=1000), stats)
         task = asyncio.ensure_future(session.run())
         client.sendall(b"".join(framed(query(i)) for i in range(FAILURE_BURST * 2)))
         data = await asyncio.to_thread(read_to_end, client)

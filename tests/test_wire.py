@@ -7,6 +7,7 @@ hand where the message has to be broken on purpose) and feeds it to the pure cod
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import dns.edns
 import dns.exception
@@ -26,7 +27,8 @@ from hypothesis import strategies as st
 from support.mutate import mutated
 
 from dns2dot.protocol import wire
-from dns2dot.protocol.errors import FormError, MessageError, RemoteProtocolError
+from dns2dot.protocol.errors import Dns2DotError, FormError, MessageError, ProtocolError
+from dns2dot.protocol.framing import FrameDecoder
 from dns2dot.serve.resolver import validate
 
 # --------------------------------------------------------------------------- helpers
@@ -553,9 +555,10 @@ def test_meta_qtype_opt_or_zero_is_formerr(qtype: int) -> None:
     assert_formerr(header() + question(qtype=qtype))
 
 
-def test_formerror_and_messageerror_are_remote_protocol_errors() -> None:
-    assert issubclass(FormError, RemoteProtocolError)
-    assert issubclass(MessageError, RemoteProtocolError)
+def test_formerror_and_messageerror_are_protocol_errors() -> None:
+    assert issubclass(FormError, ProtocolError)
+    assert issubclass(MessageError, ProtocolError)
+    assert issubclass(ProtocolError, Dns2DotError)
     assert FormError("x").rcode == 1
 
 
@@ -1670,3 +1673,122 @@ def test_property_echoes_implies_the_answer_key(pair: tuple[bytes, bytes]) -> No
     event(f"echoes: {echoed}")
     if echoed:
         assert wire.answer_key(answer) == query.key
+
+
+# --------------------------------------------------------------------------- only our own errors
+
+
+def _parsers(msg: bytes, offset: int) -> list[tuple[str, Callable[[], object]]]:
+    """Every public entry point of wire that reads bytes from outside, on ``msg``."""
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("parse_query", lambda: wire.parse_query(msg)),
+        ("answer_key", lambda: wire.answer_key(msg)),
+        ("echoes", lambda: wire.echoes(msg, msg[wire.HEADER_LEN : wire.HEADER_LEN + offset])),
+        ("read_name", lambda: wire.read_name(msg, offset)),
+        ("skip_name", lambda: wire.skip_name(msg, offset)),
+        ("walk_records", lambda: list(wire.walk_records(msg, offset, 1 + offset // 8))),
+        ("walk_records(lenient)", lambda: list(wire.walk_records(msg, 12, 3, validate=False))),
+        ("message_id", lambda: wire.message_id(msg)),
+        ("rcode_of", lambda: wire.rcode_of(msg)),
+        ("should_answer_malformed", lambda: wire.should_answer_malformed(msg)),
+        ("error_response", lambda: wire.error_response(msg, wire.Rcode.FORMERR)),
+        ("truncate", lambda: wire.truncate(msg)),
+        ("fit_udp", lambda: wire.fit_udp(msg * 8, msg)),
+        ("client_view", lambda: wire.client_view(msg, offset % 2 == 0)),
+        ("frame_decoder", lambda: FrameDecoder().feed(msg)),
+    ]
+    query = wire.parse_query(dnsp_query("a.example.", "A", use_edns=offset % 2 == 0))
+    calls.append(("for_client", lambda: wire.for_client(msg, query)))
+    try:
+        own = wire.parse_query(msg)
+    except ProtocolError:
+        return calls
+    calls += [
+        ("error_response(query)", lambda: wire.error_response(msg, 2, own)),
+        ("prepare_upstream", lambda: wire.prepare_upstream(msg, own, pad_block=offset % 200)),
+        ("for_client(own)", lambda: wire.for_client(msg, own)),
+    ]
+    return calls
+
+
+@given(
+    st.one_of(hostile, mutated(padded_answers()), mutated(dnspython_answers())),
+    st.integers(0, 90),
+)
+@example(b"", 0)
+@example(b"\x00", 0)
+@example(header(flags=0x8180, an=1) + question() + b"\x03abc", 0)
+@example(header(flags=0x8180, ar=1) + question() + b"\xc0", 0)
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_parsers_raise_only_dns2dot_errors(msg: bytes, offset: int) -> None:
+    """Malformed or truncated input raises the project's own errors, never IndexError,
+    struct.error or anything else, from every public parser (docs/ARCHITECTURE.md)."""
+    for name, call in _parsers(msg, offset):
+        try:
+            call()
+        except Dns2DotError as exc:
+            assert isinstance(exc, ProtocolError), (name, exc)
+            event(f"{name}: {type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------- walk_records
+
+
+def dnspython_record_walk(msg: bytes) -> list[tuple[int, int, int]]:
+    """(start, fields, end) of every record after the question, by dnspython's parser."""
+    parser = dns.wire.Parser(msg)
+    _, _, qd, an, ns, ar = parser.get_struct("!HHHHHH")
+    for _ in range(qd):
+        dns.name.from_wire_parser(parser)
+        parser.get_struct("!HH")
+    walked = []
+    for _ in range(an + ns + ar):
+        start = parser.current
+        dns.name.from_wire_parser(parser)
+        fields = parser.current
+        *_, rdlen = parser.get_struct("!HHIH")
+        parser.get_bytes(rdlen)
+        walked.append((start, fields, parser.current))
+    return walked
+
+
+@given(st.one_of(padded_answers(), dnspython_answers(), dnspython_queries()))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_property_walk_records_agrees_with_dnspython(msg: bytes) -> None:
+    """The one record walker finds every record where dnspython does, names checked or
+    not, and the OPT the hot path strips is the first in the additional section."""
+    qend = wire.skip_name(msg, wire.HEADER_LEN) + 4
+    _, _, _, an, ns, ar = struct.unpack_from("!HHHHHH", msg)
+    expected = dnspython_record_walk(msg)
+    assert list(wire.walk_records(msg, qend, an + ns + ar)) == expected
+    assert list(wire.walk_records(msg, qend, an + ns + ar, validate=False)) == expected
+    opts = [
+        (s, e)
+        for i, (s, f, e) in enumerate(expected)
+        if i >= an + ns and msg[f : f + 2] == b"\x00\x29"
+    ]
+    assert wire._find_opt_after(msg, qend) == (opts[0] if opts else None)
+
+
+def test_walk_records_raises_form_error_for_every_truncation() -> None:
+    """Cut anywhere inside its records, a message walks into FormError, never IndexError."""
+    response = dns.message.make_response(dns.message.make_query("walk.example.", "A", use_edns=0))
+    response.answer.append(dns.rrset.from_text("walk.example.", 60, "IN", "A", "192.0.2.7"))
+    msg = response.to_wire()
+    qend = wire.skip_name(msg, wire.HEADER_LEN) + 4
+    _, _, _, an, ns, ar = struct.unpack_from("!HHHHHH", msg)
+    assert an == ar == 1
+    for cut in range(qend, len(msg)):
+        for checked in (True, False):
+            with pytest.raises(FormError):
+                list(wire.walk_records(msg[:cut], qend, an + ns + ar, validate=checked))
+
+
+def test_walk_records_checks_names_only_when_asked() -> None:
+    """A forward compression pointer is refused by the validating walk and skipped by the
+    lenient one (what forwarding an answer needs)."""
+    msg = header(flags=0x8180, an=1) + question() + rr(ptr(0x3FFF), 1, rdata=b"\x7f\x00\x00\x01")
+    qend = wire.HEADER_LEN + len(question())
+    with pytest.raises(FormError, match="point backwards"):
+        list(wire.walk_records(msg, qend, 1))
+    assert list(wire.walk_records(msg, qend, 1, validate=False)) == [(qend, qend + 2, len(msg))]

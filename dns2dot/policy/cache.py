@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dns2dot.protocol import wire
-from dns2dot.protocol.errors import FormError, MessageError
+from dns2dot.protocol.errors import ProtocolError
 
 _TTL = struct.Struct("!I")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _TYPE_SOA = 6
 STALE_ANSWER_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
 ENTRY_OVERHEAD = 200  # bytes charged per entry beyond its answer, for the byte bound
@@ -70,12 +71,16 @@ class KnownQuery:
 
 @dataclass(frozen=True)
 class CachePolicy:
-    max_entries: int = 10000
+    """The cache's bounds and clamps. Those that are options come from ``Config``
+    (``--cache-size``, ``--cache-min-ttl``, ``--cache-max-ttl``, ``--serve-stale``)
+    and have no default here."""
+
+    max_entries: int
+    min_ttl: int
+    max_ttl: int
+    stale_ttl: int  # how long past expiry an entry may still be served stale
     max_bytes: int = 64 << 20
-    min_ttl: int = 0
-    max_ttl: int = 86400
-    servfail_ttl: int = 2
-    stale_ttl: int = 86400  # how long past expiry an entry may still be served stale
+    servfail_ttl: int = 2  # RFC 9520 §3.2: a few seconds
 
 
 def cache_key(query: wire.Query) -> bytes:
@@ -89,7 +94,8 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[i
     """TTL field offsets and values of every record but OPT, the negative TTL, the OPT.
 
     The negative TTL is min(SOA TTL, SOA MINIMUM) of the first SOA in the authority
-    section, or None when there is none; the OPT is its (start, end), or None.
+    section, or None when there is none; the OPT is its (start, end), or None. Names
+    are validated: a broken answer raises a ``FormError`` and is not kept.
     """
     _, _, qdcount, ancount, nscount, arcount = wire.HEADER.unpack_from(answer)
     offset = wire.HEADER_LEN
@@ -99,33 +105,27 @@ def _walk_ttls(answer: bytes) -> tuple[list[int], list[int], int | None, tuple[i
     ttls: list[int] = []
     negative: int | None = None
     opt: tuple[int, int] | None = None
-    for index in range(ancount + nscount + arcount):
-        start = offset
-        offset = wire.read_name(answer, offset)  # validated: a broken answer is not kept
-        if offset + 10 > len(answer):
-            raise FormError("record header truncated")
-        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", answer, offset)
-        end = offset + 10 + rdlen
-        if end > len(answer):
-            raise FormError("record data truncated")
+    first_additional = ancount + nscount
+    records = wire.walk_records(answer, offset, first_additional + arcount)
+    for index, (start, fields, end) in enumerate(records):
+        rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(answer, fields)
         if rtype != wire.RdataType.OPT:
-            offsets.append(offset + 4)
+            offsets.append(fields + 4)
             ttls.append(ttl)
-            in_authority = ancount <= index < ancount + nscount
+            in_authority = ancount <= index < first_additional
             if rtype == _TYPE_SOA and in_authority and negative is None and rdlen >= 20:
                 (minimum,) = _TTL.unpack_from(answer, end - 4)
                 negative = min(ttl, minimum)
-        elif index >= ancount + nscount and opt is None:
+        elif index >= first_additional and opt is None:
             opt = (start, end)  # the first, as wire.client_view finds it
-        offset = end
     return offsets, ttls, negative, opt
 
 
 class Cache:
     """An LRU map from :func:`cache_key` to :class:`CacheEntry`, bounded in entries and bytes."""
 
-    def __init__(self, policy: CachePolicy | None = None) -> None:
-        self.policy = policy or CachePolicy()
+    def __init__(self, policy: CachePolicy) -> None:
+        self.policy = policy
         self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
         # Stubs ask the same questions in the same bytes over and over; a repeat is
         # answered without a parse or a render (see :meth:`known`). Bounded by the
@@ -160,8 +160,8 @@ class Cache:
 
         Identical bytes validate alike and ask the same question in the same spelling,
         so the answer :meth:`remember` kept (re-rendered once a second, as TTLs count
-        down) is theirs too: about a third of the cost of a hit through :meth:`get`
-        and :meth:`render`. Counted as a hit; None sends the caller the long way.
+        down) is theirs too, without a parse or a render. Counted as a hit; None
+        sends the caller the long way (:meth:`get` and :meth:`render`).
         """
         rest = msg[2:]
         known = self._known.get(rest)
@@ -220,13 +220,10 @@ class Cache:
         try:
             if wire.answer_key(answer) is None:
                 return None  # no question to serve it for
-        except (FormError, MessageError):
+            offsets, ttls, negative, opt = _walk_ttls(answer)
+        except ProtocolError:
             return None
         rcode = wire.rcode_of(answer)
-        try:
-            offsets, ttls, negative, opt = _walk_ttls(answer)
-        except (FormError, struct.error, IndexError):
-            return None
         policy = self.policy
         if rcode == wire.Rcode.SERVFAIL:
             return min(policy.servfail_ttl, policy.max_ttl), offsets, ttls, opt

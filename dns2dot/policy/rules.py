@@ -2,8 +2,7 @@
 
 Names are kept in lower-case wire form, so matching a query is a handful of set or
 dict lookups on slices of its wire-form name, one per label: constant time per label,
-however large the lists (a million blocked names load in seconds and cost nothing per
-query). Matching is pure; loading reads files.
+however large the lists. Matching is pure; loading reads files.
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
-"""One exception hierarchy for the whole package.
+"""One exception hierarchy for the whole package, rooted at :class:`Dns2DotError`.
 
-The split follows h11: a *remote* error is something a peer (a client or an upstream)
-did wrong and is answered or dropped; a *local* error is ours (configuration, TLS
-setup) and is reported to the operator.
+Three families, by whose fault it is and what happens next:
+
+- :class:`ConfigError` and :class:`ListenError`: the operator's settings or the host;
+  reported once, and the process exits.
+- :class:`ProtocolError`: bytes from a peer (a client, an upstream, a certificate)
+  that break the protocol. Parsers raise these and nothing else for malformed or
+  truncated input; the caller answers FORMERR, drops the message or closes the
+  connection, and every other client is served on.
+- :class:`UpstreamError`: an upstream gave no usable answer; the query is tried
+  elsewhere or answered SERVFAIL.
 """
 
 from __future__ import annotations
@@ -16,20 +23,28 @@ class ConfigError(Dns2DotError):
     """A setting is invalid; the message names the setting and says why (exit code 2)."""
 
 
-class RemoteProtocolError(Dns2DotError):
-    """A peer sent bytes that break the DNS protocol."""
+class ListenError(Dns2DotError):
+    """A listen address could not be bound; ``exit_code`` says whose fault it is."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-class FramingError(RemoteProtocolError):
+class ProtocolError(Dns2DotError):
+    """A peer sent bytes that break the protocol (malformed or truncated input)."""
+
+
+class FramingError(ProtocolError):
     """A TCP length prefix that cannot be honoured (zero, or too short for a header)."""
 
 
-class MessageError(RemoteProtocolError):
-    """A DNS message that cannot be parsed at all (shorter than its header)."""
+class MessageError(ProtocolError):
+    """A DNS message shorter than its header: there is no ID to answer, so it is dropped."""
 
 
-class FormError(RemoteProtocolError):
-    """A message whose header is readable but whose body is malformed.
+class FormError(ProtocolError):
+    """A message whose header is readable but whose body is malformed or truncated.
 
     Carries ``rcode`` so the caller can answer FORMERR, NOTIMP or BADVERS without
     parsing again.
@@ -38,6 +53,10 @@ class FormError(RemoteProtocolError):
     def __init__(self, message: str, rcode: int = 1) -> None:
         super().__init__(message)
         self.rcode = rcode
+
+
+class CertificateError(ProtocolError):
+    """A certificate's DER could not be walked as X.509."""
 
 
 class UpstreamError(Dns2DotError):

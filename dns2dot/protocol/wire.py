@@ -14,10 +14,11 @@ Everything else is the upstream's business.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
-from dns2dot.protocol.errors import FormError, MessageError
+from dns2dot.protocol.errors import FormError, MessageError, ProtocolError
 
 HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12
@@ -47,6 +48,7 @@ MIN_UDP_PAYLOAD = 512
 MAX_MESSAGE_LEN = 0xFFFF  # the TCP length prefix is 16 bits
 # What dns2dot advertises in the OPT records it writes itself (DNS flag day 2020).
 OWN_UDP_PAYLOAD = 1232
+PAD_BLOCK = 128  # RFC 8467 §4.1: queries padded to a multiple of 128 octets
 
 
 class Rcode(IntEnum):
@@ -75,6 +77,9 @@ class RdataType(IntEnum):
     AXFR = 252
 
 
+_OPT = int(RdataType.OPT)  # a plain int: compared once per record walked
+
+
 class EdnsOption(IntEnum):
     CLIENT_SUBNET = 8
     PADDING = 12
@@ -93,9 +98,7 @@ class Edns(NamedTuple):
 class Query(NamedTuple):
     """A validated query: what the forwarder needs from it, and nothing more.
 
-    A named tuple rather than a frozen dataclass: one is built per query, and a frozen
-    dataclass's ``__init__`` cost more than the rest of the parse (:func:`parse_query`
-    even skips the named tuple's ``__new__``).
+    A named tuple, the cheapest immutable record: one is built for every query.
     """
 
     id: int
@@ -214,31 +217,63 @@ def _read_plain_name(msg: bytes, offset: int) -> int:
         pos += length + 1
 
 
-def _skip_records(msg: bytes, offset: int, count: int) -> tuple[int, Edns | None]:
-    """Walk ``count`` resource records; return the end offset and the OPT record seen."""
-    end = len(msg)
-    edns: Edns | None = None
+def walk_records(
+    msg: bytes, offset: int, count: int, validate: bool = True
+) -> Iterator[tuple[int, int, int]]:
+    """Walk ``count`` resource records from ``offset``: the one record walker.
+
+    Yields ``(start, fields, end)`` for each: where its owner name starts, where its
+    fixed fields start (TYPE, CLASS, TTL and RDLENGTH at ``fields``, ``+2``, ``+4``,
+    ``+8``) and where its RDATA ends. Owner names are checked by :func:`read_name`, or
+    with ``validate=False`` only skipped (an answer that is forwarded, not interpreted
+    by name). Raises :class:`FormError` when a record runs past the message.
+
+    Callers on the hot path pass ``validate`` by position and run the walk to its
+    end: a keyword call and closing a suspended generator each cost more than a
+    record.
+    """
+    size = len(msg)
     for _ in range(count):
         start = offset
-        offset = read_name(msg, offset)
-        if offset + 10 > end:
+        if validate:
+            offset = read_name(msg, offset)
+        else:
+            try:
+                length = msg[offset]
+                while length and length < 0xC0:
+                    offset += length + 1
+                    length = msg[offset]
+            except IndexError:
+                raise FormError("name runs past the end of the message") from None
+            offset += 2 if length else 1  # a pointer or the root
+        if offset + 10 > size:
             raise FormError("record header truncated")
-        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(msg, offset)
-        offset += 10 + rdlen
-        if offset > end:
+        end = offset + 10 + ((msg[offset + 8] << 8) | msg[offset + 9])
+        if end > size:
             raise FormError("record data truncated")
-        if rtype == RdataType.OPT:
+        yield start, offset, end
+        offset = end
+
+
+def _skip_records(msg: bytes, offset: int, count: int) -> tuple[int, Edns | None]:
+    """Validate ``count`` resource records; return the end offset and the OPT record seen."""
+    edns: Edns | None = None
+    end = offset
+    for start, fields, record_end in walk_records(msg, offset, count):
+        end = record_end
+        if msg[fields + 1] == _OPT and not msg[fields]:
             if edns is not None:
                 raise FormError("more than one OPT record")
             if msg[start] != 0:
                 raise FormError("OPT record not owned by the root")
+            payload, ttl, _ = _OPT_FIXED.unpack_from(msg, fields + 2)
             edns = Edns(
-                payload=rclass,
+                payload=payload,
                 version=(ttl >> 16) & 0xFF,
                 do=bool(ttl & 0x8000),
                 offset=start,
             )
-    return offset, edns
+    return end, edns
 
 
 def parse_query(msg: bytes) -> Query:
@@ -289,13 +324,17 @@ def parse_query(msg: bytes) -> Query:
     if edns is not None and edns.version != 0:
         raise FormError("unsupported EDNS version", Rcode.BADVERS)
     qname = msg[HEADER_LEN:name_end]
-    # Built as a plain tuple: the named tuple's own constructor cost more than the parse.
+    # Built as a plain tuple, skipping the named tuple's ``__new__`` and its checks.
     key = _fold(qname, msg[name_end:qend])
     return _new_tuple(Query, (qid, flags, qname, qtype, qclass, qend, edns, key))
 
 
 def message_id(msg: bytes) -> int:
-    return (msg[0] << 8) | msg[1]
+    """The message's ID; :class:`MessageError` when it is too short to have one."""
+    try:
+        return (msg[0] << 8) | msg[1]
+    except IndexError:
+        raise MessageError("message shorter than its ID") from None
 
 
 def with_id(msg: bytes, new_id: int) -> bytes:
@@ -379,8 +418,10 @@ def error_response(
     Echoes the ID, opcode, RD and CD bits and, when it can be read, the question.
     Adds an OPT record when the client sent one (RFC 6891 §7), or when the rcode needs
     the extended bits (BADVERS); otherwise never, since a client without EDNS may not
-    understand one.
+    understand one. Raises :class:`MessageError` for a message shorter than a header.
     """
+    if len(msg) < HEADER_LEN:
+        raise MessageError("message shorter than a DNS header")
     if query is not None:
         qend = query.question_end
         has_edns = query.edns is not None
@@ -404,7 +445,7 @@ def _find_opt_lenient(msg: bytes) -> tuple[int, int] | None:
     """:func:`_find_opt` for a message that may be malformed: None when unreadable."""
     try:
         return _find_opt(msg)
-    except (FormError, struct.error, IndexError):
+    except ProtocolError:
         return None
 
 
@@ -425,8 +466,11 @@ def truncate(answer: bytes) -> bytes:
 
     Tells a UDP client to ask again over TCP. The OPT record is rebuilt without
     options, so padding or EDE never pushes the stub past the client's limit.
+    Raises :class:`MessageError` for an answer shorter than a header.
     """
-    qid, flags = struct.unpack_from("!HH", answer)
+    if len(answer) < HEADER_LEN:
+        raise MessageError("answer shorter than a DNS header")
+    qid, flags = _U16_U16.unpack_from(answer)
     qend = _question_end_lenient(answer)
     opt = b""
     if qend:
@@ -456,22 +500,29 @@ def fit_udp(answer: bytes, query_msg: bytes) -> bytes:
 
 def rcode_of(msg: bytes) -> int:
     """The header rcode (without the EDNS extension bits)."""
-    return msg[3] & RCODE_MASK
+    try:
+        return msg[3] & RCODE_MASK
+    except IndexError:
+        raise MessageError("message shorter than its flags") from None
 
 
 def skip_name(msg: bytes, pos: int) -> int:
     """The offset past the name at ``pos``, without following or checking pointers.
 
     Only for locating records in a message that is not interpreted further by name
-    (an upstream's answer); raises IndexError when the message ends first.
+    (an upstream's answer); raises :class:`FormError` when the message ends first.
     """
-    while True:
+    try:
         length = msg[pos]
-        if length == 0:
-            return pos + 1
-        if length >= 0xC0:
-            return pos + 2
-        pos += length + 1
+        while length and length < 0xC0:
+            pos += length + 1
+            length = msg[pos]
+    except IndexError:
+        raise FormError("name runs past the end of the message") from None
+    pos += 2 if length else 1
+    if pos > len(msg):
+        raise FormError("compression pointer truncated")
+    return pos
 
 
 def _find_opt(msg: bytes) -> tuple[int, int] | None:
@@ -479,6 +530,8 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 
     On the path of every answer, so records are skipped, not validated.
     """
+    if len(msg) < HEADER_LEN:
+        raise MessageError("message shorter than a DNS header")
     if not (msg[10] or msg[11]):
         return None
     offset = HEADER_LEN
@@ -490,30 +543,19 @@ def _find_opt(msg: bytes) -> tuple[int, int] | None:
 def _find_opt_after(msg: bytes, offset: int) -> tuple[int, int] | None:
     """:func:`_find_opt` for records starting at ``offset`` (the question's end).
 
-    :func:`skip_name` is written out in the loop: this runs once per answer, and the
-    calls were most of its cost.
+    The first OPT record of the additional section, in an answer whose records all
+    hold together (:func:`walk_records` without name checks).
     """
     ancount, nscount, arcount = _COUNTS3.unpack_from(msg, 6)
     if not arcount:
         return None
-    first_additional = ancount + nscount
-    end = len(msg)
-    for index in range(first_additional + arcount):
-        start = offset
-        length = msg[offset]
-        while length and length < 0xC0:
-            offset += length + 1
-            length = msg[offset]
-        offset += 12 if length else 11  # a pointer or the root; then type to rdlength
-        if offset > end:
-            raise IndexError("record header truncated")
-        rtype = (msg[offset - 10] << 8) | msg[offset - 9]
-        offset += (msg[offset - 2] << 8) | msg[offset - 1]
-        if offset > end:
-            raise FormError("record data truncated")
-        if rtype == RdataType.OPT and index >= first_additional:
-            return start, offset
-    return None
+    index = -(ancount + nscount)  # 0 at the first additional record
+    found = None
+    for start, fields, end in walk_records(msg, offset, arcount - index, False):
+        if index >= 0 and found is None and msg[fields + 1] == _OPT and not msg[fields]:
+            found = start, end
+        index += 1
+    return found
 
 
 def _options(rdata: bytes) -> list[tuple[int, bytes]]:
@@ -538,7 +580,7 @@ def _set_arcount(msg: bytes, arcount: int) -> bytes:
 
 
 def prepare_upstream(
-    msg: bytes, query: Query, *, pad_block: int = 128, keep_client_subnet: bool = False
+    msg: bytes, query: Query, *, pad_block: int = PAD_BLOCK, keep_client_subnet: bool = False
 ) -> bytes:
     """The query as it goes upstream: padded (RFC 7830, RFC 8467), ECS removed.
 
@@ -549,10 +591,10 @@ def prepare_upstream(
     if query.edns is None:
         if not pad_block:
             return msg
-        if pad_block == 128 and len(msg) <= MAX_MESSAGE_LEN - 15 - 127:
+        if pad_block == PAD_BLOCK and len(msg) <= MAX_MESSAGE_LEN - 15 - 127:
             # The common case (a client without EDNS): one precomputed padded OPT.
             arcount = ((msg[10] << 8) | msg[11]) + 1
-            return _set_arcount(msg, arcount) + _PADDED_OPT[(-(len(msg) + 15)) % 128]
+            return _set_arcount(msg, arcount) + _PADDED_OPT[(-(len(msg) + 15)) % PAD_BLOCK]
         opt_start, opt_end = len(msg), len(msg)
         payload, ttl, options = OWN_UDP_PAYLOAD, 0, []
         arcount = ((msg[10] << 8) | msg[11]) + 1
@@ -560,9 +602,13 @@ def prepare_upstream(
         opt_start = query.edns.offset
         payload, ttl, rdlen = _OPT_FIXED.unpack_from(msg, opt_start + 3)
         opt_end = opt_start + 11 + rdlen
-        if pad_block == 128 and not rdlen and opt_end == len(msg) <= MAX_MESSAGE_LEN - 4 - 127:
+        if (
+            pad_block == PAD_BLOCK
+            and not rdlen
+            and opt_end == len(msg) <= MAX_MESSAGE_LEN - 4 - 127
+        ):
             # The common case with EDNS: a last OPT without options gets the padding.
-            pad = (-(len(msg) + 4)) % 128
+            pad = (-(len(msg) + 4)) % PAD_BLOCK
             return msg[: opt_start + 9] + _PADDING_RDATA[pad]
         options = _options(msg[opt_end - rdlen : opt_end])
         drop = (
@@ -604,9 +650,9 @@ def _padded_opt(pad: int) -> bytes:
     return b"\x00" + _RR_FIXED.pack(RdataType.OPT, OWN_UDP_PAYLOAD, 0, len(body)) + body
 
 
-_PADDED_OPT = tuple(_padded_opt(pad) for pad in range(128))
+_PADDED_OPT = tuple(_padded_opt(pad) for pad in range(PAD_BLOCK))
 # RDLENGTH and RDATA of an OPT record holding only a padding option of ``pad`` octets.
-_PADDING_RDATA = tuple(_U16.pack(4 + pad) + _padding_option(pad) for pad in range(128))
+_PADDING_RDATA = tuple(_U16.pack(4 + pad) + _padding_option(pad) for pad in range(PAD_BLOCK))
 
 
 def client_view(answer: bytes, client_has_edns: bool) -> bytes:
@@ -638,7 +684,7 @@ def for_client(answer: bytes, query: Query) -> bytes:
             found = _find_opt_after(answer, query.question_end)
         else:
             found = _find_opt(answer)
-    except (FormError, struct.error, IndexError):
+    except ProtocolError:
         found = None
     if found is None:
         return qid + answer[2:]

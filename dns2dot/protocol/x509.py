@@ -13,11 +13,9 @@ import base64
 import datetime
 import hashlib
 
-from dns2dot.protocol.errors import Dns2DotError
+from dns2dot.protocol.errors import CertificateError
 
-
-class CertificateError(Dns2DotError):
-    """The DER could not be walked as an X.509 certificate."""
+__all__ = ["CertificateError", "not_after", "spki", "spki_pin"]
 
 
 def _read_tlv(der: bytes, offset: int) -> tuple[int, int, int]:

@@ -19,12 +19,12 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from dns2dot.metrics import Stats
 from dns2dot.policy.admission import Verdict
 from dns2dot.policy.cache import Cache, CacheEntry, cache_key
 from dns2dot.policy.rules import RuleSet
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
+from dns2dot.serve.stats import Stats
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamPool
 
@@ -97,8 +97,8 @@ def validate(msg: bytes) -> wire.Query | bytes | None:
 class AnswerPolicy:
     """What the resolver does to queries and answers besides forwarding them."""
 
-    pad_block: int = 128  # RFC 8467 block-length padding upstream; 0: off
-    keep_client_subnet: bool = False  # forward the client's ECS option (RFC 7871)
+    pad_block: int  # RFC 8467 block-length padding upstream; 0: off (--no-padding)
+    keep_client_subnet: bool  # forward the client's ECS option (RFC 7871)
     stale_after: float = 1.8  # serve a stale entry once the upstream is this slow
     prefetch: bool = True
 
@@ -118,9 +118,10 @@ class Resolver:
         self,
         pool: UpstreamPool,
         timeout: float,
-        max_inflight: int = 20000,
+        max_inflight: int,
+        *,
+        policy: AnswerPolicy,
         cache: Cache | None = None,
-        policy: AnswerPolicy | None = None,
         rules: RuleSet | None = None,
         zone_pools: Sequence[UpstreamPool] = (),
         stats: Stats | None = None,
@@ -133,7 +134,7 @@ class Resolver:
         self.timeout = timeout
         self.max_inflight = max_inflight
         self.cache = cache
-        self.policy = policy or AnswerPolicy()
+        self.policy = policy
         self.inflight = 0
         self._deadlines: deque[Exchange] = deque()
         self._hedges: deque[Exchange] = deque()

@@ -32,11 +32,11 @@ from typing import Any
 
 from tornado.netutil import add_accept_handler
 
-from dns2dot.metrics import Stats
 from dns2dot.policy.admission import Admission, Verdict
 from dns2dot.protocol.client_stream import CLOSED, READING, RESET, STALL_TIMEOUT, ClientStream
 from dns2dot.protocol.errors import UpstreamError
 from dns2dot.serve.resolver import Resolver, refuse, servfail
+from dns2dot.serve.stats import Stats
 from dns2dot.transport.sockets import SocketTransport
 from dns2dot.transport.splice import Splice
 from dns2dot.transport.streams import READ_CHUNK
@@ -66,10 +66,11 @@ class TcpLimits:
 
     def __init__(
         self,
-        idle_timeout: float = 10.0,
+        *,
+        idle_timeout: float,
+        max_clients: int,
+        max_inflight: int,
         frame_timeout: float = 5.0,
-        max_clients: int = 10000,
-        max_inflight: int = 256,
         max_write_buffer: int = 1 << 20,
     ) -> None:
         self.idle_timeout = idle_timeout
@@ -352,14 +353,14 @@ class DnsTcpServer:
         resolver: Resolver,
         pool: UpstreamPool,
         admission: Admission,
-        mode: str = "pool",
-        limits: TcpLimits | None = None,
+        mode: str,
+        limits: TcpLimits,
     ) -> None:
         self.resolver = resolver
         self.pool = pool
         self.admission = admission
         self.mode = mode
-        self.limits = limits or TcpLimits()
+        self.limits = limits
         self.sessions: set[PoolSession | PipeSession] = set()
         self._listeners: dict[int, tuple[socket.socket, Callable[[], None]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None

@@ -18,9 +18,9 @@ from typing import Protocol
 
 from tornado.netutil import bind_sockets
 
-from dns2dot.metrics import Stats
 from dns2dot.serve.doh import DohSession
 from dns2dot.serve.dot import DotSession
+from dns2dot.serve.stats import Stats
 from dns2dot.serve.tcp import TcpLimits
 from dns2dot.transport.server_tls import HANDSHAKE_TIMEOUT, Certificates, TlsListener
 

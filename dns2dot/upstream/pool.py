@@ -256,10 +256,10 @@ class UpstreamPool:
         contexts: TlsContexts,
         *,
         strategy: Strategy | None = None,
-        lifecycle: Lifecycle | None = None,
+        lifecycle: Lifecycle,
         connection_types: Mapping[str, type[UpstreamConnection]] | None = None,
     ) -> None:
-        self.lifecycle = lifecycle or Lifecycle()
+        self.lifecycle = lifecycle
         self.connection_types = connection_types or DEFAULT_CONNECTION_TYPES
         unknown = {s.transport for s in specs} - set(self.connection_types)
         if unknown:

@@ -45,8 +45,10 @@ class UpstreamSpec:
 
 @dataclass
 class Lifecycle:
-    """How long upstream connections live; see the README's option table."""
+    """How long upstream connections live. Every field is an option (``--timeout``,
+    ``--upstream-idle-timeout``, ``--max-queries-per-connection``): ``Config`` holds
+    the defaults, ``proxy.lifecycle`` builds this from it."""
 
-    connect_timeout: float = 3.0
-    idle_timeout: float = 8.0  # below the 10 s some public resolvers enforce
-    max_queries: int = 50000  # per connection, then a fresh one takes over
+    connect_timeout: float
+    idle_timeout: float
+    max_queries: int  # per connection, then a fresh one takes over
