@@ -25,7 +25,7 @@ from dns2dot.policy.cache import Cache, CacheEntry, cache_key
 from dns2dot.policy.rules import RuleSet
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
-from dns2dot.upstream.exchange import Exchange
+from dns2dot.upstream.exchange import FINISHED, Exchange
 from dns2dot.upstream.pool import UpstreamPool
 
 qlog = logging.getLogger("dns2dot.query")
@@ -353,7 +353,7 @@ class Resolver:
     def abort(self) -> None:
         """Answer every query still waiting SERVFAIL now (the grace period is over)."""
         for exchange in self._deadlines:
-            if not exchange.done:
+            if exchange.state is not FINISHED:
                 exchange.fail(UpstreamClosedError("dns2dot is shutting down"))
         self._deadlines.clear()
         self._hedges.clear()
@@ -364,7 +364,7 @@ class Resolver:
         deadlines = self._deadlines
         while deadlines:
             exchange = deadlines[0]
-            if not exchange.done:
+            if exchange.state is not FINISHED:
                 if exchange.deadline > now:
                     break
                 (exchange.pool or self.pool).timed_out(exchange, self.timeout)
@@ -373,13 +373,13 @@ class Resolver:
         half = self.timeout / 2
         while hedges:
             exchange = hedges[0]
-            if not exchange.done:
+            if exchange.state is not FINISHED:
                 if exchange.deadline - half > now:
                     break
                 (exchange.pool or self.pool).hedge(exchange)
             hedges.popleft()
         stale = self._stale
-        while stale and (stale[0][1].done or stale[0][0] <= now):
+        while stale and (stale[0][1].state is FINISHED or stale[0][0] <= now):
             stale.popleft()[1].answer_early()
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL

@@ -32,7 +32,7 @@ from dns2dot.transport.streams import READ_CHUNK
 from dns2dot.transport.tls import TlsContexts, classify_failure, describe_failure, failure_kind
 from dns2dot.upstream.connection import DotConnection, UpstreamConnection
 from dns2dot.upstream.dot import TlsDotConnection
-from dns2dot.upstream.exchange import Exchange
+from dns2dot.upstream.exchange import FINISHED, Exchange
 from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
 
 log = logging.getLogger("dns2dot.upstream")
@@ -277,7 +277,7 @@ class UpstreamPool:
 
     def submit(self, exchange: Exchange) -> None:
         """Send the exchange where the strategy says, or fail it now if nowhere is usable."""
-        if exchange.done:
+        if exchange.state is FINISHED:
             return
         exchange.pool = self
         if self.closing:
@@ -314,7 +314,7 @@ class UpstreamPool:
         SERVFAIL and REFUSED are one upstream's trouble, not the name's: they are
         retried on an upstream not tried yet, within the same deadline.
         """
-        if exchange.done:
+        if exchange.state is FINISHED:
             return
         if wire.rcode_of(answer) in _RETRY_RCODES:
             if exchange.legs:
@@ -325,7 +325,7 @@ class UpstreamPool:
 
     def hedge(self, exchange: Exchange) -> None:
         """Half the deadline has passed: also ask one more upstream, if there is one."""
-        if not exchange.done:
+        if exchange.state is not FINISHED:
             self._send(exchange, 1)
 
     def lost(
@@ -336,7 +336,7 @@ class UpstreamPool:
         A query that was never written goes wherever the strategy now says; one that
         was written is sent again once (it may have reached the upstream already).
         """
-        if exchange.done or exchange.legs:
+        if exchange.state is FINISHED or exchange.legs:
             return
         exchange.tried &= ~(1 << server.index)
         if not sent:
