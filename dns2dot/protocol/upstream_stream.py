@@ -6,7 +6,8 @@ no socket, loop or clock of its own, in the manner of h11 and h2: queries go in 
 :meth:`~UpstreamStream.data_to_send` hands out the framed bytes to write (everything
 queued since the last call, in one piece), and :meth:`~UpstreamStream.data_received`
 takes whatever the transport read and returns events: :class:`Answered` (an answer
-matched to its query by ID *and* question), :class:`Unmatched` (an answer that fits
+matched to its query by ID *and* question: a plain tuple, the one event that
+is tested with ``isinstance(event, tuple)``), :class:`Unmatched` (an answer that fits
 nothing in flight: ignored, reported), :class:`StreamBroken` (framing or an answer
 that is not DNS: the connection is done). See docs/ARCHITECTURE.md, "protocol".
 
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import FormError, MessageError, RemoteProtocolError
 from dns2dot.protocol.framing import FrameDecoder, frame_with_id
 
 ID_SPACE = 0x10000  # 16-bit DNS IDs
+UNKNOWN_ID = "answer for an ID not in flight"
+OTHER_QUESTION = "an answer did not echo its question"  # identical each time: logs fold it
 
 
 class Outstanding(Protocol):
@@ -78,17 +81,10 @@ def match_answer(answer: bytes, query: Outstanding) -> bytes | None:
     return None
 
 
-class Answered(Generic[Q]):
-    """An answer for ``query``, which was sent under ``uid`` with ``token`` (the
-    caller's note, e.g. when it was sent); no longer in flight."""
-
-    __slots__ = ("answer", "query", "token", "uid")
-
-    def __init__(self, uid: int, query: Q, token: float, answer: bytes) -> None:
-        self.uid = uid
-        self.query = query
-        self.token = token
-        self.answer = answer
+# An answer for a query in flight, no longer in flight: (the ID it was sent under, the
+# query, the caller's token given to ``send``, the answer). A plain tuple rather than a
+# class: it is made for every answer, and a class instance costs several times more.
+Answered: TypeAlias = tuple[int, Q, float, bytes]
 
 
 class Unmatched:
@@ -211,18 +207,22 @@ class UpstreamStream(Generic[Q]):
             uid = (msg[0] << 8) | msg[1]
             entry = in_flight.get(uid)
             if entry is None:
-                events.append(Unmatched(uid, msg, "answer for an ID not in flight"))
+                events.append(Unmatched(uid, msg, UNKNOWN_ID))
                 continue
             query = entry[0]
-            try:
-                answer = match_answer(msg, query)
-            except (MessageError, FormError) as exc:
-                return self._break(events, exc)
-            if answer is None:
-                events.append(Unmatched(uid, msg, "an answer did not echo its question"))
-                continue
+            if wire.echoes(msg, query.question):  # the usual case, without a call
+                answer = msg
+            else:
+                try:
+                    matched = match_answer(msg, query)
+                except (MessageError, FormError) as exc:
+                    return self._break(events, exc)
+                if matched is None:
+                    events.append(Unmatched(uid, msg, OTHER_QUESTION))
+                    continue
+                answer = matched
             del in_flight[uid]
-            events.append(Answered(uid, query, entry[1], answer))
+            events.append((uid, query, entry[1], answer))
         if decoder.error is not None:
             return self._break(events, decoder.error)
         return events

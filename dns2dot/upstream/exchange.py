@@ -25,11 +25,6 @@ class ExchangeState(Enum):
 WAITING = ExchangeState.WAITING
 ANSWERED_EARLY = ExchangeState.ANSWERED_EARLY
 FINISHED = ExchangeState.FINISHED
-_NEXT: dict[ExchangeState, frozenset[ExchangeState]] = {
-    WAITING: frozenset({ANSWERED_EARLY, FINISHED}),
-    ANSWERED_EARLY: frozenset({FINISHED}),
-    FINISHED: frozenset(),
-}
 
 
 class Exchange:
@@ -101,8 +96,12 @@ class Exchange:
         return self.state is FINISHED
 
     def _enter(self, state: ExchangeState) -> None:
-        """The one place the state changes; an impossible step is a bug, raised."""
-        if state not in _NEXT[self.state]:
+        """The one place the state changes; an impossible step is a bug, raised.
+
+        The steps: WAITING -> ANSWERED_EARLY -> FINISHED, or WAITING -> FINISHED.
+        """
+        current = self.state
+        if current is FINISHED or state is current or state is WAITING:
             raise RuntimeError(f"exchange cannot go from {self.state.value} to {state.value}")
         self.state = state
 

@@ -27,12 +27,13 @@ from dns2dot.protocol.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from dns2dot.transport.channel import TlsChannel, tls_handshake
+from dns2dot.transport.channel import Channel, PlainChannel, TlsChannel, tls_handshake
 from dns2dot.transport.streams import READ_CHUNK
 from dns2dot.transport.tls import TlsContexts, classify_failure, describe_failure, failure_kind
-from dns2dot.upstream.connection import DotConnection, UpstreamConnection
+from dns2dot.upstream.connection import UpstreamConnection
 from dns2dot.upstream.dot import TlsDotConnection
 from dns2dot.upstream.exchange import FINISHED, Exchange
+from dns2dot.upstream.plain import PlainDotConnection
 from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
 
 log = logging.getLogger("dns2dot.upstream")
@@ -43,7 +44,7 @@ _RETRY_RCODES = frozenset({wire.Rcode.SERVFAIL, wire.Rcode.REFUSED})
 
 DEFAULT_CONNECTION_TYPES: Mapping[str, type[UpstreamConnection]] = {
     "tls": TlsDotConnection,
-    "plain": DotConnection,
+    "plain": PlainDotConnection,
 }
 
 
@@ -102,7 +103,7 @@ class UpstreamServer:
 
     async def open_stream(self) -> IOStream:
         """A connected stream to this upstream, for tornado: TLS (see :meth:`_open`),
-        or bare TCP for a ``plain`` upstream (a forwarding rule's)."""
+        or bare TCP for a ``plain`` upstream. Only DoH still reads a tornado stream."""
         sock = await self._open(memory_bio=False)
         assert isinstance(sock, socket.socket)
         if not isinstance(sock, ssl.SSLSocket):
@@ -116,10 +117,17 @@ class UpstreamServer:
         return stream
 
     async def open_channel(self) -> TlsChannel:
-        """A TLS connection of its own to this upstream, for a pipe's splice."""
+        """A TLS connection to this upstream through memory BIOs: for a pooled DoT
+        connection, or a pipe's splice."""
         opened = await self._open(memory_bio=True)
         assert isinstance(opened, TlsChannel)
         return opened
+
+    async def open_plain_channel(self) -> PlainChannel:
+        """A plain TCP connection to this ``plain://`` upstream (a forwarding rule's)."""
+        sock = await self._open(memory_bio=False)
+        assert isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
+        return PlainChannel(sock)
 
     async def _open(self, *, memory_bio: bool) -> socket.socket | TlsChannel:
         """Connect: TLS, verified, resuming the last session.
@@ -195,10 +203,15 @@ class UpstreamServer:
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
 
-    def remember_session(self, connection: IOStream | TlsChannel) -> None:
+    def remember_session(self, connection: IOStream | Channel) -> None:
         """Keep the connection's TLS session for the next handshake (after its first
         answer: TLS 1.3 sends the session tickets after the handshake)."""
-        tls = connection.socket if isinstance(connection, IOStream) else connection.tls
+        if isinstance(connection, IOStream):
+            tls: object = connection.socket
+        elif isinstance(connection, TlsChannel):
+            tls = connection.tls
+        else:
+            return  # no TLS at all
         session = getattr(tls, "session", None)
         if session is not None:
             self.tls_session = session
