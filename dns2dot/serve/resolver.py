@@ -26,7 +26,7 @@ from dns2dot.policy.rules import RuleSet
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
 from dns2dot.upstream.exchange import FINISHED, Exchange
-from dns2dot.upstream.pool import UpstreamPool
+from dns2dot.upstream.pool import Clock, Timer, UpstreamPool
 
 qlog = logging.getLogger("dns2dot.query")
 
@@ -124,6 +124,7 @@ class Resolver:
         rules: RuleSet | None = None,
         zone_pools: Sequence[UpstreamPool] = (),
         stats: Stats | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.pool = pool
         self.stats = stats or Stats()
@@ -138,8 +139,8 @@ class Resolver:
         self._deadlines: deque[Exchange] = deque()
         self._hedges: deque[Exchange] = deque()
         self._stale: deque[tuple[float, Exchange]] = deque()
-        self._loop = asyncio.get_running_loop()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: Clock = clock or asyncio.get_running_loop()  # time and timers
+        self._sweeper: Timer | None = None
         self._next_maintenance = 0.0
         self._on_reply = self._count  # made once: every exchange shares this bound method
 

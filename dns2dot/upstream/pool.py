@@ -14,7 +14,8 @@ import logging
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 
@@ -37,6 +38,20 @@ from dns2dot.upstream.plain import PlainDotConnection
 from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
 
 log = logging.getLogger("dns2dot.upstream")
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Time and timers for the middle: the running loop in production (which has
+    both), a clock moved by hand in tests (tests/test_middle.py)."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer: ...
+
 
 MAX_CONNECTIONS_PER_SERVER = 4
 RESENDS = 1  # a query lost with its connection is sent again once
@@ -196,7 +211,7 @@ class UpstreamServer:
         return classify_failure(cause)(f"{self}: {problem}")
 
     def mark_down(self, problem: str) -> None:
-        delay = self.health.failed(asyncio.get_running_loop().time())
+        delay = self.health.failed(self.pool.clock.time())
         if problem != self._last_problem:
             log.warning("%s: %s; not used for %.1f s", self, problem, delay)
             self._last_problem = problem
@@ -271,6 +286,7 @@ class UpstreamPool:
         strategy: Strategy | None = None,
         lifecycle: Lifecycle | None = None,
         connection_types: Mapping[str, type[UpstreamConnection]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.lifecycle = lifecycle or Lifecycle()
         self.connection_types = connection_types or DEFAULT_CONNECTION_TYPES
@@ -285,7 +301,8 @@ class UpstreamPool:
         self._healths = [server.health for server in self.servers]
         # The usual setup, one upstream, has nothing to order (see _send).
         self._only = self.servers[0] if len(self.servers) == 1 else None
-        self._loop = asyncio.get_running_loop()
+        self.clock: Clock = clock or asyncio.get_running_loop()
+        self._loop = self.clock
         self.closing = False  # shutting down: nothing is sent or sent again
 
     def submit(self, exchange: Exchange) -> None:
