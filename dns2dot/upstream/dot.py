@@ -170,7 +170,8 @@ class DotConnection(UpstreamConnection):
         """Hand on the answers in ``data``; False once the stream is broken."""
         for event in self._core.data_received(data):
             if isinstance(event, tuple):  # Answered
-                self._answered(*event)
+                uid, exchange, sent_at, answer = event
+                self._answered(uid, exchange, sent_at, answer)
             elif isinstance(event, Unmatched):
                 if event.reason == UNKNOWN_ID:
                     log.debug("%s: answer for unknown ID %d ignored", self.server, event.uid)
