@@ -32,7 +32,7 @@ from dns2dot.protocol.doh import CONTENT_TYPE, parse_http1_head
 from dns2dot.proxy import lifecycle
 from dns2dot.transport.channel import TlsChannel
 from dns2dot.transport.tls import TlsContexts
-from dns2dot.upstream.doh import DohConnection, State
+from dns2dot.upstream.doh import DohConnection, Phase
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamPool, UpstreamServer
 from dns2dot.upstream.spec import UpstreamSpec
@@ -353,17 +353,17 @@ async def test_goaway_resends_streams_beyond_last_elsewhere(tmp_path: Path) -> N
     beyond = {first.query(s).question[0].name.to_text() for s in first.complete if s > 3}
     resent = {second.query(s).question[0].name.to_text() for s in second.complete}
     assert resent == beyond and len(beyond) == 4
-    old = next(c for c in h.connections if c.state is State.DRAINING)
+    old = next(c for c in h.connections if c.phase is Phase.DRAINING)
     h.ask("later.example.test.")
     await until(lambda: len(second.complete) == 5, "a new query on the new connection")
     assert len(first.complete) == 6  # the draining connection took nothing new
     first.answer(1)
     within = {first.query(s).question[0].name.to_text() for s in (1, 3)}
     await until(lambda: sum(h.answered(n) for n in within) == 1, "stream 1's answer")
-    assert old.state is State.DRAINING  # stream 3 is still to come
+    assert old.phase is Phase.DRAINING  # stream 3 is still to come
     first.answer(3)
     await until(lambda: all(h.answered(n) for n in within), "stream 3's answer")
-    await until(lambda: old.state is State.ENDED and first.eof, "the old connection closed")
+    await until(lambda: old.phase is Phase.ENDED and first.eof, "the old connection closed")
     assert old not in h.server.connections
     assert len(second.complete) == 5  # nothing sent twice
     for stream_id in second.complete:

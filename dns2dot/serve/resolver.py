@@ -25,8 +25,8 @@ from dns2dot.policy.rules import RuleSet
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
 from dns2dot.serve.stats import Stats
-from dns2dot.upstream.exchange import Exchange
-from dns2dot.upstream.pool import UpstreamPool
+from dns2dot.upstream.exchange import FINISHED, Exchange
+from dns2dot.upstream.pool import Clock, Timer, UpstreamPool
 
 qlog = logging.getLogger("dns2dot.query")
 
@@ -125,6 +125,7 @@ class Resolver:
         rules: RuleSet | None = None,
         zone_pools: Sequence[UpstreamPool] = (),
         stats: Stats | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.pool = pool
         self.stats = stats or Stats()
@@ -139,8 +140,8 @@ class Resolver:
         self._deadlines: deque[Exchange] = deque()
         self._hedges: deque[Exchange] = deque()
         self._stale: deque[tuple[float, Exchange]] = deque()
-        self._loop = asyncio.get_running_loop()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: Clock = clock or asyncio.get_running_loop()  # time and timers
+        self._sweeper: Timer | None = None
         self._next_maintenance = 0.0
         self._on_reply = self._count  # made once: every exchange shares this bound method
 
@@ -354,7 +355,7 @@ class Resolver:
     def abort(self) -> None:
         """Answer every query still waiting SERVFAIL now (the grace period is over)."""
         for exchange in self._deadlines:
-            if not exchange.done:
+            if exchange.state is not FINISHED:
                 exchange.fail(UpstreamClosedError("dns2dot is shutting down"))
         self._deadlines.clear()
         self._hedges.clear()
@@ -365,7 +366,7 @@ class Resolver:
         deadlines = self._deadlines
         while deadlines:
             exchange = deadlines[0]
-            if not exchange.done:
+            if exchange.state is not FINISHED:
                 if exchange.deadline > now:
                     break
                 (exchange.pool or self.pool).timed_out(exchange, self.timeout)
@@ -374,13 +375,13 @@ class Resolver:
         half = self.timeout / 2
         while hedges:
             exchange = hedges[0]
-            if not exchange.done:
+            if exchange.state is not FINISHED:
                 if exchange.deadline - half > now:
                     break
                 (exchange.pool or self.pool).hedge(exchange)
             hedges.popleft()
         stale = self._stale
-        while stale and (stale[0][1].done or stale[0][0] <= now):
+        while stale and (stale[0][1].state is FINISHED or stale[0][0] <= now):
             stale.popleft()[1].answer_early()
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL

@@ -39,10 +39,11 @@ from dns2dot.serve.resolver import Resolver, refuse, servfail
 from dns2dot.serve.stats import Stats
 from dns2dot.transport.sockets import SocketTransport
 from dns2dot.transport.splice import Splice
-from dns2dot.transport.streams import READ_CHUNK
 from dns2dot.upstream.pool import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
+
+READ_CHUNK = 16384 + 256  # what one readiness callback reads from a client at most
 
 SWEEP_INTERVAL = 1.0
 

@@ -1,10 +1,12 @@
-"""A TLS connection through memory BIOs on a non-blocking socket.
+"""A connection's bytes on a non-blocking socket, driven by readiness callbacks.
 
 :class:`TlsChannel` keeps OpenSSL away from the socket: one ``recv`` takes every
 record the socket holds, OpenSSL decrypts from memory, and ciphertext goes out in
 one ``send``. Every TLS connection dns2dot makes runs on it (the pooled DoT
-connections, the pipe splice). :func:`tls_handshake` is the non-blocking handshake
-of a wrapped ``SSLSocket``, for the connections still handed to tornado.
+connections, the pipe splice). :class:`PlainChannel` is plain TCP with the same
+interface (:class:`Channel`), so a connection is written once for both (``plain://``
+upstreams). :func:`tls_handshake` is the non-blocking handshake of a wrapped
+``SSLSocket`` (the in-process TLS servers of the tests and ``bench.hotpath``).
 See docs/ARCHITECTURE.md, "transport".
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from typing import Protocol
 
 # What one readiness callback reads from a socket at most (the loop calls again while
 # more is there): four full TLS records' worth.
@@ -48,6 +51,36 @@ async def tls_handshake(tls_socket: ssl.SSLSocket) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class Channel(Protocol):
+    """What a connection driven by readiness callbacks needs of its transport.
+
+    ``receive`` when the socket is readable, then ``decrypt`` for the plaintext;
+    ``write`` plaintext, then ``transmit`` (again when writable while ``unsent``).
+    """
+
+    sock: socket.socket
+    unsent: bytes
+
+    def acknowledge_at_once(self) -> None: ...
+
+    def receive(self) -> None: ...
+
+    def decrypt(self) -> tuple[bytes, bool, BaseException | None]: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    @property
+    def pending_output(self) -> bool: ...
+
+    def transmit(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def _quickack_applies(sock: socket.socket) -> bool:
+    return _QUICKACK != 0 and sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
 class TlsChannel:
@@ -89,10 +122,7 @@ class TlsChannel:
         the extra ACKs cost a quarter of the throughput (51k -> 36k q/s), so a splice
         does without.
         """
-        self._quickack = _QUICKACK != 0 and self.sock.family in (
-            socket.AF_INET,
-            socket.AF_INET6,
-        )
+        self._quickack = _quickack_applies(self.sock)
 
     async def handshake(self) -> None:
         """Complete the handshake on the running loop (verification happens here).
@@ -157,6 +187,18 @@ class TlsChannel:
             chunks.append(chunk)
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ended, error
 
+    def write(self, data: bytes) -> None:
+        """Encrypt ``data`` into memory (never blocks); :meth:`transmit` sends it.
+
+        Raises ``ssl.SSLError`` if the TLS connection cannot take it.
+        """
+        self.tls.write(data)
+
+    @property
+    def pending_output(self) -> bool:
+        """Whether OpenSSL has ciphertext to send (after a write, or a key update)."""
+        return self.outgoing.pending != 0
+
     def transmit(self) -> bool:
         """Send what OpenSSL encrypted; what the socket does not take is kept in
         ``unsent`` for the next call. Returns whether nothing is left unsent.
@@ -164,6 +206,69 @@ class TlsChannel:
         Raises what ``send`` raises, but for a full socket.
         """
         data = self.unsent + self.outgoing.read()
+        if not data:
+            return True
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        self.unsent = data[sent:]
+        return not self.unsent
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PlainChannel:
+    """Plain TCP with :class:`TlsChannel`'s interface: for ``plain://`` upstreams
+    (forwarding rules), so one connection class serves both."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.unsent = b""  # bytes the socket did not take yet
+        self._outgoing: list[bytes] = []
+        self._incoming: list[bytes] = []
+        self._ended = False
+        self._quickack = False
+
+    def acknowledge_at_once(self) -> None:
+        """As :meth:`TlsChannel.acknowledge_at_once`."""
+        self._quickack = _quickack_applies(self.sock)
+
+    def receive(self) -> None:
+        """Take what the socket holds (end of stream included).
+
+        Raises what ``recv`` raises: ``BlockingIOError`` when there is nothing yet.
+        """
+        data = self.sock.recv(MAX_BATCH)
+        if data:
+            self._incoming.append(data)
+            if self._quickack:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        else:
+            self._ended = True
+
+    def decrypt(self) -> tuple[bytes, bool, BaseException | None]:
+        """What was received since the last call (nothing to decrypt: the name keeps
+        one interface), and whether the stream has ended."""
+        incoming = self._incoming
+        data = incoming[0] if len(incoming) == 1 else b"".join(incoming)
+        incoming.clear()
+        return data, self._ended, None
+
+    def write(self, data: bytes) -> None:
+        self._outgoing.append(data)
+
+    @property
+    def pending_output(self) -> bool:
+        return bool(self._outgoing)
+
+    def transmit(self) -> bool:
+        """Send what was written; what the socket does not take is kept in ``unsent``.
+        Returns whether nothing is left unsent. Raises what ``send`` raises, but for
+        a full socket."""
+        data = self.unsent + b"".join(self._outgoing)
+        self._outgoing.clear()
         if not data:
             return True
         try:

@@ -36,15 +36,22 @@ from dns2dot.protocol.doh import (
 )
 from dns2dot.protocol.errors import UpstreamClosedError, UpstreamError
 from dns2dot.transport.channel import TlsChannel
-from dns2dot.upstream.connection import MAX_INFLIGHT_PER_CONNECTION, UpstreamConnection
+from dns2dot.upstream.connection import (
+    CLOSING,
+    MAX_INFLIGHT_PER_CONNECTION,
+    OPEN,
+    UpstreamConnection,
+)
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamServer
 
 log = logging.getLogger("dns2dot.doh")
 
 
-class State(enum.Enum):
-    """Where a DoH connection is; changed only by :meth:`DohConnection._enter`."""
+class Phase(enum.Enum):
+    """Where a DoH connection's HTTP stands; changed only by :meth:`DohConnection._to`,
+    which keeps the connection's own :class:`ConnectionState` in step (OPENING is
+    CONNECTING, ENDED is CLOSING or CLOSED, the rest OPEN)."""
 
     OPENING = "opening"  # connecting and handshaking; queries wait in the queue
     H2_STARTING = "h2-starting"  # HTTP/2 preface sent; streams wait for the server's SETTINGS
@@ -58,7 +65,7 @@ class DohConnection(UpstreamConnection):
     """One HTTPS connection to a DoH upstream, many queries on it as HTTP/2 streams."""
 
     def __init__(self, server: UpstreamServer) -> None:
-        self.state = State.OPENING
+        self.phase = Phase.OPENING
         self._channel: TlsChannel | None = None
         self._fd = -1
         self._ended: asyncio.Future[BaseException | None] | None = None
@@ -80,13 +87,13 @@ class DohConnection(UpstreamConnection):
         When every connection is full the pool opens another one (up to its limit)
         instead of queueing here: servers cap streams per connection (unbound at 100).
         """
-        state = self.state
-        if state is State.H2:
+        state = self.phase
+        if state is Phase.H2:
             assert self._h2 is not None
             limit = min(self._h2.max_streams, MAX_INFLIGHT_PER_CONNECTION)
-        elif state is State.H2_STARTING or state is State.OPENING:
+        elif state is Phase.H2_STARTING or state is Phase.OPENING:
             limit = http2.DEFAULT_MAX_STREAMS
-        elif state is State.HTTP1:
+        elif state is Phase.HTTP1:
             limit = MAX_INFLIGHT_PER_CONNECTION
         else:
             return False
@@ -95,7 +102,7 @@ class DohConnection(UpstreamConnection):
     @property
     def has_room(self) -> bool:
         """A draining connection takes nothing more, even when every other is full."""
-        return self.state is not State.DRAINING and super().has_room
+        return self.phase is not Phase.DRAINING and super().has_room
 
     @property
     def load(self) -> int:
@@ -108,9 +115,9 @@ class DohConnection(UpstreamConnection):
 
     def send(self, exchange: Exchange) -> None:
         self._queued.append(exchange)
-        if self.state is State.HTTP1:
+        if self.phase is Phase.HTTP1:
             self._http1_next()
-        elif not self._flush_scheduled and self.state is State.H2:
+        elif not self._flush_scheduled and self.phase is Phase.H2:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
@@ -119,7 +126,7 @@ class DohConnection(UpstreamConnection):
             self._task.cancel()
             return
         conn = self._h2
-        if conn is not None and self.state in (State.H2_STARTING, State.H2, State.DRAINING):
+        if conn is not None and self.phase in (Phase.H2_STARTING, Phase.H2, Phase.DRAINING):
             conn.close()
             self._write(conn.data_to_send())
         self._end(None)
@@ -135,18 +142,20 @@ class DohConnection(UpstreamConnection):
 
     # -- the state, and the channel ---------------------------------------------------
 
-    def _enter(self, state: State, error: BaseException | None = None) -> None:
-        """The one place the state changes; ENDED wakes :meth:`_run`."""
-        if self.state is State.ENDED or self.state is state:
+    def _to(self, phase: Phase, error: BaseException | None = None) -> None:
+        """The one place the phase changes; ENDED wakes :meth:`_run`."""
+        if self.phase is Phase.ENDED or self.phase is phase:
             return
-        self.state = state
-        if state is State.ENDED:
-            self.closed = True
-        if state is State.ENDED and self._ended is not None and not self._ended.done():
-            self._ended.set_result(error)
+        if self.phase is Phase.OPENING:
+            self._enter(OPEN)
+        self.phase = phase
+        if phase is Phase.ENDED:
+            self._enter(CLOSING)
+            if self._ended is not None and not self._ended.done():
+                self._ended.set_result(error)
 
     def _end(self, error: BaseException | None) -> None:
-        self._enter(State.ENDED, error)
+        self._to(Phase.ENDED, error)
 
     async def _run(self) -> None:
         channel = await self._open_or_abandon(self.server.open_channel)
@@ -163,7 +172,7 @@ class DohConnection(UpstreamConnection):
                 self._start_h2()
             else:
                 self._http1 = Http1Reader()
-                self._enter(State.HTTP1)
+                self._to(Phase.HTTP1)
                 self._http1_next()
             self._decrypt()  # records that came with the end of the handshake
             error = await self._ended
@@ -178,7 +187,7 @@ class DohConnection(UpstreamConnection):
     def _write(self, data: bytes) -> None:
         """Encrypt ``data`` and send it (what the socket does not take waits)."""
         channel = self._channel
-        if not data or channel is None or self.state is State.ENDED:
+        if not data or channel is None or self.phase is Phase.ENDED:
             return
         try:
             channel.tls.write(data)  # into memory: never blocks
@@ -189,7 +198,7 @@ class DohConnection(UpstreamConnection):
 
     def _send_ciphertext(self) -> None:
         channel = self._channel
-        if channel is None or self.state is State.ENDED:
+        if channel is None or self.phase is Phase.ENDED:
             return
         waited = bool(channel.unsent)
         try:
@@ -204,7 +213,7 @@ class DohConnection(UpstreamConnection):
 
     def _readable(self) -> None:
         channel = self._channel
-        if channel is None or self.state is State.ENDED:
+        if channel is None or self.phase is Phase.ENDED:
             return
         try:
             channel.receive()
@@ -217,7 +226,7 @@ class DohConnection(UpstreamConnection):
 
     def _decrypt(self) -> None:
         channel = self._channel
-        if channel is None or self.state is State.ENDED:
+        if channel is None or self.phase is Phase.ENDED:
             return
         data, ended, error = channel.decrypt()
         if channel.outgoing.pending:  # OpenSSL has something to say (a key update)
@@ -241,7 +250,7 @@ class DohConnection(UpstreamConnection):
 
     def _start_h2(self) -> None:
         self._h2 = http2.H2Client(self._authority, self.server.spec.path)
-        self._enter(State.H2_STARTING)
+        self._to(Phase.H2_STARTING)
         self._flush()
 
     def _flush(self) -> None:
@@ -249,9 +258,9 @@ class DohConnection(UpstreamConnection):
         everything there is to say: one write per loop turn, however many queries."""
         self._flush_scheduled = False
         conn = self._h2
-        if conn is None or self.state is State.ENDED:
+        if conn is None or self.phase is Phase.ENDED:
             return
-        if self._queued and self.state is State.H2:
+        if self._queued and self.phase is Phase.H2:
             self._start_queued(conn)  # not before the server's SETTINGS: its stream limit
         self._write(conn.data_to_send())
 
@@ -265,7 +274,7 @@ class DohConnection(UpstreamConnection):
                 continue
             if conn.exhausted:
                 queued.appendleft(exchange)
-                self._enter(State.DRAINING)  # this connection is used up: retire it
+                self._to(Phase.DRAINING)  # this connection is used up: retire it
                 self._hand_back_queued()
                 return
             self._track(conn.request(wire.with_id(exchange.upstream_msg, 0)), exchange)
@@ -278,11 +287,11 @@ class DohConnection(UpstreamConnection):
                 entry = self._pending.get(event.stream_id)
                 if entry is not None:
                     problem = response_problem(event.status, event.content_type)
-                    self._answered(event.stream_id, entry[0], event.body, problem)
+                    self._stream_answered(event.stream_id, entry[0], event.body, problem)
             elif isinstance(event, http2.StreamFailed):
                 entry = self._pending.get(event.stream_id)
                 if entry is not None:
-                    self._answered(event.stream_id, entry[0], b"", event.problem)
+                    self._stream_answered(event.stream_id, entry[0], b"", event.problem)
             elif isinstance(event, http2.StreamReset):
                 # Even a refused stream (never processed, RFC 9113 §8.7) counts as sent:
                 # the query is tried once more, not again and again on a server
@@ -290,14 +299,14 @@ class DohConnection(UpstreamConnection):
                 error = UpstreamClosedError(f"stream reset (error code {event.error_code})")
                 self._give_back(event.stream_id, error, sent=True)
             elif isinstance(event, http2.GoAway):
-                self._enter(State.DRAINING)
+                self._to(Phase.DRAINING)
                 self._hand_back_queued()
                 for stream_id in event.lost:
                     # Beyond the GOAWAY's last stream: never processed (RFC 9113 §6.8).
                     self._give_back(stream_id, UpstreamClosedError("GOAWAY"), sent=False)
             elif isinstance(event, http2.SettingsChanged):
-                if self.state is State.H2_STARTING:
-                    self._enter(State.H2)  # the queued streams are opened below
+                if self.phase is Phase.H2_STARTING:
+                    self._to(Phase.H2)  # the queued streams are opened below
             elif isinstance(event, http2.ConnectionBroken):
                 log.warning(
                     "%s: HTTP/2 protocol error (%s), reconnecting", self.server, event.reason
@@ -306,10 +315,14 @@ class DohConnection(UpstreamConnection):
                 self._end(None)
                 return
         self._flush()
-        if self.state is State.DRAINING and not self._pending:
+        if self.phase is Phase.DRAINING and not self._pending:
             self._end(None)
 
-    def _answered(self, uid: int, exchange: Exchange, body: bytes, problem: str | None) -> None:
+    def _stream_answered(
+        self, uid: int, exchange: Exchange, body: bytes, problem: str | None
+    ) -> None:
+        """A stream's (or the HTTP/1.1 request's) response: the answer, or that
+        upstream's SERVFAIL when the HTTP answer is unusable."""
         if problem is None and len(body) < wire.HEADER_LEN:
             problem = "answer shorter than a DNS header"
         if problem is None:
@@ -335,7 +348,7 @@ class DohConnection(UpstreamConnection):
 
     def _http1_next(self) -> None:
         """Send the next queued query, unless one is on its way already."""
-        if self._http1_uid or self.state is not State.HTTP1:
+        if self._http1_uid or self.phase is not Phase.HTTP1:
             return
         while self._queued:
             exchange = self._queued.popleft()
@@ -363,7 +376,7 @@ class DohConnection(UpstreamConnection):
             entry = self._pending.get(uid)
             if entry is not None:
                 self._http1_uid = 0
-                self._answered(uid, entry[0], b"", reader.broken)
+                self._stream_answered(uid, entry[0], b"", reader.broken)
             self._end(None)  # the stream cannot be resynchronised: reconnect
             return
         self._http1_next()
@@ -376,7 +389,7 @@ class DohConnection(UpstreamConnection):
         problem = response_problem(response.status, response.content_type)
         if problem is not None:
             problem = f"HTTP/1.1 {problem}"
-        self._answered(uid, entry[0], response.body, problem)
+        self._stream_answered(uid, entry[0], response.body, problem)
 
 
 def _authority(server: UpstreamServer) -> str:

@@ -1,15 +1,24 @@
-"""Pooled DNS over TLS on a :class:`~dns2dot.transport.channel.TlsChannel`."""
+"""Pooled DNS over TLS (RFC 7858) on the loop's readiness callbacks.
+
+:class:`DotConnection` joins the sans-IO core
+(:class:`~dns2dot.protocol.upstream_stream.UpstreamStream`: IDs, the in-flight map,
+matching, the outbox) to a :class:`~dns2dot.transport.channel.Channel`: bytes read
+go into the core, its events go to the pool, its outgoing bytes go to the channel.
+:class:`TlsDotConnection` opens a TLS channel; ``PlainDotConnection``
+(dns2dot/upstream/plain.py) a plain one. See docs/ARCHITECTURE.md, "upstream".
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from typing import TYPE_CHECKING
 
-from dns2dot.protocol.errors import UpstreamClosedError
-from dns2dot.transport.channel import TlsChannel
-from dns2dot.upstream.connection import DotConnection
+from dns2dot.protocol.errors import FramingError, UpstreamClosedError
+from dns2dot.protocol.upstream_stream import UNKNOWN_ID, Unmatched, UpstreamStream
+from dns2dot.transport.channel import Channel
+from dns2dot.upstream.connection import CLOSING, CONNECTING, OPEN, UpstreamConnection
+from dns2dot.upstream.exchange import Exchange
 
 if TYPE_CHECKING:
     from dns2dot.upstream.pool import UpstreamServer
@@ -17,88 +26,100 @@ if TYPE_CHECKING:
 log = logging.getLogger("dns2dot.upstream")
 
 
-class TlsDotConnection(DotConnection):
-    """DNS over TLS on a :class:`~dns2dot.transport.channel.TlsChannel`, driven by readiness
-    callbacks rather than a tornado stream: the pooled connections' hot path.
+class DotConnection(UpstreamConnection):
+    """DNS over a stream: length-prefixed messages, matched by DNS ID and question.
 
-    Why: every answer is one TLS record, and a tornado read cost a Future per wakeup
-    and two system calls per record (header, then body); here one ``recv`` takes all
-    that the socket holds, OpenSSL decrypts it from memory, and the answers are handed
-    on from the callback. Only a ``plain`` upstream keeps :class:`DotConnection`.
+    Queries sent while CONNECTING wait in the core's outbox and go out in one piece
+    once OPEN; queries sent in one loop iteration are written together. Every answer
+    is handed on from the readiness callback that read it: one ``recv`` takes all the
+    socket holds (see :class:`~dns2dot.transport.channel.TlsChannel`).
     """
 
     def __init__(self, server: UpstreamServer) -> None:
-        self._channel: TlsChannel | None = None
-        self._fd = -1
-        self._ended: asyncio.Future[BaseException | None] | None = None
+        self._core: UpstreamStream[Exchange] = UpstreamStream()
+        self._channel: Channel | None = None  # set on entering OPEN
+        self._flush_scheduled = False
         self._first_answer = True
         super().__init__(server)
+        self._pending = self._core.in_flight  # the base's bookkeeping sees the core's map
+
+    async def _open(self) -> Channel:
+        """A connected, verified channel to the upstream."""
+        raise NotImplementedError
+
+    def send(self, exchange: Exchange) -> None:
+        now = self._loop.time()
+        uid = self._core.send(exchange, now)
+        exchange.legs.append((self, uid))
+        self.queries += 1
+        self.last_active = now
+        if self.state is OPEN and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def idle_since(self, now: float) -> float:
-        if self._channel is not None and self._channel.unsent:
+        channel = self._channel
+        if self._core.has_outgoing or (channel is not None and channel.unsent):
             return 0.0
         return super().idle_since(now)
 
     def close(self) -> None:
-        if self._channel is None:
-            self._task.cancel()
-        else:
-            self._end(None)
+        self._end(None)
+
+    def _drop_queued(self) -> None:
+        self._core.discard_outgoing()
 
     async def _run(self) -> None:
-        channel = await self._open_or_abandon(self.server.open_channel)
+        channel = await self._open_or_abandon(self._open)
         if channel is None:
             return
-        loop = self._loop
         channel.acknowledge_at_once()  # shared by many clients: see TlsChannel
         self._channel = channel
-        self._fd = channel.sock.fileno()
-        self._ended = loop.create_future()
-        try:
-            loop.add_reader(self._fd, self._readable)
-            self._connected = True
-            self._flush()
-            self._decrypt()  # records that came with the end of the handshake
-            error = await self._ended
-        finally:
-            loop.remove_reader(self._fd)
-            loop.remove_writer(self._fd)
-            channel.close()
+        self._enter(OPEN)
+        self._loop.add_reader(channel.sock.fileno(), self._readable)
+        self._flush()
+        self._decrypt()  # records that came with the end of the handshake
+
+    def _end(self, error: BaseException | None) -> None:
+        """Stop using the connection (the one way it ends once opened): it takes no
+        more queries now, and hands back what is pending on the next loop turn."""
+        if self.state is CONNECTING:
+            self._task.cancel()
+        elif self.state is OPEN:
+            self._enter(CLOSING)
+            self._loop.call_soon(self._shut, error)
+
+    def _shut(self, error: BaseException | None) -> None:
+        channel = self._channel
+        assert channel is not None and self.state is CLOSING
+        fd = channel.sock.fileno()
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        channel.close()
         if isinstance(error, ssl.SSLError | OSError):
             log.debug("%s: connection ended: %s", self.server, error)
         self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)
 
-    def _end(self, error: BaseException | None) -> None:
-        """Stop using the connection; :meth:`_run` hands back what is pending."""
-        self.closed = True  # takes no more queries from now on
-        if self._ended is not None and not self._ended.done():
-            self._ended.set_result(error)
-
-    @property
-    def _live(self) -> TlsChannel | None:
-        """The channel, while the connection is still in use."""
-        ended = self._ended
-        return None if ended is None or ended.done() else self._channel
-
     def _flush(self) -> None:
         self._flush_scheduled = False
-        channel = self._live
-        if not self._outbox or channel is None:
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
             return
-        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
-        self._outbox.clear()
+        data = self._core.data_to_send()
+        if not data:
+            return
         try:
-            channel.tls.write(data)  # into memory: never blocks
+            channel.write(data)  # into memory: never blocks
         except ssl.SSLError as exc:
             self._end(exc)
             return
         self._send_ciphertext()
 
     def _send_ciphertext(self) -> None:
-        """Send what OpenSSL encrypted; the rest waits for the socket to be writable
+        """Send what the channel holds; the rest waits for the socket to be writable
         (bounded: at most MAX_INFLIGHT_PER_CONNECTION queries are ever waiting)."""
-        channel = self._live
-        if channel is None:
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
             return
         waited = bool(channel.unsent)
         try:
@@ -107,13 +128,13 @@ class TlsDotConnection(DotConnection):
             self._end(exc)
             return
         if done and waited:
-            self._loop.remove_writer(self._fd)
+            self._loop.remove_writer(channel.sock.fileno())
         elif not done and not waited:
-            self._loop.add_writer(self._fd, self._send_ciphertext)
+            self._loop.add_writer(channel.sock.fileno(), self._send_ciphertext)
 
     def _readable(self) -> None:
-        channel = self._live
-        if channel is None:
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
             return
         try:
             channel.receive()
@@ -125,11 +146,11 @@ class TlsDotConnection(DotConnection):
         self._decrypt()
 
     def _decrypt(self) -> None:
-        channel = self._live
-        if channel is None:
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
             return
         data, ended, error = channel.decrypt()
-        if channel.outgoing.pending:  # OpenSSL has something to say (a key update)
+        if channel.pending_output:  # OpenSSL has something to say (a key update)
             self._send_ciphertext()
         if data:
             try:
@@ -144,3 +165,29 @@ class TlsDotConnection(DotConnection):
                 ended = True
         if ended:
             self._end(error)
+
+    def _received(self, data: bytes) -> bool:
+        """Hand on the answers in ``data``; False once the stream is broken."""
+        for event in self._core.data_received(data):
+            if isinstance(event, tuple):  # Answered
+                uid, exchange, sent_at, answer = event
+                self._answered(uid, exchange, sent_at, answer)
+            elif isinstance(event, Unmatched):
+                if event.reason == UNKNOWN_ID:
+                    log.debug("%s: answer for unknown ID %d ignored", self.server, event.uid)
+                else:
+                    log.warning("%s: %s; ignored", self.server, event.reason)
+            else:
+                if isinstance(event.error, FramingError):
+                    log.warning("%s: bad framing from upstream, reconnecting", self.server)
+                else:
+                    log.warning("%s: malformed answer (%s), reconnecting", self.server, event.error)
+                return False
+        return True
+
+
+class TlsDotConnection(DotConnection):
+    """DNS over TLS on a :class:`~dns2dot.transport.channel.TlsChannel`."""
+
+    async def _open(self) -> Channel:
+        return await self.server.open_channel()

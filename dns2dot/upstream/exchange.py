@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from dns2dot.protocol import wire
@@ -11,6 +12,19 @@ from dns2dot.protocol.errors import UpstreamError, UpstreamTimeoutError
 if TYPE_CHECKING:
     from dns2dot.upstream.connection import UpstreamConnection
     from dns2dot.upstream.pool import UpstreamPool
+
+
+class ExchangeState(Enum):
+    """Where an exchange stands towards its client."""
+
+    WAITING = "waiting"  # the client has no answer yet
+    ANSWERED_EARLY = "answered early"  # the client got the stale fallback; a refresh goes on
+    FINISHED = "finished"  # answered (or failed) for good: nothing more happens
+
+
+WAITING = ExchangeState.WAITING
+ANSWERED_EARLY = ExchangeState.ANSWERED_EARLY
+FINISHED = ExchangeState.FINISHED
 
 
 class Exchange:
@@ -24,12 +38,12 @@ class Exchange:
     ``tried`` a bit mask of the upstreams it was sent to. ``store`` sees every
     upstream answer and returns what the client gets (the cache: its TTL clamps apply
     from the first answer); ``fallback`` may supply an answer instead of SERVFAIL (a
-    stale cache entry).
+    stale cache entry). ``state`` (an :class:`ExchangeState`) changes only in
+    :meth:`_enter`; the client's reply is sent on the way out of WAITING, once.
     """
 
     __slots__ = (
         "deadline",
-        "done",
         "fallback",
         "key",
         "legs",
@@ -38,10 +52,10 @@ class Exchange:
         "pool",
         "query",
         "question",
-        "replied",
         "reply",
         "resends",
         "started",
+        "state",
         "store",
         "transport",
         "tried",
@@ -63,8 +77,7 @@ class Exchange:
         self.question = msg[wire.HEADER_LEN : query.question_end]  # as an answer echoes it
         self.reply = reply
         self.deadline = deadline
-        self.done = False
-        self.replied = False
+        self.state = WAITING
         self.resends = 0
         self.tried = 0
         self.legs: list[tuple[UpstreamConnection, int]] = []
@@ -77,31 +90,49 @@ class Exchange:
         self.started = 0.0
         self.transport = ""
 
+    @property
+    def done(self) -> bool:
+        """Whether nothing more happens to it (answered or failed for good)."""
+        return self.state is FINISHED
+
+    def _enter(self, state: ExchangeState) -> None:
+        """The one place the state changes; an impossible step is a bug, raised.
+
+        The steps: WAITING -> ANSWERED_EARLY -> FINISHED, or WAITING -> FINISHED.
+        """
+        current = self.state
+        if current is FINISHED or state is current or state is WAITING:
+            raise RuntimeError(f"exchange cannot go from {self.state.value} to {state.value}")
+        self.state = state
+
     def finish(self, answer: bytes) -> None:
-        """Deliver an upstream answer under the client's ID.
+        """Deliver an upstream answer under the client's ID (to the cache only, if the
+        client already has a stale one).
 
         An upstream's FORMERR may echo the malformed parts of the query back; the
         client gets a clean FORMERR of ours instead.
         """
-        if self.done:
+        early = self.state
+        if early is FINISHED:
             return
-        self.done = True
+        self._enter(FINISHED)
         if self.legs:
             self._detach()
         if answer[3] & 0x0F == wire.Rcode.FORMERR:
             answer = wire.error_response(self.msg, wire.Rcode.FORMERR, self.query)
         if self.store is not None:
             answer = self.store(answer)
-        if not self.replied:
+        if early is WAITING:
             self._respond(wire.for_client(answer, self.query))
 
     def fail(self, error: UpstreamError) -> None:
         """Answer SERVFAIL (or the fallback): the RFC 8914 code says what failed."""
-        if self.done:
+        early = self.state
+        if early is FINISHED:
             return
-        self.done = True
+        self._enter(FINISHED)
         self._detach()
-        if self.replied:
+        if early is not WAITING:
             return
         if self.fallback is not None:
             self._respond(self.fallback())
@@ -116,12 +147,12 @@ class Exchange:
 
     def answer_early(self) -> None:
         """Give the client the fallback now, but keep waiting upstream (to refresh)."""
-        if not self.replied and self.fallback is not None:
+        if self.state is WAITING and self.fallback is not None:
+            self._enter(ANSWERED_EARLY)
             self._respond(self.fallback())
 
     def _respond(self, answer: bytes) -> None:
-        """The one way to the client, taken once."""
-        self.replied = True
+        """The one way to the client, taken once: on leaving WAITING."""
         if self.on_reply is not None:
             self.on_reply(self, answer)
         self.reply(answer)

@@ -14,9 +14,8 @@ import logging
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Mapping
-
-from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from dns2dot.policy.strategy import Health, Strategy
 from dns2dot.protocol import wire, x509
@@ -27,15 +26,29 @@ from dns2dot.protocol.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from dns2dot.transport.channel import TlsChannel, tls_handshake
-from dns2dot.transport.streams import READ_CHUNK
+from dns2dot.transport.channel import Channel, PlainChannel, TlsChannel
 from dns2dot.transport.tls import TlsContexts, classify_failure, describe_failure, failure_kind
-from dns2dot.upstream.connection import DotConnection, UpstreamConnection
+from dns2dot.upstream.connection import UpstreamConnection
 from dns2dot.upstream.dot import TlsDotConnection
-from dns2dot.upstream.exchange import Exchange
+from dns2dot.upstream.exchange import FINISHED, Exchange
+from dns2dot.upstream.plain import PlainDotConnection
 from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
 
 log = logging.getLogger("dns2dot.upstream")
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Time and timers for the middle: the running loop in production (which has
+    both), a clock moved by hand in tests (tests/test_middle.py)."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer: ...
+
 
 MAX_CONNECTIONS_PER_SERVER = 4
 RESENDS = 1  # a query lost with its connection is sent again once
@@ -43,7 +56,7 @@ _RETRY_RCODES = frozenset({wire.Rcode.SERVFAIL, wire.Rcode.REFUSED})
 
 DEFAULT_CONNECTION_TYPES: Mapping[str, type[UpstreamConnection]] = {
     "tls": TlsDotConnection,
-    "plain": DotConnection,
+    "plain": PlainDotConnection,
 }
 
 
@@ -100,34 +113,25 @@ class UpstreamServer:
         self.connections.append(connection)
         return connection
 
-    async def open_stream(self) -> IOStream:
-        """A connected stream to this upstream, for tornado: TLS (see :meth:`_open`),
-        or bare TCP for a ``plain`` upstream (a forwarding rule's)."""
-        sock = await self._open(memory_bio=False)
-        assert isinstance(sock, socket.socket)
-        if not isinstance(sock, ssl.SSLSocket):
-            return IOStream(sock, read_chunk_size=READ_CHUNK)
-        stream = SSLIOStream(sock, ssl_options=self.context, read_chunk_size=READ_CHUNK)
-        try:
-            await stream.wait_for_handshake()  # done already: tornado only takes note
-        except StreamClosedError as exc:
-            stream.close()
-            raise self._failed(exc.real_error or exc) from exc
-        return stream
-
     async def open_channel(self) -> TlsChannel:
-        """A TLS connection of its own to this upstream, for a pipe's splice."""
-        opened = await self._open(memory_bio=True)
+        """A TLS connection to this upstream through memory BIOs: for a pooled DoT
+        connection, or a pipe's splice."""
+        opened = await self._open()
         assert isinstance(opened, TlsChannel)
         return opened
 
-    async def _open(self, *, memory_bio: bool) -> socket.socket | TlsChannel:
-        """Connect: TLS, verified, resuming the last session.
+    async def open_plain_channel(self) -> PlainChannel:
+        """A plain TCP connection to this ``plain://`` upstream (a forwarding rule's)."""
+        sock = await self._open()
+        assert isinstance(sock, socket.socket)
+        return PlainChannel(sock)
 
-        The socket is wrapped here rather than by tornado so that ``session=`` can be
-        passed (docs/ARCHITECTURE.md, "TLS session resumption"); the name is checked by OpenSSL
-        during the handshake, the pins (if any) right after it, before anything is
-        sent.
+    async def _open(self) -> socket.socket | TlsChannel:
+        """Connect: TLS through memory BIOs, verified, resuming the last session (a
+        ``plain`` upstream: the bare socket).
+
+        The name is checked by OpenSSL during the handshake, the pins (if any) right
+        after it, before anything is sent.
         """
         spec = self.spec
         family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
@@ -135,26 +139,16 @@ class UpstreamServer:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
-        opened: ssl.SSLSocket | TlsChannel | None = None
-        tls: ssl.SSLSocket | ssl.SSLObject
+        opened: TlsChannel | None = None
         try:
             async with asyncio.timeout(self.lifecycle.connect_timeout):
                 await loop.sock_connect(sock, (spec.host, spec.port))
                 if spec.transport == "plain":
                     self.health.succeeded()
                     return sock
-                if memory_bio:
-                    opened = TlsChannel(sock, self.context, spec.verify_name, self.tls_session)
-                    tls = opened.tls
-                    await opened.handshake()
-                else:
-                    opened = tls = self.context.wrap_socket(
-                        sock,
-                        server_hostname=spec.verify_name,
-                        session=self.tls_session,
-                        do_handshake_on_connect=False,
-                    )
-                    await tls_handshake(tls)
+                opened = TlsChannel(sock, self.context, spec.verify_name, self.tls_session)
+                tls = opened.tls
+                await opened.handshake()
             if spec.pins:
                 pin = x509.spki_pin(tls.getpeercert(binary_form=True) or b"")
                 if pin not in spec.pins:
@@ -188,18 +182,19 @@ class UpstreamServer:
         return classify_failure(cause)(f"{self}: {problem}")
 
     def mark_down(self, problem: str) -> None:
-        delay = self.health.failed(asyncio.get_running_loop().time())
+        delay = self.health.failed(self.pool.clock.time())
         if problem != self._last_problem:
             log.warning("%s: %s; not used for %.1f s", self, problem, delay)
             self._last_problem = problem
         else:
             log.debug("%s: %s again; not used for %.1f s", self, problem, delay)
 
-    def remember_session(self, connection: IOStream | TlsChannel) -> None:
+    def remember_session(self, connection: Channel) -> None:
         """Keep the connection's TLS session for the next handshake (after its first
         answer: TLS 1.3 sends the session tickets after the handshake)."""
-        tls = connection.socket if isinstance(connection, IOStream) else connection.tls
-        session = getattr(tls, "session", None)
+        if not isinstance(connection, TlsChannel):
+            return  # no TLS at all
+        session = connection.tls.session
         if session is not None:
             self.tls_session = session
 
@@ -258,6 +253,7 @@ class UpstreamPool:
         strategy: Strategy | None = None,
         lifecycle: Lifecycle,
         connection_types: Mapping[str, type[UpstreamConnection]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.connection_types = connection_types or DEFAULT_CONNECTION_TYPES
@@ -272,12 +268,13 @@ class UpstreamPool:
         self._healths = [server.health for server in self.servers]
         # The usual setup, one upstream, has nothing to order (see _send).
         self._only = self.servers[0] if len(self.servers) == 1 else None
-        self._loop = asyncio.get_running_loop()
+        self.clock: Clock = clock or asyncio.get_running_loop()
+        self._loop = self.clock
         self.closing = False  # shutting down: nothing is sent or sent again
 
     def submit(self, exchange: Exchange) -> None:
         """Send the exchange where the strategy says, or fail it now if nowhere is usable."""
-        if exchange.done:
+        if exchange.state is FINISHED:
             return
         exchange.pool = self
         if self.closing:
@@ -314,7 +311,7 @@ class UpstreamPool:
         SERVFAIL and REFUSED are one upstream's trouble, not the name's: they are
         retried on an upstream not tried yet, within the same deadline.
         """
-        if exchange.done:
+        if exchange.state is FINISHED:
             return
         if wire.rcode_of(answer) in _RETRY_RCODES:
             if exchange.legs:
@@ -325,7 +322,7 @@ class UpstreamPool:
 
     def hedge(self, exchange: Exchange) -> None:
         """Half the deadline has passed: also ask one more upstream, if there is one."""
-        if not exchange.done:
+        if exchange.state is not FINISHED:
             self._send(exchange, 1)
 
     def lost(
@@ -336,7 +333,7 @@ class UpstreamPool:
         A query that was never written goes wherever the strategy now says; one that
         was written is sent again once (it may have reached the upstream already).
         """
-        if exchange.done or exchange.legs:
+        if exchange.state is FINISHED or exchange.legs:
             return
         exchange.tried &= ~(1 << server.index)
         if not sent:
