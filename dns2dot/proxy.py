@@ -26,7 +26,7 @@ from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol.errors import Dns2DotError
 from dns2dot.serve.resolver import AnswerPolicy, Resolver
 from dns2dot.serve.tcp import DnsTcpServer, TcpLimits
-from dns2dot.serve.udp import UdpShim, start_udp, udp_socket
+from dns2dot.serve.udp import UdpListener, start_udp, udp_socket
 from dns2dot.transport.tls import TlsContexts
 from dns2dot.upstream.connection import UpstreamConnection
 from dns2dot.upstream.doh import DohConnection
@@ -196,8 +196,7 @@ class Proxy:
         self.tcp_server = DnsTcpServer(
             self.resolver, self.upstreams.pool, self.admission, config.mode, self.limits
         )
-        self.transports: list[asyncio.DatagramTransport] = []
-        self.shims: list[UdpShim] = []
+        self.udp: list[UdpListener] = []
 
     async def start(self) -> list[ListenAddress]:
         """Start serving; return the addresses (port 0 resolved)."""
@@ -205,9 +204,10 @@ class Proxy:
         self.tcp_server.start_sweeping()
         for listener in self.listeners:
             self.tcp_server.add_sockets(listener.tcp)
-            transport, shim = await start_udp(self.resolver, self.admission, listener.udp)
-            self.transports.append(transport)
-            self.shims.append(shim)
+            udp = await start_udp(
+                self.resolver, self.admission, listener.udp, listener.address.host
+            )
+            self.udp.append(udp)
         return [listener.address for listener in self.listeners]
 
     def reload(self, config: Config) -> None:
@@ -253,8 +253,8 @@ class Proxy:
     async def drain(self, grace: float) -> None:
         """Stop taking new work, then wait up to ``grace`` seconds for queries in flight."""
         self.tcp_server.stop_accepting()
-        for shim in self.shims:
-            shim.draining = True
+        for udp in self.udp:
+            udp.draining = True
         deadline = self._loop.time() + grace
         while self.resolver.inflight and self._loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
@@ -265,8 +265,8 @@ class Proxy:
 
     def close(self) -> None:
         self.tcp_server.stop()
-        for transport in self.transports:
-            transport.close()
+        for udp in self.udp:
+            udp.close()
         self.resolver.stop()
         self.upstreams.close()
 
