@@ -184,7 +184,9 @@ class BatchedUdp:
                     if verdict is serve and not self.draining:
                         answer = known_answer(data, "udp")
                         if answer is not None:
-                            queue(fit_udp(answer, data), name, control)
+                            if len(answer) > wire.MIN_UDP_PAYLOAD:
+                                answer = fit_udp(answer, data)
+                            queue(answer, name, control)
                         else:
                             reply = partial(self._reply, data, name, control)
                             resolver.handle(data, reply, "udp")

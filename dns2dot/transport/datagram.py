@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 from typing import Any, Final
@@ -53,11 +54,31 @@ class _Msghdr(ctypes.Structure):
     ]
 
 
+class _SockaddrIn(ctypes.Structure):
+    _fields_ = [
+        ("family", ctypes.c_ushort),
+        ("port", ctypes.c_uint16),
+        ("addr", ctypes.c_uint32),
+        ("zero", ctypes.c_char * 8),
+    ]
+
+
+class _SockaddrIn6(ctypes.Structure):
+    _fields_ = [
+        ("family", ctypes.c_ushort),
+        ("port", ctypes.c_uint16),
+        ("flowinfo", ctypes.c_uint32),
+        ("addr", ctypes.c_char * 16),
+        ("scope_id", ctypes.c_uint32),
+    ]
+
+
 class _Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
 _HDR: Final = ctypes.sizeof(_Mmsghdr)
+_IOVEC: Final = struct.Struct("@PN")  # struct iovec: base, length
 _IOV: Final = ctypes.sizeof(_Iovec)
 
 
@@ -102,11 +123,10 @@ class _Messages:
     address: int
     h32: memoryview  # the headers as 32-bit words
     h64: memoryview  # ... and as 64-bit words
-    i64: memoryview  # the iovecs as 64-bit words: base, length, base, length, ...
     data: _Arena
     names: _Arena
     controls: _Arena
-    keep: ctypes.Array[_Iovec]  # referenced by the headers
+    iovs: ctypes.Array[_Iovec]  # referenced by the headers
 
 
 def _offset(field: str) -> int:
@@ -133,14 +153,17 @@ class DatagramSocket:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
         self._recv = self._headers(batch, SLOT, SLOT * batch)
         self._send = self._headers(batch, 0, SEND_ARENA)
+        # A sender's sockaddr is as long every time: the send headers keep that length.
+        sockaddr = _SockaddrIn6 if sock.family == socket.AF_INET6 else _SockaddrIn
+        self._namesize = ctypes.sizeof(sockaddr)
+        for i in range(batch):
+            self._send.hdrs[i].msg_hdr.msg_namelen = self._namesize
         self._queued = 0  # answers in the send arena
         self._sent = 0  # of which sent (the socket's buffer was full)
         self._used = 0  # bytes of the send arena in use
         # The word views index the header arrays: (hdr index * _HDR + field) // size.
-        self._namelen = _offset("msg_namelen") // 4
         self._controllen = _offset("msg_controllen") // 8
         self._msglen = _Mmsghdr.msg_len.offset // 4
-        self._flags = _offset("msg_flags") // 4
 
     def _headers(self, count: int, slot: int, data_size: int) -> _Messages:
         """mmsghdr, iovec, name and control arrays for ``count`` messages; with
@@ -164,11 +187,10 @@ class DatagramSocket:
             address=ctypes.addressof(hdrs),
             h32=raw.cast("I"),
             h64=raw.cast("Q"),
-            i64=memoryview(iovs).cast("B").cast("Q"),
             data=data,
             names=names,
             controls=controls,
-            keep=iovs,
+            iovs=iovs,
         )
 
     def receive(self) -> list[Datagram]:
@@ -180,31 +202,43 @@ class DatagramSocket:
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
             return []
-        h32, h64 = recv.h32, recv.h64
+        h32 = recv.h32
         data = recv.data.view
         names = recv.names.view
+        msglen = self._msglen
+        size = self._namesize
+        per32 = _HDR // 4
+        # The kernel sets each msg_namelen to the sockaddr's size, which is as large as
+        # the next one needs: only msg_controllen is set back before the next call.
+        if not self.pktinfo:
+            return [
+                (
+                    data[i * SLOT : i * SLOT + h32[i * per32 + msglen]].tobytes(),
+                    names[i * NAME : i * NAME + size].tobytes(),
+                    b"",
+                )
+                for i in range(got)
+            ]
+        h64 = recv.h64
         controls = recv.controls.view
-        per32, per64 = _HDR // 4, _HDR // 8
-        namelen, controllen, msglen = self._namelen, self._controllen, self._msglen
-        ipv4_info = self.pktinfo and self.family == socket.AF_INET
+        per64 = _HDR // 8
+        controllen = self._controllen
+        ipv4 = self.family == socket.AF_INET
         out = []
         for i in range(got):
-            w32 = i * per32
             start = i * SLOT
-            payload = data[start : start + h32[w32 + msglen]].tobytes()
-            name = names[i * NAME : i * NAME + h32[w32 + namelen]].tobytes()
-            h32[w32 + namelen] = NAME
+            payload = data[start : start + h32[i * per32 + msglen]].tobytes()
+            name = names[i * NAME : i * NAME + size].tobytes()
             control = b""
-            if self.pktinfo:
-                used = h64[i * per64 + controllen]
-                if used:
-                    base = i * CONTROL
-                    if ipv4_info:
-                        # in_pktinfo's ifindex: 0 lets the routing table pick the
-                        # interface, the source address stays the one asked.
-                        controls[base + _CMSG_DATA : base + _CMSG_DATA + 4] = b"\0\0\0\0"
-                    control = controls[base : base + used].tobytes()
-                    h64[i * per64 + controllen] = CONTROL
+            used = h64[i * per64 + controllen]
+            if used:
+                base = i * CONTROL
+                if ipv4:
+                    # in_pktinfo's ifindex: 0 lets the routing table pick the
+                    # interface; the source address stays the one asked.
+                    controls[base + _CMSG_DATA : base + _CMSG_DATA + 4] = b"\0\0\0\0"
+                control = controls[base : base + used].tobytes()
+                h64[i * per64 + controllen] = CONTROL
             out.append((payload, name, control))
         return out
 
@@ -213,23 +247,22 @@ class DatagramSocket:
         return self._queued
 
     def queue(self, payload: bytes, name: bytes, control: bytes) -> bool:
-        """Put one answer in the send arena; False when it is full (flush first)."""
+        """Put one answer in the send arena; False when it is full (flush first).
+
+        ``name`` and ``control`` are as :meth:`receive` gave them for the query.
+        """
         j = self._queued
         size = len(payload)
-        if j >= self.batch or self._used + size > SEND_ARENA:
+        start = self._used
+        if j >= self.batch or start + size > SEND_ARENA:
             return False
         send = self._send
-        start = self._used
         send.data.view[start : start + size] = payload
-        i64 = send.i64
-        i64[j * 2] = send.data.address + start
-        i64[j * 2 + 1] = size
-        per32, per64 = _HDR // 4, _HDR // 8
-        send.names.view[j * NAME : j * NAME + len(name)] = name
-        send.h32[j * per32 + self._namelen] = len(name)
-        if control:
+        _IOVEC.pack_into(send.iovs, j * _IOV, send.data.address + start, size)
+        send.names.view[j * NAME : j * NAME + self._namesize] = name  # the size checks it
+        if self.pktinfo:
             send.controls.view[j * CONTROL : j * CONTROL + len(control)] = control
-        send.h64[j * per64 + self._controllen] = len(control)
+            send.h64[j * (_HDR // 8) + self._controllen] = len(control)
         self._queued = j + 1
         self._used = start + size
         return True
