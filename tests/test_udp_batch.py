@@ -104,6 +104,38 @@ def test_datagram_socket_echoes_more_than_a_batch(family: socket.AddressFamily, 
             c.close()
 
 
+def sockaddr_in(host: str, port: int) -> bytes:
+    """struct sockaddr_in as the kernel writes it: family in host order, then the port
+    and the address in network order, then eight zeros."""
+    return (
+        socket.AF_INET.to_bytes(2, sys.byteorder)
+        + port.to_bytes(2, "big")
+        + socket.inet_aton(host)
+        + bytes(8)
+    )
+
+
+def test_datagram_socket_skips_an_answer_it_cannot_send() -> None:
+    """sendmmsg stops at a message the kernel rejects (port 0 here): that one is
+    skipped, the ones after it still go out, and nothing stays queued."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((LOOPBACK, 0))
+    server.setblocking(False)
+    io = datagram.DatagramSocket(server, pktinfo=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind((LOOPBACK, 0))
+        c.settimeout(5)
+        good = sockaddr_in(LOOPBACK, c.getsockname()[1])
+        assert io.queue(b"one", good, b"")
+        assert io.queue(b"two", sockaddr_in(LOOPBACK, 0), b"")
+        assert io.queue(b"three", good, b"")
+        assert io.flush() and io.queued == 0
+        assert [c.recvfrom(100)[0] for _ in range(2)] == [b"one", b"three"]
+        with pytest.raises(ValueError):
+            io.queue(b"x", good[:8], b"")  # not a sockaddr of this socket's family
+    server.close()
+
+
 def test_datagram_socket_answers_from_the_address_asked() -> None:
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("0.0.0.0", 0))
