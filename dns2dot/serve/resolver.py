@@ -242,10 +242,15 @@ class Resolver:
 
         Returns whether ``reply`` is (or will be) called: False for a dropped message.
         """
-        answer = self.known_answer(msg, transport)
-        if answer is not None:
-            reply(answer)
-            return True
+        if self.cache is not None:
+            answer = self.known_answer(msg, transport)
+            if answer is not None:
+                reply(answer)
+                return True
+        return self.handle_new(msg, reply, transport)
+
+    def handle_new(self, msg: bytes, reply: Callable[[bytes], None], transport: str) -> bool:
+        """:meth:`handle` for a message :meth:`known_answer` has already turned down."""
         result = validate(msg)
         if isinstance(result, wire.Query):
             self.resolve(msg, result, reply, transport)
@@ -273,7 +278,9 @@ class Resolver:
         self.stats.answered(transport, query.qtype, answer[3] & 0x0F, 0.0)
         if self.log_queries:
             log_query(transport, query, answer, 0.0)
-        self._maybe_prefetch(known.entry, known.key, msg, query, now)
+        entry = known.entry
+        if entry.expires - now < (entry.expires - entry.stored) / 10:  # else no prefetch
+            self._maybe_prefetch(entry, known.key, msg, query, now)
         return answer
 
     def turned_away(self, verdict: Verdict) -> None:

@@ -166,6 +166,7 @@ class BatchedUdp:
         memo = self._verdicts if admission.limiter is None else None
         key = self._key
         known_answer = resolver.known_answer
+        handle_new = resolver.handle_new
         fit_udp = wire.fit_udp
         queue = self._queue
         serve = Verdict.SERVE
@@ -189,7 +190,7 @@ class BatchedUdp:
                             queue(answer, name, control)
                         else:
                             reply = partial(self._reply, data, name, control)
-                            resolver.handle(data, reply, "udp")
+                            handle_new(data, reply, "udp")
                         continue
                     if verdict is serve:
                         verdict = Verdict.REFUSE
