@@ -26,6 +26,7 @@ import textwrap
 import time
 from collections.abc import Callable
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -344,3 +345,38 @@ def test_ipv6_wildcard_listener_answers_from_the_address_asked(pki: Pki) -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["fd00::53", "fd00::53"]
+
+
+@pytest.mark.parametrize("env", PATHS)
+def test_ratelimit_slips_empty_truncated_answers(
+    dns2dot: Factory, fake_upstream: FakeFactory, env: dict[str, str]
+) -> None:
+    """``--ratelimit 1``: of 20 queries sent at once, each gets exactly one answer; the
+    first is served, those over the limit get an empty TC=1 answer no larger than the
+    query (no amplification), so a real client retries over TCP."""
+    fake = fake_upstream()
+    d = start(dns2dot, fake, env, extra=["--ratelimit", "1"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        s.settimeout(5)
+        sent = {}
+        for qid in range(100, 120):
+            wire = make_query("q9.example.test.", qid=qid).to_wire()
+            sent[qid] = wire
+            s.sendto(wire, (LOOPBACK, d.port))
+        answers = {}
+        for _ in range(len(sent)):
+            data = s.recvfrom(65535)[0]
+            msg = dns.message.from_wire(data)
+            assert msg.id in sent and msg.id not in answers
+            answers[msg.id] = (msg, data)
+        s.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            s.recvfrom(65535)  # nothing twice
+    served = [m for m, _ in answers.values() if not m.flags & dns.flags.TC]
+    slipped = [(m, data) for m, data in answers.values() if m.flags & dns.flags.TC]
+    assert served and slipped
+    assert all(m.answer[0][0].address == fake_address("q9.") for m in served)
+    for m, data in slipped:
+        assert m.rcode() == dns.rcode.NOERROR and not m.answer
+        assert len(data) <= len(sent[m.id])
