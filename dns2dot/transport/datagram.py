@@ -111,7 +111,6 @@ class _Arena:
 
     def __init__(self, size: int) -> None:
         self.area = mmap.mmap(-1, size)
-        self.view = memoryview(self.area)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.area))
 
 
@@ -203,8 +202,8 @@ class DatagramSocket:
                 raise OSError(err, os.strerror(err))
             return []
         h32 = recv.h32
-        data = recv.data.view
-        names = recv.names.view
+        data = recv.data.area  # an mmap slice is bytes at once, without a memoryview
+        names = recv.names.area
         msglen = self._msglen
         size = self._namesize
         per32 = _HDR // 4
@@ -213,22 +212,22 @@ class DatagramSocket:
         if not self.pktinfo:
             return [
                 (
-                    data[i * SLOT : i * SLOT + h32[i * per32 + msglen]].tobytes(),
-                    names[i * NAME : i * NAME + size].tobytes(),
+                    data[i * SLOT : i * SLOT + h32[i * per32 + msglen]],
+                    names[i * NAME : i * NAME + size],
                     b"",
                 )
                 for i in range(got)
             ]
         h64 = recv.h64
-        controls = recv.controls.view
+        controls = recv.controls.area
         per64 = _HDR // 8
         controllen = self._controllen
         ipv4 = self.family == socket.AF_INET
         out = []
         for i in range(got):
             start = i * SLOT
-            payload = data[start : start + h32[i * per32 + msglen]].tobytes()
-            name = names[i * NAME : i * NAME + size].tobytes()
+            payload = data[start : start + h32[i * per32 + msglen]]
+            name = names[i * NAME : i * NAME + size]
             control = b""
             used = h64[i * per64 + controllen]
             if used:
@@ -237,7 +236,7 @@ class DatagramSocket:
                     # in_pktinfo's ifindex: 0 lets the routing table pick the
                     # interface; the source address stays the one asked.
                     controls[base + _CMSG_DATA : base + _CMSG_DATA + 4] = b"\0\0\0\0"
-                control = controls[base : base + used].tobytes()
+                control = controls[base : base + used]
                 h64[i * per64 + controllen] = CONTROL
             out.append((payload, name, control))
         return out
@@ -257,11 +256,13 @@ class DatagramSocket:
         if j >= self.batch or start + size > SEND_ARENA:
             return False
         send = self._send
-        send.data.view[start : start + size] = payload
+        send.data.area[start : start + size] = payload
         _IOVEC.pack_into(send.iovs, j * _IOV, send.data.address + start, size)
-        send.names.view[j * NAME : j * NAME + self._namesize] = name  # the size checks it
+        if len(name) != self._namesize:
+            raise ValueError("not a sockaddr of this socket's family")
+        send.names.area[j * NAME : j * NAME + len(name)] = name
         if self.pktinfo:
-            send.controls.view[j * CONTROL : j * CONTROL + len(control)] = control
+            send.controls.area[j * CONTROL : j * CONTROL + len(control)] = control
             send.h64[j * (_HDR // 8) + self._controllen] = len(control)
         self._queued = j + 1
         self._used = start + size
