@@ -91,8 +91,11 @@ def _libc_calls() -> tuple[Any, Any] | None:
         recv, send = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
+    # int recvmmsg(int fd, struct mmsghdr *, unsigned int vlen, int flags, struct timespec *)
+    # int sendmmsg(int fd, struct mmsghdr *, unsigned int vlen, int flags)
+    send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    recv.argtypes = [*send.argtypes, ctypes.c_void_p]
     for call in (recv, send):
-        call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
         call.restype = ctypes.c_int
     return recv, send
 
