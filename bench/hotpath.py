@@ -5,15 +5,21 @@ the server under test, so a 5% change is lost in their noise. This keeps only dn
 side of the work, and keeps it the same every run:
 
 - the client side is a fake datagram transport: the real :class:`UdpShim`, resolver,
-  pool and :class:`TlsDotConnection` run, but no client socket;
+  pool and :class:`TlsDotConnection` run, but no client socket (``--path shim``, the
+  asyncio path); or, with ``--path batch``, the batched Linux listener on a real
+  loopback UDP socket, and a client in this process that sends and reads with the
+  same recvmmsg/sendmmsg (its share, a few hundred instructions a query, is included);
 - the upstream is an OpenSSL server on the other end of a socketpair, in this process,
   answering from precomputed answers to the bench zone (padded to 468 octets, as
   unbound pads); its own CPU time is measured and left out;
-- queries go in batches of ``--batch``, the next batch once all are answered.
+- queries go in batches of ``--batch``, the next batch once all are answered;
+- ``--cache`` turns the cache on and warms it first: every measured query is a hit on
+  the known-query path (none reaches the upstream).
 
     python -m bench.hotpath                  # CPU microseconds per query, min of rounds
     python -m bench.hotpath --instructions   # instructions per query (valgrind): exact
     python -m bench.hotpath --doh            # the same through a DoH (HTTP/2) upstream
+    python -m bench.hotpath --path batch --cache --instructions   # per cache hit
 
 CPU time still moves 10-20% between runs on a shared machine; the instruction count
 (valgrind's cachegrind, two runs of different lengths, the difference divided by the
@@ -223,8 +229,53 @@ class FakeTransport:
         self.on_answer()
 
 
+class BatchClient:
+    """The client of ``--path batch``: a loopback UDP socket driven like the listener."""
+
+    def __init__(self, port: int, transport: FakeTransport) -> None:
+        from dns2dot.transport.datagram import DatagramSocket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+        self.sock = sock
+        self.io = DatagramSocket(sock, pktinfo=False)
+        # struct sockaddr_in: family (host order), port, address, zero padding.
+        self.server = (
+            socket.AF_INET.to_bytes(2, sys.byteorder)
+            + port.to_bytes(2, "big")
+            + socket.inet_aton("127.0.0.1")
+            + bytes(8)
+        )
+        self.transport = transport
+        asyncio.get_running_loop().add_reader(sock.fileno(), self.readable)
+
+    def send(self, msg: bytes) -> None:
+        if not self.io.queue(msg, self.server, b""):
+            self.io.flush()
+            self.io.queue(msg, self.server, b"")
+
+    def flush(self) -> None:
+        self.io.flush()
+
+    def readable(self) -> None:
+        for _ in range(64):
+            got = self.io.receive()
+            for data, _, _ in got:
+                self.transport.sendto(data, None)
+            if len(got) < self.io.batch:
+                return
+
+
 async def measure(
-    count: int, batch: int, rounds: int, doh: bool = False
+    count: int,
+    batch: int,
+    rounds: int,
+    path: str = "shim",
+    cache: bool = False,
+    doh: bool = False,
 ) -> list[tuple[float, float]]:
     """(dns2dot's CPU seconds, the fake upstream's) per round of ``count`` queries."""
     import trustme
@@ -253,7 +304,7 @@ async def measure(
         await channel.handshake()
         return channel
 
-    async def open_doh(server: upstream.UpstreamServer, *, memory_bio: bool) -> Any:
+    async def open_doh(server: upstream.UpstreamServer, *, memory_bio: bool = True) -> Any:
         """What ``UpstreamServer._open`` returns, over a socketpair to a fake DoH server
         (a TlsChannel, or a handshaken SSLSocket for a checkout that reads through
         tornado)."""
@@ -281,13 +332,29 @@ async def measure(
         upstream.UpstreamServer.open_channel = open_channel  # type: ignore[method-assign]
         spec = "127.0.0.1:853#dns.test"
     argv = ["-l", "127.0.0.1:0", "-u", spec, "--cafile", str(cafile)]
-    if doh:  # under valgrind a batch can outlast the default deadline
-        argv += ["--timeout", "60"]
-    proxy = Proxy(config.load([*argv, "--cache-size", "0"]))
+    argv += ["--timeout", "600"]  # under valgrind on a busy machine, not SERVFAIL at 3 s
+    proxy = Proxy(config.load([*argv] if cache else [*argv, "--cache-size", "0"]))
     proxy.resolver.start()
-    shim = UdpShim(proxy.resolver, proxy.admission)
     transport = FakeTransport()
-    shim.connection_made(transport)  # type: ignore[arg-type]
+    if path == "batch":
+        from dns2dot.serve.udp import start_udp, udp_socket
+
+        listening = udp_socket("127.0.0.1", 0)
+        await start_udp(proxy.resolver, proxy.admission, listening, "127.0.0.1")
+        client = BatchClient(listening.getsockname()[1], transport)
+
+        def datagram_received(msg: bytes, _: object) -> None:
+            client.send(msg)
+
+        flush = client.flush
+    else:
+        shim = UdpShim(proxy.resolver, proxy.admission)
+        shim.connection_made(transport)  # type: ignore[arg-type]
+        datagram_received = shim.datagram_received
+
+        def flush() -> None:
+            pass
+
     loop = asyncio.get_running_loop()
     state = {"sent": 0, "total": 0}
     finished: asyncio.Future[None] = loop.create_future()
@@ -297,10 +364,11 @@ async def measure(
         if base >= state["total"]:
             finished.set_result(None)
             return
+        state["sent"] = base + batch  # first: cache hits are answered inside the loop
         for i in range(base, base + batch):
             msg = queries[i % len(queries)]
-            shim.datagram_received((i & 0xFFFF).to_bytes(2, "big") + msg[2:], ("127.0.0.1", 9))
-        state["sent"] = base + batch
+            datagram_received((i & 0xFFFF).to_bytes(2, "big") + msg[2:], ("127.0.0.1", 9))
+        flush()
 
     def on_answer() -> None:
         if transport.answered == state["sent"]:
@@ -314,9 +382,11 @@ async def measure(
         transport.answered = 0
         finished = loop.create_future()
         send_batch()
-        await asyncio.wait_for(finished, 120)
+        await asyncio.wait_for(finished, 900)  # valgrind on a busy machine is slow
 
     await run(10 * batch)  # the connection is up, the session kept
+    if cache:
+        await run(2 * len(queries))  # stored, then known: every later query is a known hit
     tune_gc()
     results = []
     for _ in range(rounds):
@@ -331,7 +401,7 @@ async def measure(
     return results
 
 
-def instructions(root: Path, batch: int, doh: bool = False) -> float:
+def instructions(root: Path, batch: int, extra: list[str]) -> float:
     """Instructions per query: valgrind counts two runs; the difference is per query."""
     counts = []
     sizes = (1500, 4500)
@@ -352,7 +422,7 @@ def instructions(root: Path, batch: int, doh: bool = False) -> float:
             str(batch),
             "--rounds",
             "1",
-            *(["--doh"] if doh else []),
+            *extra,
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True, cwd=REPO)
@@ -371,15 +441,30 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="count with valgrind")
     parser.add_argument("--doh", action="store_true", help="through a DoH (HTTP/2) upstream")
     parser.add_argument("--root", type=Path, default=REPO, help="the dns2dot checkout to measure")
+    parser.add_argument(
+        "--path",
+        choices=("shim", "batch"),
+        default="shim",
+        help="the asyncio UdpShim with a fake transport, or the batched listener on loopback",
+    )
+    parser.add_argument("--cache", action="store_true", help="cache on and warm: hits only")
     args = parser.parse_args()
+    extra = (
+        ["--path", args.path]
+        + (["--cache"] if args.cache else [])
+        + (["--doh"] if args.doh else [])
+    )
     if args.instructions:
-        per_query = instructions(args.root.resolve(), args.batch, args.doh)
-        print(f"{per_query:,.0f} instructions per query (fake upstream included)")
+        per_query = instructions(args.root.resolve(), args.batch, extra)
+        what = "per cache hit" if args.cache else "per query (fake upstream included)"
+        print(f"{per_query:,.0f} instructions {what}, --path {args.path}")
         return
     sys.path.insert(0, str(args.root.resolve()))
     import uvloop
 
-    results = uvloop.run(measure(args.queries, args.batch, args.rounds, args.doh))
+    results = uvloop.run(
+        measure(args.queries, args.batch, args.rounds, args.path, args.cache, args.doh)
+    )
     ours = sorted(cpu / args.queries * 1e6 for cpu, _ in results)
     fake = min(f for _, f in results) / args.queries * 1e6
     print(

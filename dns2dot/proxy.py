@@ -29,7 +29,7 @@ from dns2dot.protocol.errors import ListenError
 from dns2dot.serve.resolver import AnswerPolicy, Resolver, refuse
 from dns2dot.serve.tcp import DnsTcpServer, TcpLimits
 from dns2dot.serve.tls_clients import EncryptedListeners, Handler
-from dns2dot.serve.udp import UdpShim, start_udp, udp_socket
+from dns2dot.serve.udp import UdpListener, start_udp, udp_socket
 from dns2dot.transport.tls import TlsContexts
 from dns2dot.upstream.connection import UpstreamConnection
 from dns2dot.upstream.doh import DohConnection
@@ -203,8 +203,7 @@ class Proxy:
         self.tcp_server = DnsTcpServer(
             self.resolver, self.upstreams.pool, self.admission, config.mode, self.limits
         )
-        self.transports: list[asyncio.DatagramTransport] = []
-        self.shims: list[UdpShim] = []
+        self.udp: list[UdpListener] = []
         self.encrypted: EncryptedListeners | None = None
         if config.listen_tls or config.listen_https:
             assert config.tls_cert is not None and config.tls_key is not None  # load() checks
@@ -244,9 +243,10 @@ class Proxy:
         self.tcp_server.start_sweeping()
         for listener in self.listeners:
             self.tcp_server.add_sockets(listener.tcp)
-            transport, shim = await start_udp(self.resolver, self.admission, listener.udp)
-            self.transports.append(transport)
-            self.shims.append(shim)
+            udp = await start_udp(
+                self.resolver, self.admission, listener.udp, listener.address.host
+            )
+            self.udp.append(udp)
         if self.encrypted is not None:
             self.encrypted.start()
         return [listener.address for listener in self.listeners]
@@ -298,8 +298,8 @@ class Proxy:
         self.tcp_server.stop_accepting()
         if self.encrypted is not None:
             self.encrypted.stop_accepting()  # HTTP/2 clients get a GOAWAY
-        for shim in self.shims:
-            shim.draining = True
+        for udp in self.udp:
+            udp.draining = True
         deadline = self._loop.time() + grace
         while self.resolver.inflight and self._loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL)
@@ -312,8 +312,8 @@ class Proxy:
         self.tcp_server.stop()
         if self.encrypted is not None:
             self.encrypted.close()
-        for transport in self.transports:
-            transport.close()
+        for udp in self.udp:
+            udp.close()
         self.resolver.stop()
         self.upstreams.close()
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 for pair in unbound:unbound dig:bind9-dnsutils kdig:knot-dnsutils dnsperf:dnsperf \
             socat:socat stubby:stubby dnsdist:dnsdist systemd-analyze:systemd \
-            strace:strace kubectl:kubernetes-client curl:curl; do
+            strace:strace kubectl:kubernetes-client curl:curl ip:iproute2 unshare:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
