@@ -71,6 +71,7 @@ class TlsServerTransport:
         self._on_writable: Callable[[], None] = _nothing
         self._reading = False  # the loop's interest, mirrored: add/remove only on change
         self._writing = False
+        self._session_writing = False  # what the session asked of want_write
         self._kick: asyncio.Handle | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._on_done: Callable[[], None] = _nothing
@@ -132,8 +133,8 @@ class TlsServerTransport:
             self._deadline.cancel()
             self._deadline = None
         self._watch_read(False)
-        self._watch_write(False)
         self._to(OPEN)
+        self._watch_write(self._owed)  # the handshake's last flight, if the socket was full
         on_done, self._on_done = self._on_done, _nothing
         on_done()
 
@@ -179,6 +180,7 @@ class TlsServerTransport:
             ended = True
         if self.outgoing.pending:  # what reading made OpenSSL say (a key update answered)
             self._flush_quietly()
+            self._watch_write(self._session_writing or self._owed)
         if error is not None and not isinstance(error, ssl.SSLEOFError):
             if not plain:
                 raise ConnectionResetError(str(error))
@@ -223,7 +225,8 @@ class TlsServerTransport:
             self._kick_soon()  # plaintext that came with the handshake's last flight
 
     def want_write(self, on: bool) -> None:
-        self._watch_write(on)
+        self._session_writing = on
+        self._watch_write(on or self._owed)
 
     def close(self, notify: bool = True) -> None:
         """Stop watching and close (idempotent), with a close_notify if ``notify`` and
@@ -275,11 +278,25 @@ class TlsServerTransport:
         else:
             self._on_readable()
 
+    @property
+    def _owed(self) -> bool:
+        """Ciphertext no ``send`` of the session waits for (the handshake's last flight,
+        what reading made OpenSSL say) is still unsent."""
+        return bool(self._unsent) and not self._held
+
     def _writable(self) -> None:
         if self.state is HANDSHAKING:
             self._shake()
-        else:
-            self._on_writable()
+            return
+        if self._owed:
+            try:
+                self._flush()
+            except OSError:
+                self._unsent = b""  # broken: the session's next recv or send says so
+            if not self._session_writing:
+                self._watch_write(self._owed)
+                return
+        self._on_writable()
 
     def _watch_read(self, on: bool) -> None:
         if on is not self._reading and self.state is not CLOSED:
