@@ -39,6 +39,7 @@ from dns2dot.serve.resolver import Resolver, refuse, servfail
 from dns2dot.serve.stats import Stats
 from dns2dot.transport.sockets import SocketTransport
 from dns2dot.transport.splice import Splice
+from dns2dot.transport.tls_server_channel import TlsServerTransport
 from dns2dot.upstream.pool import UpstreamPool
 
 log = logging.getLogger("dns2dot.tcp")
@@ -52,6 +53,10 @@ SWEEP_INTERVAL = 1.0
 #: that does not read, which hides that client from the stall check for seconds; DNS
 #: answers need far less, and a client that reads drains it in microseconds.
 CLIENT_SNDBUF = 64 * 1024
+
+
+#: Given a query, how its answer is to be changed before it is written, or None.
+AnswerFilter = Callable[[bytes], Callable[[bytes], bytes] | None]
 
 
 class TcpLimits:
@@ -90,16 +95,21 @@ class PoolSession:
     :class:`~dns2dot.transport.sockets.SocketTransport`, driven by the loop's readiness
     callbacks (no Future per read, and the end of the client's input is not the end of
     the connection: a client that half-closes after its queries gets every answer, then
-    end of stream). Any transport with the same methods (a TLS server channel) can
-    carry it. Answers that arrive in one loop iteration are written in one ``send``.
+    end of stream). A DoT client's session runs on a
+    :class:`~dns2dot.transport.tls_server_channel.TlsServerTransport`, which has the
+    same methods. Answers that arrive in one loop iteration are written in one ``send``.
+
+    ``answer_filter``, if given, is asked for each query how its answer is to be
+    changed (None: left as it is); DoT uses it for padding and keepalive.
     """
 
     def __init__(
         self,
-        client: socket.socket,
+        client: socket.socket | TlsServerTransport,
         handler: Callable[[bytes, Callable[[bytes], None]], bool],
         limits: TcpLimits,
         stats: Stats,
+        answer_filter: AnswerFilter | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -112,7 +122,13 @@ class PoolSession:
             frame_timeout=limits.frame_timeout,
             idle_timeout=limits.idle_timeout,
         )
-        self.transport = SocketTransport(client, loop, self._readable, self._writable)
+        self.transport: SocketTransport | TlsServerTransport
+        if isinstance(client, socket.socket):
+            self.transport = SocketTransport(client, loop, self._readable, self._writable)
+        else:
+            client.attach(self._readable, self._writable)
+            self.transport = client
+        self._answer_filter = answer_filter
         self._pump_handle: asyncio.Handle | None = None  # answers to write, queries to serve
         self._stall_timer: asyncio.TimerHandle | None = None  # while answers wait unwritten
         self._on_end: Callable[[], None] | None = None
@@ -135,6 +151,11 @@ class PoolSession:
             await done
         finally:
             self.close()
+
+    def shutdown(self) -> None:
+        """Read no more; close once the queries read are answered (shutting down)."""
+        self.stream.end_input(self._loop.time())
+        self._apply()
 
     def close(self, reason: str | None = None) -> None:
         """End the connection (idempotent): a reset if answers wait unread; late answers
@@ -164,10 +185,14 @@ class PoolSession:
         stream = self.stream
         handle = self._handler
         reply = self._reply
+        answer_filter = self._answer_filter
         try:
             while batch := stream.take(now):
                 reason = stream.reason
                 for index, msg in enumerate(batch):
+                    if answer_filter is not None:
+                        change = answer_filter(msg)
+                        reply = self._reply if change is None else partial(self._changed, change)
                     if not handle(msg, reply):
                         stream.dropped(now)
                     if stream.reason is not reason:  # closing: the rest is not handed on
@@ -179,6 +204,9 @@ class PoolSession:
             stream.close(now)
 
     # -- resolver -> client ------------------------------------------------------------
+
+    def _changed(self, change: Callable[[bytes], bytes], answer: bytes) -> None:
+        self._reply(change(answer))
 
     def _reply(self, answer: bytes) -> None:
         self.stream.answer(answer, self._loop.time())

@@ -1,7 +1,8 @@
 """What the encrypted listeners (DoT and DoH) share: their clients, counted and swept.
 
-:class:`EncryptedServer` binds nothing itself: it runs a
-:class:`~dns2dot.transport.server_tls.TlsListener` per listening socket, keeps every
+:class:`EncryptedServer` binds nothing itself: it runs a listener from
+:mod:`dns2dot.transport.server_tls` per listening socket (DoT on the memory-BIO server
+transport, DoH on the loop's TLS transport), keeps every
 client session, refuses clients beyond ``max_clients``, closes sessions idle for
 longer than the idle timeout (and DoT frames that trickle in), and on shutdown asks
 each session to stop politely (HTTP/2 GOAWAY) before closing it.
@@ -19,10 +20,16 @@ from typing import Protocol
 from tornado.netutil import bind_sockets
 
 from dns2dot.serve.doh import DohSession
-from dns2dot.serve.dot import DotSession
+from dns2dot.serve.dot import serve_dot
 from dns2dot.serve.stats import Stats
-from dns2dot.serve.tcp import TcpLimits
-from dns2dot.transport.server_tls import HANDSHAKE_TIMEOUT, Certificates, TlsListener
+from dns2dot.serve.tcp import PoolSession, TcpLimits
+from dns2dot.transport.server_tls import (
+    HANDSHAKE_TIMEOUT,
+    Certificates,
+    ChannelListener,
+    TlsListener,
+)
+from dns2dot.transport.tls_server_channel import TlsServerTransport
 
 log = logging.getLogger("dns2dot.tls")
 
@@ -41,16 +48,22 @@ class Session(Protocol):
 
 
 class EncryptedServer:
-    """The clients of one encrypted listener kind (``dot`` or ``doh``)."""
+    """The clients of one encrypted listener kind (``dot`` or ``doh``).
+
+    ``session`` makes a protocol for the loop's TLS transport (DoH) from the client's
+    host; ``serve`` instead starts a session on a server TLS transport whose
+    handshake is done (DoT). One of the two is given.
+    """
 
     def __init__(
         self,
         kind: str,
         context: Callable[[], ssl.SSLContext],
-        session: Callable[[EncryptedServer, str], asyncio.Protocol],
+        session: Callable[[EncryptedServer, str], asyncio.Protocol] | None,
         limits: TcpLimits,
         stats: Stats,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        serve: Callable[[EncryptedServer, TlsServerTransport, str], object] | None = None,
     ) -> None:
         self.kind = kind
         self.limits = limits
@@ -58,20 +71,34 @@ class EncryptedServer:
         self.sessions: set[Session] = set()
         self._context = context
         self._session = session
+        self._serve = serve
         self._handshake_timeout = handshake_timeout
-        self._listeners: list[TlsListener] = []
+        self._listeners: list[TlsListener | ChannelListener] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._full_logged = False
         self.draining = False
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
-        listener = TlsListener(
-            sockets,
-            self._context,
-            lambda host: self._session(self, host),
-            self._admit,
-            self._handshake_timeout,
-        )
+        listener: TlsListener | ChannelListener
+        if self._serve is not None:
+            serve = self._serve
+            listener = ChannelListener(
+                sockets,
+                self._context,
+                lambda transport, host: serve(self, transport, host),
+                self._admit,
+                self._handshake_timeout,
+            )
+        else:
+            session = self._session
+            assert session is not None, "an encrypted server needs session or serve"
+            listener = TlsListener(
+                sockets,
+                self._context,
+                lambda host: session(self, host),
+                self._admit,
+                self._handshake_timeout,
+            )
         listener.start()
         self._listeners.append(listener)
         if self._sweeper is None:
@@ -113,7 +140,11 @@ class EncryptedServer:
         now = loop.time()
         for session in list(self.sessions):
             reason = session.expired(now)
-            if reason is not None:
+            if reason is None:
+                continue
+            if isinstance(session, PoolSession):
+                session.close(reason)  # counts the reason itself
+            else:
                 self.stats.dropped[reason] += 1
                 session.close()
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -180,9 +211,12 @@ class EncryptedListeners:
             "dot": EncryptedServer(
                 "dot",
                 lambda: certificates.dot,
-                lambda server, host: DotSession(server, handler(host, "dot"), limits, host),
+                None,
                 limits,
                 stats,
+                serve=lambda server, transport, host: serve_dot(
+                    server, handler(host, "dot"), transport
+                ),
             ),
             "doh": EncryptedServer(
                 "doh",

@@ -83,6 +83,34 @@ def _quickack_applies(sock: socket.socket) -> bool:
     return _QUICKACK != 0 and sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
+def decrypt_all(
+    tls: ssl.SSLObject, incoming: ssl.MemoryBIO
+) -> tuple[bytes, bool, BaseException | None]:
+    """All the plaintext ``tls`` can decrypt now from ``incoming``; whether the stream
+    has ended (close_notify, end of stream, a broken record); and the error it ended
+    with, if any. Shared by the client channel and the server transport."""
+    chunks: list[bytes] = []
+    ended = False
+    error: BaseException | None = None
+    while True:
+        try:
+            chunk = tls.read(MAX_BATCH)
+        except ssl.SSLWantReadError:
+            ended = incoming.eof
+            break
+        except ssl.SSLZeroReturnError:  # close_notify
+            ended = True
+            break
+        except ssl.SSLError as exc:  # a broken record, or truncation at end of stream
+            ended, error = True, exc
+            break
+        if not chunk:
+            ended = True
+            break
+        chunks.append(chunk)
+    return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ended, error
+
+
 class TlsChannel:
     """A TLS client connection over a plain non-blocking socket, through memory BIOs.
 
@@ -165,27 +193,7 @@ class TlsChannel:
         """The plaintext OpenSSL can decrypt now from what was received; whether the
         stream has ended (close_notify, end of stream, a broken record); and the
         error it ended with, if any."""
-        tls = self.tls
-        chunks: list[bytes] = []
-        ended = False
-        error: BaseException | None = None
-        while True:
-            try:
-                chunk = tls.read(MAX_BATCH)
-            except ssl.SSLWantReadError:
-                ended = self.incoming.eof
-                break
-            except ssl.SSLZeroReturnError:  # close_notify
-                ended = True
-                break
-            except ssl.SSLError as exc:  # a broken record, or truncation at end of stream
-                ended, error = True, exc
-                break
-            if not chunk:
-                ended = True
-                break
-            chunks.append(chunk)
-        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ended, error
+        return decrypt_all(self.tls, self.incoming)
 
     def write(self, data: bytes) -> None:
         """Encrypt ``data`` into memory (never blocks); :meth:`transmit` sends it.

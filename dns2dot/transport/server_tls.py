@@ -3,12 +3,13 @@
 :class:`Certificates` loads ``--tls-cert`` and ``--tls-key`` into server contexts
 (TLS 1.2 or newer, the standard library's cipher choice, session tickets on) and loads
 them again on SIGHUP or when the files change on disk; a broken new pair is reported
-and the contexts in use are kept. :class:`TlsListener` accepts clients on tornado's
-accept handler and hands every socket to the loop's TLS transport (memory BIOs) with
-the context current at that moment, so a rotation never touches a connection already
-made, and a handshake that is not done within ``handshake_timeout`` (a client that
-never finishes, or trickles its ClientHello) is abandoned. See docs/ARCHITECTURE.md,
-"transport".
+and the contexts in use are kept. The listeners accept clients on tornado's accept
+handler and wrap every socket with the context current at that moment, so a rotation
+never touches a connection already made, and a handshake that is not done within
+``handshake_timeout`` (a client that never finishes, or trickles its ClientHello) is
+abandoned: :class:`ChannelListener` (DoT) on the memory-BIO
+:class:`~dns2dot.transport.tls_server_channel.TlsServerTransport`, :class:`TlsListener`
+(DoH) on the loop's own TLS transport. See docs/ARCHITECTURE.md, "transport".
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from tornado.netutil import add_accept_handler
 
 from dns2dot.protocol.errors import ConfigError
 from dns2dot.transport.sockets import reset_on_close
+from dns2dot.transport.tls_server_channel import TlsServerTransport
 
 log = logging.getLogger("dns2dot.tls")
 
 ALPN_DOT = ("dot",)  # RFC 7858 §3.2, IANA ALPN registry
 ALPN_DOH = ("h2", "http/1.1")
 HANDSHAKE_TIMEOUT = 3.0  # seconds a client may take to complete its TLS handshake
+#: The kernel's send buffer for a client connection, as for TCP clients (see
+#: dns2dot/serve/tcp.py): small enough that a client that does not read shows at once.
+CLIENT_SNDBUF = 64 * 1024
 WATCH_INTERVAL = 2.0  # seconds between looks at the certificate files
 
 
@@ -229,3 +234,88 @@ class TlsListener:
         self.stop_accepting()
         for task in list(self._handshakes):
             task.cancel()
+
+
+class ChannelListener:
+    """Accepts clients and hands each a :class:`TlsServerTransport` once its handshake
+    is done, for a session that runs on readiness callbacks (DoT).
+
+    ``context`` is asked for the context at every accept (certificates rotate);
+    ``admit`` is asked before the handshake whether there is room for one more client;
+    ``serve(transport, host)`` starts the session. A failed or late handshake closes
+    that client only.
+    """
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        context: Callable[[], ssl.SSLContext],
+        serve: Callable[[TlsServerTransport, str], object],
+        admit: Callable[[], bool],
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.sockets = sockets
+        self._context = context
+        self._serve = serve
+        self._admit = admit
+        self._handshake_timeout = handshake_timeout
+        self._removers: list[Callable[[], None]] = []
+        self._handshakes: set[TlsServerTransport] = set()
+
+    @property
+    def handshaking(self) -> int:
+        """Clients accepted whose handshake is not done yet."""
+        return len(self._handshakes)
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            self._removers.append(add_accept_handler(sock, self._accepted))
+
+    def _accepted(self, sock: socket.socket, address: object) -> None:
+        if not self._admit():
+            sock.close()
+            return
+        host = address[0] if isinstance(address, tuple) else str(address)
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            transport = TlsServerTransport(sock, self._context(), asyncio.get_running_loop())
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS client %s: %s", host, exc)
+            sock.close()
+            return
+        self._handshakes.add(transport)
+        transport.handshake(
+            self._handshake_timeout,
+            lambda: self._done(transport, host),
+            lambda why: self._failed(transport, host, why),
+        )
+
+    def _done(self, transport: TlsServerTransport, host: str) -> None:
+        self._handshakes.discard(transport)
+        try:
+            self._serve(transport, host)
+        except Exception:  # a bug in a session's start: that client only
+            log.exception("TLS client %s: closed after an unexpected error", host)
+            transport.reset()
+
+    def _failed(self, transport: TlsServerTransport, host: str, why: str) -> None:
+        self._handshakes.discard(transport)
+        log.debug("TLS client %s: handshake failed: %s", host, why)
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; clients connected are left alone."""
+        for remove in self._removers:
+            remove()
+        self._removers.clear()
+        for sock in self.sockets:
+            sock.close()
+
+    def stop(self) -> None:
+        self.stop_accepting()
+        for transport in list(self._handshakes):
+            transport.close(notify=False)
+        self._handshakes.clear()
