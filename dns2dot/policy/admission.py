@@ -34,6 +34,11 @@ class Verdict(Enum):
     SLIP = "slip"  # over the rate limit: an empty TC=1 answer, so real clients use TCP
 
 
+# The members as module globals: a member read through its Enum class is a Python-level
+# lookup (about fifteen times a global's cost on Python 3.11), and this is per datagram.
+SERVE, REFUSE, SLIP = Verdict.SERVE, Verdict.REFUSE, Verdict.SLIP
+
+
 def parse_networks(texts: Iterable[str]) -> tuple[Network, ...]:
     """CIDRs (or bare addresses) to networks; raises ValueError naming the bad one."""
     networks = []
@@ -112,7 +117,7 @@ class Admission:
 
     def verdict(self, host: str, *, datagram: bool) -> Verdict:
         if not self.access.allows(host):
-            return Verdict.REFUSE
+            return REFUSE
         # Only datagrams can be spoofed into an amplification; TCP is left alone.
         limiter = self.limiter
         if (
@@ -121,5 +126,5 @@ class Admission:
             and self._clock is not None
             and not limiter.allow(host, self._clock())
         ):
-            return Verdict.SLIP
-        return Verdict.SERVE
+            return SLIP
+        return SERVE

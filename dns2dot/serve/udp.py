@@ -21,7 +21,7 @@ import socket
 from functools import partial
 from typing import Any, Protocol
 
-from dns2dot.policy.admission import Admission, Verdict
+from dns2dot.policy.admission import REFUSE, SERVE, Admission, Verdict
 from dns2dot.protocol import wire
 from dns2dot.serve.resolver import Resolver, turn_away
 from dns2dot.transport import datagram
@@ -60,12 +60,12 @@ class UdpShim(asyncio.DatagramProtocol):
         if transport is None:
             return
         verdict = self.admission.verdict(addr[0], datagram=True)
-        if self.draining and verdict is Verdict.SERVE:
-            verdict = Verdict.REFUSE
+        if self.draining and verdict is SERVE:
+            verdict = REFUSE
             self.resolver.stats.refused["shutdown"] += 1
-        elif verdict is not Verdict.SERVE:
+        elif verdict is not SERVE:
             self.resolver.turned_away(verdict)
-        if verdict is not Verdict.SERVE:
+        if verdict is not SERVE:
             response = turn_away(data, verdict)
             if response is not None:
                 transport.sendto(response, addr)
@@ -169,7 +169,7 @@ class BatchedUdp:
         handle_new = resolver.handle_new
         fit_udp = wire.fit_udp
         queue = self._queue
-        serve = Verdict.SERVE
+        serve = SERVE
         self._reading = True
         try:
             for _ in range(READS_PER_WAKE):
@@ -193,7 +193,7 @@ class BatchedUdp:
                             handle_new(data, reply, "udp")
                         continue
                     if verdict is serve:
-                        verdict = Verdict.REFUSE
+                        verdict = REFUSE
                         resolver.stats.refused["shutdown"] += 1
                     else:
                         resolver.turned_away(verdict)
@@ -214,7 +214,7 @@ class BatchedUdp:
         try:
             host = socket.inet_ntop(io.family, raw)
         except (OSError, ValueError):
-            return Verdict.REFUSE
+            return REFUSE
         verdict = self.admission.verdict(host, datagram=True)
         if self.admission.limiter is None:
             if len(self._verdicts) >= _KNOWN_PEERS:

@@ -25,6 +25,7 @@ class ExchangeState(Enum):
 WAITING = ExchangeState.WAITING
 ANSWERED_EARLY = ExchangeState.ANSWERED_EARLY
 FINISHED = ExchangeState.FINISHED
+_FORMERR = int(wire.Rcode.FORMERR)  # a global: an IntEnum member read through its class is slow
 
 
 class Exchange:
@@ -118,7 +119,7 @@ class Exchange:
         self._enter(FINISHED)
         if self.legs:
             self._detach()
-        if answer[3] & 0x0F == wire.Rcode.FORMERR:
+        if answer[3] & 0x0F == _FORMERR:
             answer = wire.error_response(self.msg, wire.Rcode.FORMERR, self.query)
         if self.store is not None:
             answer = self.store(answer)
