@@ -308,3 +308,11 @@ def test_endless_continuation_breaks_the_connection() -> None:
             http2.frame(http2.Frame.CONTINUATION, 0, stream_id, b"\x00" * 16384)
         )
     assert [type(e) for e in events] == [http2.ConnectionBroken]
+
+
+def test_http1_content_length_must_be_ascii_digits() -> None:
+    """'²' is a digit to str.isdigit but not to int(): the response is broken, never a
+    ValueError out of the reader (review finding)."""
+    reader = Http1Reader()
+    wire = "HTTP/1.1 200 OK\r\nContent-Length: ²\r\n\r\n".encode("latin-1")
+    assert reader.feed(wire) == [] and reader.broken is not None

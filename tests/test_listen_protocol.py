@@ -267,3 +267,19 @@ def test_answer_without_opt_is_left_alone() -> None:
 def test_finish_answer_never_raises(data: bytes, asks: encrypted.Asks) -> None:
     encrypted.client_asks(data)
     encrypted.finish_answer(data, asks, 10.0)
+
+
+def test_keepalive_never_pushes_an_answer_past_a_frame() -> None:
+    """An answer already at the largest size a frame holds is passed on unchanged
+    rather than grown past 65,535 octets by the keepalive option (review finding)."""
+    q = dns.message.make_query("a.example.test.", "TXT", use_edns=0)
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text("a.example.test.", 60, "IN", "TXT", '"x"'))
+    r.use_edns(0, options=[dns.edns.GenericOption(65001, b"")])
+    filler = 65535 - len(r.to_wire())  # an option of our own fills it to the brim
+    r.use_edns(0, options=[dns.edns.GenericOption(65001, b"\x00" * filler)])
+    big = r.to_wire(max_size=65535)
+    assert len(big) == 65535
+    out = encrypted.finish_answer(big, encrypted.Asks.KEEPALIVE, 10.0)
+    assert len(out) <= 65535
+    assert dns.message.from_wire(out).answer == r.answer

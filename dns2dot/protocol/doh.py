@@ -218,7 +218,7 @@ class Http1Reader:
                 self._head = parse_http1_head(bytes(self._buffer[:end]))
                 del self._buffer[: end + 4]
                 length = self._head[1].get("content-length", "")
-                if not length.isdigit() or int(length) > MAX_BODY:
+                if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY:
                     self.broken = "answer without a usable Content-Length"
                     return out
                 self._length = int(length)

@@ -116,4 +116,6 @@ def finish_answer(answer: bytes, asks: Asks, idle_timeout: float) -> bytes:
         pad = (-unpadded) % RESPONSE_BLOCK
         if unpadded + pad <= wire.MAX_MESSAGE_LEN:
             body += _OPTION.pack(PADDING, pad) + b"\x00" * pad
-    return head + struct.pack("!H", len(body)) + body + tail
+    changed = head + struct.pack("!H", len(body)) + body + tail
+    # The keepalive option alone can push a full-size answer past what a frame holds.
+    return changed if len(changed) <= wire.MAX_MESSAGE_LEN else answer

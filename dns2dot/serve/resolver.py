@@ -28,6 +28,7 @@ from dns2dot.serve.stats import Stats
 from dns2dot.upstream.exchange import FINISHED, Exchange
 from dns2dot.upstream.pool import Clock, Timer, UpstreamPool
 
+log = logging.getLogger("dns2dot.resolver")
 qlog = logging.getLogger("dns2dot.query")
 
 SWEEP_INTERVAL = 0.05  # seconds between deadline checks: the timeout's precision
@@ -384,24 +385,34 @@ class Resolver:
         self._stale.clear()
 
     def _sweep(self) -> None:
+        """Run :meth:`_sweep_once`, and again later whatever happens: an error (a bug)
+        must not end the timeouts, hedges and stale answers for good."""
+        try:
+            self._sweep_once()
+        except Exception:
+            log.exception("resolver sweep failed")
+        finally:
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep_once(self) -> None:
         now = self._loop.time()
         deadlines = self._deadlines
         while deadlines:
             exchange = deadlines[0]
+            if exchange.state is not FINISHED and exchange.deadline > now:
+                break
+            deadlines.popleft()  # first: an error below must not repeat on every sweep
             if exchange.state is not FINISHED:
-                if exchange.deadline > now:
-                    break
                 (exchange.pool or self.pool).timed_out(exchange, self.timeout)
-            deadlines.popleft()
         hedges = self._hedges
         half = self.timeout / 2
         while hedges:
             exchange = hedges[0]
-            if exchange.state is not FINISHED:
-                if exchange.deadline - half > now:
-                    break
-                (exchange.pool or self.pool).hedge(exchange)
+            if exchange.state is not FINISHED and exchange.deadline - half > now:
+                break
             hedges.popleft()
+            if exchange.state is not FINISHED:
+                (exchange.pool or self.pool).hedge(exchange)
         stale = self._stale
         while stale and (stale[0][1].state is FINISHED or stale[0][0] <= now):
             stale.popleft()[1].answer_early()
@@ -409,7 +420,6 @@ class Resolver:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             for pool in (self.pool, *self.zone_pools):
                 pool.maintain()
-        self._sweeper = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
 
 
 def log_query(transport: str, query: wire.Query, answer: bytes, seconds: float) -> None:

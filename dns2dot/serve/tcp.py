@@ -459,8 +459,12 @@ class DnsTcpServer:
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for session in list(self.sessions):
-            reason = session.expired(now)
-            if reason is not None:
-                session.close(reason)
-        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        try:
+            for session in list(self.sessions):
+                reason = session.expired(now)
+                if reason is not None:
+                    session.close(reason)
+        except Exception:
+            log.exception("TCP sweep failed")
+        finally:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)

@@ -106,7 +106,11 @@ _CALLS = _libc_calls()
 def available() -> bool:
     """Whether batched I/O works here (Linux with libc's recvmmsg/sendmmsg), and is not
     switched off with ``DNS2DOT_UDP_BATCH=off`` (the asyncio path then serves)."""
-    return _CALLS is not None and os.environ.get("DNS2DOT_UDP_BATCH", "on") != "off"
+    return (
+        _CALLS is not None
+        and ctypes.sizeof(ctypes.c_void_p) == 8  # the header offsets below are 64-bit's
+        and os.environ.get("DNS2DOT_UDP_BATCH", "on") != "off"
+    )
 
 
 class _Arena:
@@ -240,7 +244,7 @@ class DatagramSocket:
                     # interface; the source address stays the one asked.
                     controls[base + _CMSG_DATA : base + _CMSG_DATA + 4] = b"\0\0\0\0"
                 control = controls[base : base + used]
-                h64[i * per64 + controllen] = CONTROL
+            h64[i * per64 + controllen] = CONTROL  # the kernel shrank it: room again
             out.append((payload, name, control))
         return out
 

@@ -327,7 +327,11 @@ class DohConnection(UpstreamConnection):
             problem = "answer shorter than a DNS header"
         if problem is None:
             self._deliver(uid, body)
-            return
+            if uid not in self._pending:
+                return
+            # Not the question asked: a stream has one response, so nothing else will
+            # come for it; like an HTTP error, that upstream's SERVFAIL.
+            problem = "an answer did not echo its question"
         # An unusable HTTP answer: that upstream's SERVFAIL (the pool tries another).
         log.debug("%s: %s", self.server, problem)
         self.server.failures["http"] += 1
