@@ -241,6 +241,20 @@ def test_oversized_answer_is_reset() -> None:
     assert MAX_BODY == 65535
 
 
+def test_bad_stream_window_update_fails_the_stream() -> None:
+    """A WINDOW_UPDATE of 0 on one of our streams resets it (FLOW_CONTROL_ERROR) and
+    says so, so the query is not left waiting for a response that cannot come."""
+    client, srv, _ = pair()
+    stream = client.request(b"q" * 30)
+    srv.receive_data(client.data_to_send())
+    zero = http2.frame(http2.Frame.WINDOW_UPDATE, 0, stream, bytes(4))
+    events = client.receive(zero)
+    assert events == [http2.StreamFailed(stream, "bad WINDOW_UPDATE on the stream")]
+    got = srv.receive_data(client.data_to_send())
+    resets = {e.stream_id: e.error_code for e in got if isinstance(e, h2.events.StreamReset)}
+    assert resets == {stream: h2.errors.ErrorCodes.FLOW_CONTROL_ERROR}
+
+
 def test_push_promise_breaks_the_connection() -> None:
     client, _, _ = pair()
     events = client.receive(http2.frame(http2.Frame.PUSH_PROMISE, 0x4, 1, bytes(4) + b"\x82"))

@@ -504,15 +504,15 @@ def test_max_clients_applies(
     finally:
         first.close()
         silent.close()
-    deadline = time.monotonic() + 10
-    while True:  # room again once dns2dot has seen them go
+    for _ in range(50):  # room again once dns2dot has seen them go: 10 s at most
         try:
             with tls_connect(listening.tls_port, pki) as again:
                 answer = dot_exchange(again, make_query("www.example.test"))
             break
         except (ssl.SSLError, OSError):
-            assert time.monotonic() < deadline, "no room for a new client after 10 s"
             time.sleep(0.2)
+    else:
+        pytest.fail("no room for a new client after 50 tries")
     assert a_addresses(answer) == {"192.0.2.11"}
 
 

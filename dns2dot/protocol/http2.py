@@ -95,7 +95,7 @@ class Response(NamedTuple):
 
 class StreamFailed(NamedTuple):
     """A stream of ours that cannot carry an answer (a body larger than any DNS
-    message); it has been reset."""
+    message, or a flow-control error on it); it has been reset."""
 
     stream_id: int
     problem: str
@@ -346,7 +346,7 @@ class H2Client:
         elif kind == Frame.GOAWAY:
             self._goaway(payload, events)
         elif kind == Frame.WINDOW_UPDATE:
-            self._window_update(stream_id, payload)
+            self._window_update(stream_id, payload, events)
         elif kind == Frame.PUSH_PROMISE:
             raise _Broken(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE though push is off")
         # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5).
@@ -459,7 +459,7 @@ class H2Client:
         self.goaway = True
         events.append(GoAway(last, int.from_bytes(payload[4:8], "big"), lost))
 
-    def _window_update(self, stream_id: int, payload: bytes) -> None:
+    def _window_update(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if len(payload) != 4:
             raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
         increment = int.from_bytes(payload, "big") & LAST_STREAM_ID
@@ -475,6 +475,7 @@ class H2Client:
                 return
             if not increment or stream.send_window + increment > MAX_WINDOW:
                 self.reset(stream_id, ErrorCode.FLOW_CONTROL_ERROR)
+                events.append(StreamFailed(stream_id, "bad WINDOW_UPDATE on the stream"))
                 return
             stream.send_window += increment
         self._send_unsent()
