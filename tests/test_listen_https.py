@@ -25,7 +25,7 @@ import h2.events
 import h2.settings
 import pytest
 from support.dnsperf import run_dnsperf
-from support.listeners import Listening, start_listening, tls_connect
+from support.listeners import Listening, listening_dns2dot, start_listening, tls_connect
 from support.net import LOOPBACK, a_addresses, make_query
 from support.pki import TLS_NAME, Pki
 from support.proc import Dns2Dot, require_tool, start_dns2dot
@@ -43,18 +43,8 @@ def listening(
     unbound: UnboundUpstream, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Listening]:
     directory = tmp_path_factory.mktemp("listen-https")
-    made: list[Dns2Dot] = []
-
-    def start(**kw: object) -> Dns2Dot:
-        d = start_dns2dot(directory / "log", cafile=pki.ca, **kw)  # type: ignore[arg-type]
-        made.append(d)
-        return d
-
-    try:
-        yield start_listening(start, unbound.spec, pki, directory)
-    finally:
-        for d in made:
-            d.stop()
+    with listening_dns2dot(unbound.spec, pki, directory) as listening:
+        yield listening
 
 
 def _curl(

@@ -33,13 +33,14 @@ from support.listeners import (
     Listening,
     closed_within,
     dot_exchange,
+    listening_dns2dot,
     peer_certificate,
     start_listening,
     tls_connect,
 )
 from support.net import LOOPBACK, a_addresses, free_port, make_query, wait_peer_closed
 from support.pki import TLS_NAME, Pki
-from support.proc import Dns2Dot, require_tool, run_dns2dot, start_dns2dot
+from support.proc import Dns2Dot, require_tool, run_dns2dot
 from support.unbound import N_NAMES, UnboundUpstream, n_address
 
 pytestmark = pytest.mark.integration
@@ -52,18 +53,8 @@ def listening(
     unbound: UnboundUpstream, pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Listening]:
     directory = tmp_path_factory.mktemp("listen-tls")
-    made: list[Dns2Dot] = []
-
-    def start(**kw: object) -> Dns2Dot:
-        d = start_dns2dot(directory / "log", cafile=pki.ca, **kw)  # type: ignore[arg-type]
-        made.append(d)
-        return d
-
-    try:
-        yield start_listening(start, unbound.spec, pki, directory)
-    finally:
-        for d in made:
-            d.stop()
+    with listening_dns2dot(unbound.spec, pki, directory) as listening:
+        yield listening
 
 
 def test_startup_line_names_the_listeners(listening: Listening) -> None:

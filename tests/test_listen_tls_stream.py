@@ -20,10 +20,14 @@ from collections.abc import Iterator
 
 import dns.message
 import pytest
-from support.listeners import Listening, dot_exchange, start_listening, tls_connect
+from support.listeners import (
+    Listening,
+    dot_exchange,
+    listening_dns2dot,
+    tls_connect,
+)
 from support.net import LOOPBACK, a_addresses, frame, make_query, send_for, wait_peer_closed
 from support.pki import TLS_NAME, Pki
-from support.proc import Dns2Dot, start_dns2dot
 from support.unbound import UnboundUpstream, n_address
 
 pytestmark = pytest.mark.integration
@@ -40,18 +44,8 @@ def listening(
 ) -> Iterator[Listening]:
     """dns2dot with its default idle timeout (10 s, longer than every bound here)."""
     directory = tmp_path_factory.mktemp("listen-tls-stream")
-    made: list[Dns2Dot] = []
-
-    def start(**kw: object) -> Dns2Dot:
-        d = start_dns2dot(directory / "log", cafile=pki.ca, **kw)  # type: ignore[arg-type]
-        made.append(d)
-        return d
-
-    try:
-        yield start_listening(start, unbound.spec, pki, directory)
-    finally:
-        for d in made:
-            d.stop()
+    with listening_dns2dot(unbound.spec, pki, directory) as listening:
+        yield listening
 
 
 class BioClient:

@@ -13,7 +13,8 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import dns.message
 
 from .net import LOOPBACK, free_port
 from .pki import TLS_NAME, CertFiles, Pki
-from .proc import Dns2Dot
+from .proc import Dns2Dot, start_dns2dot
 
 
 @dataclass
@@ -73,6 +74,24 @@ def start_listening(
         **kw,
     )
     return Listening(proc, tls_port, https_port, cert, key)
+
+
+@contextmanager
+def listening_dns2dot(upstream: str, pki: Pki, directory: Path) -> Iterator[Listening]:
+    """:func:`start_listening` for a module's tests; every dns2dot it started is stopped
+    on the way out."""
+    made: list[Dns2Dot] = []
+
+    def start(**kw: object) -> Dns2Dot:
+        d = start_dns2dot(directory / "log", cafile=pki.ca, **kw)  # type: ignore[arg-type]
+        made.append(d)
+        return d
+
+    try:
+        yield start_listening(start, upstream, pki, directory)
+    finally:
+        for d in made:
+            d.stop()
 
 
 def tls_connect(
