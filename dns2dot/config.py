@@ -245,6 +245,22 @@ def parse_forward(text: str) -> tuple[str, UpstreamSpec]:
     )
 
 
+def _trust_anchor(text: str) -> str:
+    """A file of DS or DNSKEY records, read now so that a bad one stops the start."""
+    from dns2dot.policy.dnssec.anchors import load_anchor_files  # dnspython: only if asked
+
+    load_anchor_files([text])
+    return text
+
+
+def _insecure_zone(text: str) -> str:
+    try:
+        name_to_wire(text)
+    except ValueError as exc:
+        raise ConfigError(f"--insecure: {exc}") from None
+    return text.strip().rstrip(".").lower() + "."
+
+
 def _cafile(text: str) -> str:
     if not os.path.isfile(text):
         raise ConfigError(f"--cafile: {text}: no such file")
@@ -580,6 +596,34 @@ OPTIONS: tuple[Option, ...] = (
         "FILE",
     ),
     Option("tls-key", ("--tls-key",), str, "PEM private key of --tls-cert", "FILE"),
+    Option(
+        "dnssec",
+        ("--dnssec",),
+        _choice("dnssec", ("off", "validate")),
+        "DNSSEC: validate upstream answers (AD for secure ones, SERVFAIL for bogus), or off",
+        "MODE",
+        default="off",
+    ),
+    Option(
+        "trust-anchor",
+        ("--trust-anchor",),
+        _trust_anchor,
+        "DS or DNSKEY records (zone-file format) replacing the built-in root anchors, repeatable",
+        "FILE",
+        repeatable=True,
+        default=(),
+        shown="the IANA root KSKs",
+    ),
+    Option(
+        "insecure",
+        ("--insecure",),
+        _insecure_zone,
+        "negative trust anchor (RFC 7646): answers at or below ZONE are not validated, repeatable",
+        "ZONE",
+        repeatable=True,
+        default=(),
+        shown="none",
+    ),
     Option("config", ("-c", "--config"), str, "YAML file with the same settings", "FILE"),
     Option("verbose", ("-v", "--verbose"), None, "debug logging", default=False),
 )
@@ -627,6 +671,9 @@ class Config:
     https_path: str = DEFAULTS["https_path"]
     tls_cert: str | None = DEFAULTS["tls_cert"]
     tls_key: str | None = DEFAULTS["tls_key"]
+    dnssec: str = DEFAULTS["dnssec"]
+    trust_anchor: tuple[str, ...] = DEFAULTS["trust_anchor"]
+    insecure: tuple[str, ...] = DEFAULTS["insecure"]
     verbose: bool = DEFAULTS["verbose"]
     config: str | None = DEFAULTS["config"]
 

@@ -45,7 +45,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     queries: Counter[tuple[str, int, int]] = Counter()
     latency: dict[str, list[float]] = {}
     sums: dict[str, Counter[str]] = {
-        key: Counter() for key in ("dropped", "refused", "cache", "rules")
+        key: Counter() for key in ("dropped", "refused", "cache", "rules", "dnssec")
     }
     scalars: Counter[str] = Counter()
     upstreams: dict[str, dict[str, Any]] = {}
@@ -149,6 +149,7 @@ class SnapshotCollector(Collector):
             ("dns2dot_rule_hits", "rule", "rules", "Queries answered or routed by a rule"),
             ("dns2dot_dropped", "reason", "dropped", "Input dropped or connections closed"),
             ("dns2dot_refused", "reason", "refused", "Queries answered REFUSED"),
+            ("dns2dot_dnssec_answers", "result", "dnssec", "Upstream answers DNSSEC-validated"),
         ):
             metric = CounterMetricFamily(family, text, labels=[label])
             for reason, count in snap.get(key, {}).items():

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from tornado.netutil import bind_sockets
 
@@ -35,6 +36,9 @@ from dns2dot.upstream.connection import UpstreamConnection
 from dns2dot.upstream.doh import DohConnection
 from dns2dot.upstream.pool import DEFAULT_CONNECTION_TYPES, UpstreamPool
 from dns2dot.upstream.spec import Lifecycle, UpstreamSpec
+
+if TYPE_CHECKING:
+    from dns2dot.policy.dnssec import Validator
 
 log = logging.getLogger("dns2dot")
 
@@ -121,6 +125,18 @@ def answer_policy(config: Config) -> AnswerPolicy:
     )
 
 
+def validator(config: Config) -> Validator | None:
+    """The DNSSEC validator of ``--dnssec validate`` (None when off): the
+    ``--trust-anchor`` files, else the built-in IANA root anchors, with the
+    ``--insecure`` zones as negative trust anchors."""
+    if config.dnssec != "validate":
+        return None
+    from dns2dot.policy.dnssec import Validator, load_anchor_files, root_anchors
+
+    anchors = load_anchor_files(config.trust_anchor) if config.trust_anchor else root_anchors()
+    return Validator(anchors.with_negative(config.insecure))
+
+
 def lifecycle(config: Config) -> Lifecycle:
     return Lifecycle(
         connect_timeout=config.timeout,
@@ -192,6 +208,7 @@ class Proxy:
             rules=self.upstreams.rules,
             zone_pools=self.upstreams.zone_pools,
             stats=self.stats,
+            validator=validator(config),
         )
         self.resolver.log_queries = config.log_queries
         self.admission = Admission(
@@ -265,6 +282,8 @@ class Proxy:
         if fixed:
             log.warning("reload: %s only change on restart", ", ".join(fixed))
         upstreams = Upstreams(config, TlsContexts(config.cafile))  # may raise: nothing changed
+        dnssec = [(c.dnssec, c.trust_anchor, c.insecure) for c in (config, self.config)]
+        new_validator = validator(config) if dnssec[0] != dnssec[1] else self.resolver.validator
         if self.encrypted is not None:
             self.encrypted.certificates.reload()  # a broken pair is logged, the old one kept
         old = self.upstreams
@@ -277,6 +296,7 @@ class Proxy:
         resolver.max_inflight = config.max_inflight
         resolver.policy = answer_policy(config)
         resolver.log_queries = config.log_queries
+        resolver.validator = new_validator
         if not config.cache_size:
             resolver.cache = None
         elif resolver.cache is None:

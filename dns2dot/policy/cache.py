@@ -21,7 +21,8 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 
 from dns2dot.protocol import wire
 from dns2dot.protocol.errors import ProtocolError
@@ -31,6 +32,39 @@ _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _TYPE_SOA = 6
 STALE_ANSWER_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
 ENTRY_OVERHEAD = 200  # bytes charged per entry beyond its answer, for the byte bound
+BOGUS_TTL = 60  # RFC 4035 §4.7: a bogus answer is kept briefly, then asked again
+
+
+class Trust(Enum):
+    """What DNSSEC validation made of a cached answer (``--dnssec validate``)."""
+
+    SECURE = "secure"
+    INSECURE = "insecure"
+    BOGUS = "bogus"
+
+
+SECURE = Trust.SECURE
+BOGUS = Trust.BOGUS
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """A validation's verdict as the cache keeps it: its trust, the Extended DNS Error
+    a bogus answer is refused with, and until when (in the cache's clock) it holds."""
+
+    trust: Trust
+    ede: int | None = None
+    until: float | None = None
+
+
+@dataclass(slots=True)
+class DnssecViews:
+    """A validated entry's two views: ``full`` for clients that set DO, ``stripped``
+    (no RRSIG, NSEC, NSEC3 it did not ask for) for the rest, both made at store time."""
+
+    verdict: Validated
+    full: CacheEntry
+    stripped: CacheEntry
 
 
 @dataclass(slots=True)
@@ -53,6 +87,7 @@ class CacheEntry:
     view_edns: bytes = b""
     plain_age: int = -1
     view_plain: bytes = b""
+    dnssec: DnssecViews | None = None  # set on validated entries (--dnssec validate)
 
     def fresh(self, now: float) -> bool:
         return now < self.expires
@@ -243,23 +278,58 @@ class Cache:
             ttls = [min(t, ttl) for t in ttls]
         return ttl, offsets, ttls, opt
 
-    def put(self, key: bytes, answer: bytes, now: float) -> bool:
-        """Store an upstream answer, padding removed; False if not cacheable."""
+    def put(
+        self,
+        key: bytes,
+        answer: bytes,
+        now: float,
+        verdict: Validated | None = None,
+        qtype: int = 0,
+    ) -> bool:
+        """Store an upstream answer, padding removed; False if not cacheable.
+
+        A validated answer (``verdict``) keeps both client views (:class:`DnssecViews`);
+        a bogus one is kept :data:`BOGUS_TTL` seconds at most and never served stale,
+        and none outlives its verdict's ``until``.
+        """
+        if verdict is None:
+            entry = self._entry(answer, now, None)
+        else:
+            entry = self._validated(answer, now, verdict, qtype)
+        if entry is None:
+            return False
+        if key in self._entries:
+            self._remove(key)
+        self._entries[key] = entry
+        self.bytes += entry.size
+        while self._entries and (
+            len(self._entries) > self.policy.max_entries or self.bytes > self.policy.max_bytes
+        ):
+            oldest = next(iter(self._entries))
+            self._remove(oldest)
+        return True
+
+    def _entry(self, answer: bytes, now: float, cap: float | None) -> CacheEntry | None:
+        """A new entry for an upstream answer (padding removed), its lifetime at most
+        ``cap`` seconds; None if not cacheable."""
         found = self.lifetime(answer)
         if found is None:
-            return False
+            return None
         ttl, offsets, ttls, opt = found
+        if cap is not None and cap < ttl:
+            ttl = max(int(cap), 0)
+            ttls = [min(t, ttl) for t in ttls]
         if ttl <= 0:
-            return False
+            return None
         if opt is not None:
             stripped = wire.strip_padding(answer, *opt)
             if stripped is not answer:
                 if opt[1] != len(answer):  # OPT not last: offsets after it moved
-                    return self.put(key, stripped, now)
+                    return self._entry(stripped, now, cap)
                 answer = stripped
                 opt = (opt[0], len(answer))
         qname_len = wire.skip_name(answer, wire.HEADER_LEN) - wire.HEADER_LEN
-        entry = CacheEntry(
+        return CacheEntry(
             answer=b"\x00\x00" + answer[2:],
             ttl_offsets=tuple(offsets),
             ttls=tuple(ttls),
@@ -274,16 +344,44 @@ class Cache:
                 for offset, value in zip(offsets, ttls, strict=True)
             ),
         )
-        if key in self._entries:
-            self._remove(key)
-        self._entries[key] = entry
-        self.bytes += entry.size
-        while self._entries and (
-            len(self._entries) > self.policy.max_entries or self.bytes > self.policy.max_bytes
-        ):
-            oldest = next(iter(self._entries))
-            self._remove(oldest)
-        return True
+
+    def _validated(
+        self, answer: bytes, now: float, verdict: Validated, qtype: int
+    ) -> CacheEntry | None:
+        """The entry of a validated answer, with its two views (see :meth:`put`)."""
+        cap = None if verdict.until is None else verdict.until - now
+        if verdict.trust is BOGUS:
+            cap = BOGUS_TTL if cap is None else min(cap, BOGUS_TTL)
+        full = self._entry(answer, now, cap)
+        if full is None:
+            return None
+        try:
+            stripped = self._entry(wire.without_dnssec(answer, qtype), now, cap)
+        except ProtocolError:
+            return None
+        if stripped is None:
+            return None
+        stripped.expires = full.expires
+        stripped.stale_until = full.stale_until
+        if verdict.trust is BOGUS:
+            full.stale_until = stripped.stale_until = full.expires  # never served stale
+        views = DnssecViews(verdict, full, stripped)
+        return replace(full, size=full.size + stripped.size, dnssec=views)
+
+    def _render_dnssec(
+        self, views: DnssecViews, query: wire.Query, now: float, *, stale: bool
+    ) -> bytes:
+        """A validated entry as this client gets it: the DO or the DO-less view, AD for
+        a client that set DO or AD when secure, SERVFAIL for a bogus one unless it set
+        CD (RFC 4035 §3.2.2, §4.7; RFC 6840 §5.7)."""
+        cd = bool(query.flags & wire.CD)
+        verdict = views.verdict
+        do = query.edns is not None and query.edns.do
+        if verdict.trust is BOGUS and not cd:
+            return bogus_answer(views.full, query, verdict.ede)
+        answer = self.render(views.full if do else views.stripped, query, now, stale=stale)
+        ad = verdict.trust is SECURE and not cd and (do or bool(query.flags & wire.AD))
+        return wire.with_ad_cd(answer, ad, cd)
 
     def _remove(self, key: bytes) -> None:
         entry = self._entries.pop(key)
@@ -296,6 +394,9 @@ class Cache:
         "Stale Answer" (RFC 8914 §5.4); otherwise the answer keeps its OPT for a client
         with EDNS and loses it for one without (see :func:`wire.client_view`).
         """
+        views = entry.dnssec
+        if views is not None:
+            return self._render_dnssec(views, query, now, stale=stale)
         if stale:
             return self._render_stale(entry, query)
         age = int(now - entry.stored)
@@ -351,3 +452,14 @@ def _personal(view: bytes, entry: CacheEntry, query: wire.Query) -> bytes:
     if len(query.qname) == entry.qname_len:
         return qid + view[2 : wire.HEADER_LEN] + query.qname + view[end:]
     return qid + view[2:]
+
+
+def bogus_answer(entry: CacheEntry, query: wire.Query, ede: int | None) -> bytes:
+    """SERVFAIL with the Extended DNS Error of a bogus answer (RFC 8914), for ``query``."""
+    end = wire.HEADER_LEN + entry.qname_len
+    question = query.qname + entry.answer[end : end + 4]
+    head = wire.HEADER.pack(query.id, query.flags, 1, 0, 0, 0)
+    code = 6 if ede is None else ede
+    return wire.error_response(
+        head + question, wire.Rcode.SERVFAIL, query, ede=code, ede_text=wire.EDE_TEXT.get(code, "")
+    )

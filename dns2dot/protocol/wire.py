@@ -720,3 +720,150 @@ def strip_padding(answer: bytes, start: int, end: int) -> bytes:
         return answer
     body = _pack_options(kept)
     return answer[: start + 9] + _U16.pack(len(body)) + body + answer[end:]
+
+
+# DNSSEC (RFC 4035): what a validating forwarder asks upstream and what a client
+# without DO is not shown.
+_DNSSEC_ONLY = frozenset({46, 47, 50})  # RRSIG, NSEC, NSEC3: shown only to DO clients
+# RFC 3597 §4: only RFC 1035's types may carry compressed names in their RDATA. For
+# each: the octets before the first name, the number of names, and the fixed tail.
+_NAMED_RDATA = {
+    2: (0, 1),  # NS
+    3: (0, 1),  # MD
+    4: (0, 1),  # MF
+    5: (0, 1),  # CNAME
+    6: (0, 2),  # SOA: MNAME, RNAME, then 20 octets
+    7: (0, 1),  # MB
+    8: (0, 1),  # MG
+    9: (0, 1),  # MR
+    12: (0, 1),  # PTR
+    14: (0, 2),  # MINFO
+    15: (2, 1),  # MX: PREFERENCE, EXCHANGE
+}
+EDE_TEXT = {
+    1: "Unsupported DNSKEY Algorithm",
+    2: "Unsupported DS Digest Type",
+    6: "DNSSEC Bogus",
+    7: "Signature Expired",
+    8: "Signature Not Yet Valid",
+    9: "DNSKEY Missing",
+    10: "RRSIGs Missing",
+}
+
+
+def dnssec_query(msg: bytes) -> bytes:
+    """The query as a validating stub sends it: DO set (RFC 3225) and CD set (RFC 4035
+    §3.2.2), so the upstream hands over its records and signatures unjudged. A query
+    without an OPT record gets one."""
+    header = msg[:3] + bytes((msg[3] | (CD & 0xFF),))
+    found = _find_opt(msg)
+    if found is None:
+        arcount = ((msg[10] << 8) | msg[11]) + 1
+        return header + msg[4:10] + _U16.pack(arcount) + msg[12:] + opt_record(do=True)
+    flag = found[0] + 7  # the high octet of the OPT's flags, where DO lives
+    return header + msg[4:flag] + bytes((msg[flag] | 0x80,)) + msg[flag + 1 :]
+
+
+def with_ad_cd(answer: bytes, ad: bool, cd: bool) -> bytes:
+    """``answer`` with its AD and CD header bits set as given (RFC 4035 §3.2.3, RFC
+    6840 §5.7: AD for a client that set DO or AD; CD echoes the client's)."""
+    flags = (answer[3] & ~0x30) | (0x20 if ad else 0) | (0x10 if cd else 0)
+    return answer[:3] + bytes((flags,)) + answer[4:]
+
+
+def without_dnssec(answer: bytes, qtype: int) -> bytes:
+    """``answer`` as a client that did not set DO sees it (RFC 4035 §3.2.1): no RRSIG,
+    NSEC or NSEC3 record unless the question asked for that type, and DO clear in the
+    OPT record. When records go, the names of those that stay are written out in full,
+    since a compression pointer may have pointed into what went. Raises
+    :class:`FormError` for an answer whose records do not hold together.
+    """
+    if len(answer) < HEADER_LEN:
+        raise MessageError("message shorter than a DNS header")
+    _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(answer)
+    offset = HEADER_LEN
+    for _ in range(qdcount):
+        offset = read_name(answer, offset) + 4
+    if offset > len(answer):
+        raise FormError("question truncated")
+    question_end = offset
+    records = list(walk_records(answer, offset, ancount + nscount + arcount, True))
+    counts = [ancount, nscount, arcount]
+    kept: list[tuple[int, int, int]] = []
+    for index, record in enumerate(records):
+        rtype = (answer[record[1]] << 8) | answer[record[1] + 1]
+        if rtype in _DNSSEC_ONLY and rtype != qtype:
+            counts[0 if index < ancount else 1 if index < ancount + nscount else 2] -= 1
+        else:
+            kept.append(record)
+    if len(kept) == len(records):
+        return _clear_do(answer, records, ancount + nscount)
+    parts = [answer[:6], struct.pack("!HHH", *counts), answer[HEADER_LEN:question_end]]
+    for start, fields, end in kept:
+        rtype = (answer[fields] << 8) | answer[fields + 1]
+        if rtype == _OPT:
+            body = answer[fields:end]
+            parts.append(b"\x00" + body[:6] + bytes((body[6] & 0x7F,)) + body[7:])
+            continue
+        parts.append(_expanded_name(answer, start)[0])
+        rdata_start = fields + 10
+        layout = _NAMED_RDATA.get(rtype)
+        if layout is None:
+            parts.append(answer[fields:end])
+            continue
+        before, names = layout
+        rdata = [answer[rdata_start : rdata_start + before]]
+        pos = rdata_start + before
+        for _ in range(names):
+            name, pos = _expanded_name(answer, pos)
+            rdata.append(name)
+        if pos > end:
+            raise FormError("record data overruns its length")
+        rdata.append(answer[pos:end])
+        body = b"".join(rdata)
+        parts.append(answer[fields : fields + 8] + _U16.pack(len(body)) + body)
+    return b"".join(parts)
+
+
+def _clear_do(answer: bytes, records: list[tuple[int, int, int]], first_additional: int) -> bytes:
+    """``answer`` with the DO bit of its OPT record cleared (RFC 3225 §3)."""
+    for _, fields, _ in records[first_additional:]:
+        if answer[fields] == 0 and answer[fields + 1] == _OPT:
+            flag = fields + 6
+            if answer[flag] & 0x80:
+                return answer[:flag] + bytes((answer[flag] & 0x7F,)) + answer[flag + 1 :]
+            return answer
+    return answer
+
+
+def _expanded_name(msg: bytes, offset: int) -> tuple[bytes, int]:
+    """The name at ``offset`` with every compression pointer followed, and the offset
+    just past it in place. Raises :class:`FormError` for a name that cannot be read."""
+    labels = bytearray()
+    end = -1
+    hops = 0
+    try:
+        while True:
+            length = msg[offset]
+            if length >= 0xC0:
+                if end < 0:
+                    end = offset + 2
+                target = ((length & 0x3F) << 8) | msg[offset + 1]
+                hops += 1
+                if target >= offset or hops > MAX_POINTER_HOPS:
+                    raise FormError("compression pointer does not point backwards")
+                offset = target
+                continue
+            if length > MAX_LABEL_LEN:
+                raise FormError("unknown label type")
+            labels += msg[offset : offset + length + 1]
+            if len(labels) > MAX_NAME_LEN:
+                raise FormError("name longer than 255 octets")
+            if not length:
+                break
+            offset += length + 1
+    except IndexError:
+        raise FormError("name runs past the end of the message") from None
+    if end < 0:
+        end = offset + 1
+    return bytes(labels), end

@@ -8,11 +8,15 @@ with SERVFAIL when the deadline passes (``--timeout``), never silence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import struct
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.name
@@ -20,13 +24,17 @@ import dns.rcode
 import dns.rdatatype
 
 from dns2dot.policy.admission import Verdict
-from dns2dot.policy.cache import Cache, CacheEntry, cache_key
+from dns2dot.policy.cache import BOGUS, SECURE, Cache, CacheEntry, Trust, Validated, cache_key
 from dns2dot.policy.rules import RuleSet
 from dns2dot.protocol import wire
-from dns2dot.protocol.errors import FormError, MessageError, UpstreamClosedError
+from dns2dot.protocol.errors import FormError, MessageError, ProtocolError, UpstreamClosedError
 from dns2dot.serve.stats import Stats
 from dns2dot.upstream.exchange import FINISHED, Exchange
 from dns2dot.upstream.pool import Clock, Timer, UpstreamPool
+
+if TYPE_CHECKING:  # the DNSSEC modules load dnspython's DNSSEC: only when validating
+    from dns2dot.policy.dnssec import Result, Validator
+    from dns2dot.serve.validation import Validating
 
 log = logging.getLogger("dns2dot.resolver")
 qlog = logging.getLogger("dns2dot.query")
@@ -38,6 +46,11 @@ PREFETCH_MIN_HITS = 2
 # Zone transfers are multi-message streams that a shared, pipelined connection
 # cannot carry; ``--mode pipe`` forwards them byte for byte.
 _STREAM_TYPES = frozenset({wire.RdataType.AXFR, wire.RdataType.IXFR})
+_VALIDATED = b"\x04"  # in a cache key: the answer of a DO+CD query, validated
+_CLASS_IN = 1
+_NOT_VALIDATED = Validated(Trust.INSECURE)  # an upstream error: nothing to validate
+_TRUST = {"secure": SECURE, "insecure": Trust.INSECURE, "bogus": BOGUS}
+_FETCH_TAIL = struct.Struct("!HH")
 
 
 def servfail(msg: bytes, reply: Callable[[bytes], None]) -> bool:
@@ -127,8 +140,13 @@ class Resolver:
         zone_pools: Sequence[UpstreamPool] = (),
         stats: Stats | None = None,
         clock: Clock | None = None,
+        validator: Validator | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
+        self._wall = wall  # RRSIG validity periods are wall-clock times
+        self.dnssec: Validating | None = None  # --dnssec validate: answers are validated
+        self.validator = validator
         self.stats = stats or Stats()
         self.log_queries = False
         self._rules = rules if rules is not None and not rules.empty else None
@@ -145,6 +163,23 @@ class Resolver:
         self._sweeper: Timer | None = None
         self._next_maintenance = 0.0
         self._on_reply = self._count  # made once: every exchange shares this bound method
+
+    @property
+    def validator(self) -> Validator | None:
+        return self.dnssec.validator if self.dnssec is not None else None
+
+    @validator.setter
+    def validator(self, validator: Validator | None) -> None:
+        """Validate upstream answers with ``validator`` (None: ``--dnssec off``). The
+        counts of earlier validations are kept; the key cache goes with the validator."""
+        if validator is None:
+            self.dnssec = None
+        elif self.dnssec is None:
+            from dns2dot.serve.validation import Validating
+
+            self.dnssec = Validating(validator, self._fetch, self._wall)
+        else:
+            self.dnssec.validator = validator
 
     @property
     def rules(self) -> RuleSet | None:
@@ -190,11 +225,14 @@ class Resolver:
                 pool = self.zone_pools[matched]
                 # Answers from a zone's own upstreams are cached apart from the others.
                 zone = rules.zones[matched].encode()
+        validating = self.dnssec is not None and query.qclass == _CLASS_IN and _encrypted(pool)
         cache = self.cache
         stale: CacheEntry | None = None
         key = b""
         if cache is not None:
-            key = cache_key(query) + zone
+            # Validated answers are asked with DO and CD whatever the client set: one
+            # entry serves every client, each through its own view.
+            key = (query.key + _VALIDATED if validating else cache_key(query)) + zone
             entry = cache.get(key, now)
             if entry is not None:
                 if entry.fresh(now):
@@ -203,7 +241,9 @@ class Resolver:
                     self._local(answer, query, reply, transport)
                     self._maybe_prefetch(entry, key, msg, query, now)
                     return
-                stale = entry
+                views = entry.dnssec
+                if views is None or views.verdict.trust is not BOGUS:  # never a bogus one
+                    stale = entry
         if self.inflight >= self.max_inflight:
             self.stats.refused["overload"] += 1
             overloaded = wire.error_response(
@@ -212,6 +252,9 @@ class Resolver:
             self._local(overloaded, query, reply, transport)
             return
         self.inflight += 1
+        if validating:
+            self._resolve_validated(msg, query, reply, transport, now, pool, key, stale)
+            return
         exchange = self._exchange(msg, query, reply, now, pool)
         exchange.on_reply = self._on_reply
         exchange.started = now
@@ -221,6 +264,132 @@ class Resolver:
             if stale is not None:
                 exchange.fallback = partial(self._render_stale, stale, query)
                 self._stale.append((now + self.policy.stale_after, exchange))
+        pool.submit(exchange)
+
+    def _resolve_validated(
+        self,
+        msg: bytes,
+        query: wire.Query,
+        reply: Callable[[bytes], None],
+        transport: str,
+        now: float,
+        pool: UpstreamPool,
+        key: bytes,
+        stale: CacheEntry | None,
+    ) -> None:
+        """:meth:`resolve`'s upstream path with ``--dnssec validate``: asked with DO and
+        CD, the answer is validated (:class:`Validating`) before the client gets it."""
+        pending = _Pending(reply, transport)
+        exchange = self._exchange(msg, query, partial(self._exchange_replied, pending), now, pool)
+        exchange.upstream_msg = wire.dnssec_query(exchange.upstream_msg)
+        exchange.started = now
+        exchange.transport = transport
+        exchange.store = partial(self._check, pending, key, pool)
+        pending.exchange = exchange
+        if stale is not None:
+            exchange.fallback = partial(self._render_stale, stale, query)
+            self._stale.append((now + self.policy.stale_after, exchange))
+        pool.submit(exchange)
+
+    def _check(self, pending: _Pending, key: bytes, pool: UpstreamPool, answer: bytes) -> bytes:
+        """The upstream answer of a validated query (the exchange's ``store``): start its
+        validation; a client that set CD gets it now, unvalidated (RFC 4035 §3.2.2)."""
+        exchange = pending.exchange
+        assert exchange is not None and self.dnssec is not None
+        query = exchange.query
+        cd = bool(query.flags & wire.CD)
+        if answer[3] & 0x0F not in (wire.Rcode.NOERROR, wire.Rcode.NXDOMAIN) or answer[2] & (
+            wire.TC >> 8
+        ):
+            if self.cache is not None:
+                self.cache.put(key, answer, self._loop.time(), _NOT_VALIDATED, query.qtype)
+            return wire.with_ad_cd(answer, False, cd)  # nothing to validate: as it came
+        pending.validating = True
+        if cd:
+            self._deliver(pending, self._view(exchange, answer, None))
+        done = partial(self._validated, pending, key, answer)
+        self.dnssec.validate(query.qname, query.qtype, answer, pool, done)
+        return answer
+
+    def _validated(self, pending: _Pending, key: bytes, answer: bytes, result: Result) -> None:
+        """A validation ended: cache the answer with its verdict, answer the client."""
+        exchange = pending.exchange
+        assert exchange is not None and self.dnssec is not None
+        query = exchange.query
+        now = self._loop.time()
+        trust = _TRUST[result.security.value]
+        until = result.valid_until
+        verdict = Validated(
+            trust,
+            int(result.ede) if result.ede is not None and trust is BOGUS else None,
+            None if until is None else now + (until - self.dnssec.wall()),
+        )
+        cache = self.cache
+        client = None
+        if cache is not None and cache.put(key, answer, now, verdict, query.qtype):
+            entry = cache.peek(key)
+            if entry is not None and not pending.answered:
+                client = cache.render(entry, query, now, stale=False)
+        if not pending.answered:
+            self._deliver(pending, client or self._view(exchange, answer, verdict))
+
+    @staticmethod
+    def _view(exchange: Exchange, answer: bytes, verdict: Validated | None) -> bytes:
+        """An upstream answer as this client gets it when the cache does not make it:
+        SERVFAIL with EDE if bogus (unless CD), DNSSEC records only for DO, AD if secure
+        and asked for (RFC 6840 §5.7). ``verdict`` None: not validated (CD)."""
+        query = exchange.query
+        cd = bool(query.flags & wire.CD)
+        if verdict is not None and verdict.trust is BOGUS and not cd:
+            code = verdict.ede or 6
+            return wire.error_response(
+                exchange.msg,
+                wire.Rcode.SERVFAIL,
+                query,
+                ede=code,
+                ede_text=wire.EDE_TEXT.get(code, ""),
+            )
+        client = wire.for_client(answer, query)
+        do = query.edns is not None and query.edns.do
+        if not do:
+            # What cannot be walked goes as it came: the validation judged what it read.
+            with contextlib.suppress(ProtocolError):
+                client = wire.without_dnssec(client, query.qtype)
+        ad = (
+            verdict is not None
+            and verdict.trust is SECURE
+            and not cd
+            and (do or bool(query.flags & wire.AD))
+        )
+        return wire.with_ad_cd(client, ad, cd)
+
+    def _exchange_replied(self, pending: _Pending, answer: bytes) -> None:
+        """The exchange's own reply: an error or a stale answer goes to the client; an
+        upstream answer under validation waits for :meth:`_validated`."""
+        if not pending.validating:
+            self._deliver(pending, answer)
+
+    def _deliver(self, pending: _Pending, answer: bytes) -> None:
+        """The one way a validated query's answer goes to its client, taken once."""
+        if pending.answered:
+            return
+        pending.answered = True
+        assert pending.exchange is not None
+        self._count(pending.exchange, answer)
+        pending.reply(answer)
+
+    def _fetch(
+        self, pool: UpstreamPool, name: bytes, rdtype: int, done: Callable[[bytes | None], None]
+    ) -> None:
+        """A DS or DNSKEY query of the validation's own, with DO and CD, through ``pool``."""
+        msg = wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + name + _FETCH_TAIL.pack(rdtype, 1)
+        try:
+            query = wire.parse_query(msg)
+        except ProtocolError:
+            done(None)
+            return
+        exchange = self._exchange(msg, query, done, self._loop.time(), pool)
+        exchange.upstream_msg = wire.dnssec_query(exchange.upstream_msg)
         pool.submit(exchange)
 
     def _count(self, exchange: Exchange, answer: bytes) -> None:
@@ -314,6 +483,7 @@ class Resolver:
             inflight=self.inflight,
             upstreams=upstreams,
             rules=dict(self.rules.hits) if self.rules else {},
+            dnssec=dict(self.dnssec.results) if self.dnssec is not None else {},
             ready=self.pool.usable,
         )
 
@@ -371,6 +541,15 @@ class Resolver:
         ):
             return
         entry.refreshing = True
+        if entry.dnssec is not None:  # validated like any other answer, answering nobody
+            pending = _Pending(_ignore, "")
+            pending.answered = True
+            exchange = self._exchange(msg, query, _ignore, now, self.pool)
+            exchange.upstream_msg = wire.dnssec_query(exchange.upstream_msg)
+            exchange.store = partial(self._check, pending, key, self.pool)
+            pending.exchange = exchange
+            self.pool.submit(exchange)
+            return
         exchange = self._exchange(msg, query, _ignore, now, self.pool)
         exchange.store = partial(self._store, key, query)
         self.pool.submit(exchange)
@@ -436,6 +615,24 @@ def log_query(transport: str, query: wire.Query, answer: bytes, seconds: float) 
         dns.rcode.to_text(dns.rcode.Rcode(answer[3] & 0x0F)),
         seconds * 1000,
     )
+
+
+def _encrypted(pool: UpstreamPool) -> bool:
+    """Whether a pool's upstreams are DoT or DoH: a ``plain://`` zone is not validated."""
+    return all(server.spec.tls for server in pool.servers)
+
+
+class _Pending:
+    """A validated query's client: answered once, by :meth:`Resolver._deliver`."""
+
+    __slots__ = ("answered", "exchange", "reply", "transport", "validating")
+
+    def __init__(self, reply: Callable[[bytes], None], transport: str) -> None:
+        self.reply = reply
+        self.transport = transport
+        self.exchange: Exchange | None = None
+        self.validating = False  # the upstream answered; its validation runs
+        self.answered = False
 
 
 def _ignore(_: bytes) -> None:
