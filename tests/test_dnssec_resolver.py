@@ -27,6 +27,7 @@ import pytest
 from dns.dnssectypes import Algorithm
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.signed_zone import NOW, Nsec3Params, World, Zone, anchor_text, name
 
 from dns2dot import metrics
 from dns2dot.config import Config, ConfigError, load
@@ -39,7 +40,6 @@ from dns2dot.proxy import answer_policy, cache_policy, lifecycle, validator
 from dns2dot.serve.resolver import SWEEP_INTERVAL, Resolver
 from dns2dot.upstream.pool import UpstreamPool
 from dns2dot.upstream.spec import UpstreamSpec
-from tests.support.signed_zone import NOW, Nsec3Params, World, Zone, anchor_text, name
 
 TIMEOUT = 2.0
 A = int(dns.rdatatype.A)

@@ -435,3 +435,38 @@ def anchor_text(zone: Zone) -> str:
     """``zone``'s DS in zone-file form, for ``parse_anchors``."""
     ds = dns.dnssec.make_ds(zone.origin, zone.dnskey, "SHA256")
     return f"{zone.origin} 3600 IN DS {ds.to_text()}\n"
+
+
+def signed_zone_file(
+    origin: str, records: Iterable[str], tamper: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """A zone signed now (wall clock, NSEC, Ed25519) by dnspython, as zone-file text for
+    a real server, and its DS as a trust anchor file. ``tamper`` maps a relative owner to
+    the A address it gets *after* signing: its RRSIG then no longer matches."""
+    import time
+
+    import dns.zone
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), Algorithm.ED25519, flags=257)
+    text = "\n".join(
+        [
+            f"$ORIGIN {origin}",
+            f"@ {TTL} IN SOA ns.{origin} hostmaster.{origin} 1 7200 900 86400 {TTL}",
+            f"@ {TTL} IN NS ns.{origin}",
+            *records,
+        ]
+    )
+    zone = dns.zone.from_text(text, origin=origin, relativize=False)
+    now = int(time.time())
+    dns.dnssec.sign_zone(
+        zone, keys=[(key, dnskey)], inception=now - 3600, expiration=now + 7 * 86_400
+    )
+    with zone.writer() as txn:
+        for owner, address in (tamper or {}).items():
+            owner_name = dns.name.from_text(owner, zone.origin)
+            rdataset = txn.get(owner_name, dns.rdatatype.A)
+            changed = dns.rdataset.from_text("IN", "A", rdataset.ttl, address)
+            txn.replace(owner_name, changed)
+    ds = dns.dnssec.make_ds(origin, dnskey, "SHA256")
+    return zone.to_text(relativize=False), f"{origin} 3600 IN DS {ds.to_text()}\n"

@@ -212,3 +212,68 @@ def start_unbound(
             break
     assert last_error is not None
     raise last_error
+
+
+def start_auth_unbound(
+    directory: Path, pki: Pki, zones: dict[str, str], ready_name: str, ready_timeout: float = 15.0
+) -> UnboundUpstream:
+    """unbound serving ``zones`` (origin -> zone-file text, e.g. signed by dnspython) as
+    ``auth-zone`` over DoT on loopback, answering nothing else; waits for ``ready_name``.
+
+    The zones' RRSIGs and NSEC records go to clients that set DO, as from any
+    authoritative server. Raises RuntimeError (which fails the test) if it never answers.
+    """
+    exe = unbound_exe("the signed-zone upstream")
+    directory.mkdir(parents=True, exist_ok=True)
+    for origin, text in zones.items():
+        (directory / f"{origin}zone").write_text(text)
+    last: Exception | None = None
+    for _attempt in range(3):  # a port race with another process is possible: retry
+        port = free_port()
+        lines = [
+            "server:",
+            '    username: ""',
+            '    chroot: ""',
+            f'    directory: "{directory}"',
+            f'    pidfile: "{directory}/unbound.pid"',
+            "    use-syslog: no",
+            '    logfile: ""',
+            "    verbosity: 1",
+            "    num-threads: 1",
+            f"    interface: {LOOPBACK}@{port}",
+            f"    tls-port: {port}",
+            f'    tls-service-key: "{pki.good.key}"',
+            f'    tls-service-pem: "{pki.good.cert}"',
+            "    do-ip6: no",
+            "    access-control: 127.0.0.0/8 allow",
+            '    module-config: "iterator"',
+            '    local-zone: "." static',  # never recurse to the internet
+            *(f'    local-zone: "{origin}" transparent' for origin in zones),
+        ]
+        for origin in zones:
+            lines += [
+                "auth-zone:",
+                f'    name: "{origin}"',
+                f'    zonefile: "{directory}/{origin}zone"',
+                "    for-downstream: yes",
+                "    for-upstream: no",
+            ]
+        lines += ["remote-control:", "    control-enable: no", ""]
+        proc, log, log_path = launch_unbound(exe, directory, "\n".join(lines))
+        up = UnboundUpstream(
+            port=port, directory=directory, proc=proc, log_path=log_path, pki=pki, _log=log
+        )
+        deadline = time.monotonic() + ready_timeout
+        for _ in range(200):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            try:
+                if up.query(ready_name, timeout=1.0).answer:
+                    return up
+            except Exception as exc:
+                last = exc
+            time.sleep(0.1)
+        up.stop()
+        last = RuntimeError(f"unbound auth-zone did not answer (last error={last!r}):\n{up.log()}")
+    assert last is not None
+    raise last
