@@ -233,6 +233,7 @@ def test_render_family_names_and_types() -> None:
         "dns2dot_rule_hits": "counter",
         "dns2dot_dropped": "counter",
         "dns2dot_refused": "counter",
+        "dns2dot_dnssec_answers": "counter",
     }
 
 
@@ -420,3 +421,12 @@ def test_http_readyz_follows_snapshot(server: tuple[MetricsServer, Source]) -> N
 @pytest.mark.parametrize("path", ["/", "/metric", "/metrics/", "/healthz/x", "/favicon.ico"])
 def test_http_other_paths_404(server: tuple[MetricsServer, Source], path: str) -> None:
     assert get(server[0], path)[0] == 404
+
+
+def test_dnssec_answers_by_result_and_merged() -> None:
+    snap = {"dnssec": {"secure": 3, "insecure": 2, "bogus": 1}}
+    families = scrape(merge([snap, snap]))["dns2dot_dnssec_answers"]
+    name = "dns2dot_dnssec_answers_total"
+    assert value(families, name, result="secure") == 6
+    assert value(families, name, result="insecure") == 4
+    assert value(families, name, result="bogus") == 2
