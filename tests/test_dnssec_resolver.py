@@ -492,6 +492,17 @@ def test_failed_fetch_is_bogus_not_silence() -> None:
     assert h.resolver.inflight == 0
 
 
+def test_abort_answers_queries_waiting_on_a_fetch() -> None:
+    h = Harness(cache=False)
+    h.resolver.handle(dns.message.make_query("www.nsec.test.", A).to_wire(), h._reply, "udp")
+    h.pump(rounds=1)  # the answer is in; its validation waits on a fetch
+    assert not h.replies
+    h.resolver.abort()
+    [reply] = h.replies
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert h.resolver.inflight == 0
+
+
 def test_metrics_count_each_validation_once() -> None:
     h = Harness()
     h.override[("www.nsec.test.", A)] = _stripped("www.nsec.test.")

@@ -163,6 +163,7 @@ class Resolver:
         self._sweeper: Timer | None = None
         self._next_maintenance = 0.0
         self._on_reply = self._count  # made once: every exchange shares this bound method
+        self._aborted = False
 
     @property
     def validator(self) -> Validator | None:
@@ -382,6 +383,9 @@ class Resolver:
         self, pool: UpstreamPool, name: bytes, rdtype: int, done: Callable[[bytes | None], None]
     ) -> None:
         """A DS or DNSKEY query of the validation's own, with DO and CD, through ``pool``."""
+        if self._aborted:
+            done(None)
+            return
         msg = wire.HEADER.pack(0, wire.RD, 1, 0, 0, 0) + name + _FETCH_TAIL.pack(rdtype, 1)
         try:
             query = wire.parse_query(msg)
@@ -556,10 +560,12 @@ class Resolver:
 
     def abort(self) -> None:
         """Answer every query still waiting SERVFAIL now (the grace period is over)."""
-        for exchange in self._deadlines:
+        self._aborted = True  # a validation's fetch from now on fails at once
+        waiting = list(self._deadlines)  # failing one may start another (a fetch)
+        self._deadlines.clear()
+        for exchange in waiting:
             if exchange.state is not FINISHED:
                 exchange.fail(UpstreamClosedError("dns2dot is shutting down"))
-        self._deadlines.clear()
         self._hedges.clear()
         self._stale.clear()
 
