@@ -25,6 +25,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 from dns.dnssectypes import Algorithm
+from dns.rdataclass import IN
+from dns.rdtypes.ANY.DS import DS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.signed_zone import NOW, Nsec3Params, World, Zone, anchor_text, name
@@ -68,7 +70,10 @@ def _build() -> World:
     for child in (nsec, nsec3, p256, unsigned):
         root.delegate(child)
     root.delegate(wrongds, [dns.dnssec.make_ds(wrongds.origin, other.dnskey, "SHA256")])
-    zones = [root, nsec, nsec3, p256, unsigned, wrongds]
+    unsupported = _zone("unsupported.test.", Algorithm.ED25519)
+    real = dns.dnssec.make_ds(unsupported.origin, unsupported.dnskey, "SHA256")
+    root.delegate(unsupported, [DS(IN, DS_T, real.key_tag, 253, 2, real.digest)])
+    zones = [root, nsec, nsec3, p256, unsigned, wrongds, unsupported]
     for zone in zones:
         zone.sign()
     return World(*zones)
@@ -320,6 +325,17 @@ def test_insecure_answer_has_no_ad() -> None:
     h = Harness()
     for reply in (h.ask("www.unsigned.test.", do=True), h.ask("www.unsigned.test.", ad=True)):
         assert reply.rcode() == dns.rcode.NOERROR and reply.answer and not has_ad(reply)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_unsupported_algorithm_is_insecure_with_ede_1(cache: bool) -> None:
+    h = Harness(cache=cache)
+    for _ in range(2):
+        reply = h.ask("www.unsupported.test.", do=True)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.answer and not has_ad(reply)
+        assert ede(reply) == 1
+        plain = h.ask("www.unsupported.test.")
+        assert plain.rcode() == dns.rcode.NOERROR and plain.edns < 0 and plain.answer
 
 
 # -- bogus -----------------------------------------------------------------------------
@@ -597,3 +613,15 @@ def test_dnssec_query_sets_do_and_cd(edns: bool) -> None:
     asked = dns.message.from_wire(wire.dnssec_query(query.to_wire()))
     assert asked.flags & dns.flags.CD and asked.ednsflags & dns.flags.DO
     assert asked.question == query.question and asked.id == query.id
+
+
+@pytest.mark.parametrize("padding", [0, 40])
+def test_with_ede_adds_the_option(padding: int) -> None:
+    msg = WORLD.resolve("www.nsec.test.", A)
+    options = [dns.edns.GenericOption(dns.edns.PADDING, b"\x00" * padding)] if padding else []
+    msg.use_edns(0, dns.flags.DO, 1232, options=options)
+    got = dns.message.from_wire(wire.with_ede(msg.to_wire(), 1, "Unsupported DNSKEY Algorithm"))
+    assert ede(got) == 1 and got.answer == msg.answer and got.ednsflags == msg.ednsflags
+    assert len(got.options) == len(options) + 1
+    msg.use_edns(False)
+    assert wire.with_ede(msg.to_wire(), 1) == msg.to_wire(), "no OPT: none added"

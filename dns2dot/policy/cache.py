@@ -49,8 +49,9 @@ BOGUS = Trust.BOGUS
 
 @dataclass(frozen=True, slots=True)
 class Validated:
-    """A validation's verdict as the cache keeps it: its trust, the Extended DNS Error
-    a bogus answer is refused with, and until when (in the cache's clock) it holds."""
+    """A validation's verdict as the cache keeps it: its trust, its Extended DNS Error
+    (a bogus answer is refused with it; an insecure one carries it, RFC 8914 §4.2,
+    4.3), and until when (in the cache's clock) it holds."""
 
     trust: Trust
     ede: int | None = None
@@ -350,6 +351,9 @@ class Cache:
     ) -> CacheEntry | None:
         """The entry of a validated answer, with its two views (see :meth:`put`)."""
         cap = None if verdict.until is None else verdict.until - now
+        if verdict.ede is not None and verdict.trust is not BOGUS:
+            # Insecure for want of an algorithm or digest (EDE 1, 2): said, not refused.
+            answer = wire.with_ede(answer, verdict.ede, wire.EDE_TEXT.get(verdict.ede, ""))
         if verdict.trust is BOGUS:
             cap = BOGUS_TTL if cap is None else min(cap, BOGUS_TTL)
         full = self._entry(answer, now, cap)

@@ -764,6 +764,19 @@ def dnssec_query(msg: bytes) -> bytes:
     return header + msg[4:flag] + bytes((msg[flag] | 0x80,)) + msg[flag + 1 :]
 
 
+def with_ede(answer: bytes, code: int, text: str = "") -> bytes:
+    """``answer`` with an Extended DNS Error option (RFC 8914) added to its OPT record;
+    unchanged when it has none (a client without EDNS gets no option)."""
+    found = _find_opt(answer)
+    if found is None:
+        return answer
+    start, end = found
+    option = ede_option(code, text)
+    rdlen = (answer[start + 9] << 8) | answer[start + 10]
+    head = answer[: start + 9] + _U16.pack(rdlen + len(option))
+    return head + answer[start + 11 : end] + option + answer[end:]
+
+
 def with_ad_cd(answer: bytes, ad: bool, cd: bool) -> bytes:
     """``answer`` with its AD and CD header bits set as given (RFC 4035 §3.2.3, RFC
     6840 §5.7: AD for a client that set DO or AD; CD echoes the client's)."""

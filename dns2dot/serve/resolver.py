@@ -322,7 +322,7 @@ class Resolver:
         until = result.valid_until
         verdict = Validated(
             trust,
-            int(result.ede) if result.ede is not None and trust is BOGUS else None,
+            None if result.ede is None else int(result.ede),
             None if until is None else now + (until - self.dnssec.wall()),
         )
         cache = self.cache
@@ -351,6 +351,8 @@ class Resolver:
                 ede_text=wire.EDE_TEXT.get(code, ""),
             )
         client = wire.for_client(answer, query)
+        if verdict is not None and verdict.ede is not None:  # insecure: EDE 1 or 2
+            client = wire.with_ede(client, verdict.ede, wire.EDE_TEXT.get(verdict.ede, ""))
         do = query.edns is not None and query.edns.do
         if not do:
             # What cannot be walked goes as it came: the validation judged what it read.
