@@ -493,6 +493,23 @@ def test_fetches_are_shared_and_the_keys_kept() -> None:
     assert len(h.fetches(DNSKEY_T)) == 2, "the chain is kept"
 
 
+def test_a_validation_past_the_deadline_is_servfail_then_cached() -> None:
+    h = Harness()
+    h.resolver.handle(dns.message.make_query("www.nsec.test.", A).to_wire(), h._reply, "udp")
+    h.pump(rounds=1)  # the answer is in; its fetches are not answered yet
+    h.clock.advance(TIMEOUT - 0.5)
+    h.pump(rounds=1)  # one more step of the chain, then the upstream is slow again
+    assert not h.replies
+    h.clock.advance(0.5 + 2 * SWEEP_INTERVAL)
+    [late] = h.replies
+    assert late.rcode() == dns.rcode.SERVFAIL, "within the query's deadline"
+    assert h.resolver.inflight == 0
+    h.pump()  # the chain completes: the verdict is cached for the next client
+    assert len(h.replies) == 1, "answered once"
+    assert has_ad(h.ask("www.nsec.test.", ad=True))
+    assert len(h.fetches(A)) == 1
+
+
 def test_failed_fetch_is_bogus_not_silence() -> None:
     h = Harness()
     h.resolver.handle(dns.message.make_query("www.nsec.test.", A).to_wire(), h._reply, "udp")

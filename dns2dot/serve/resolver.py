@@ -164,6 +164,7 @@ class Resolver:
         self._next_maintenance = 0.0
         self._on_reply = self._count  # made once: every exchange shares this bound method
         self._aborted = False
+        self._validating: deque[_Pending] = deque()  # clients waiting on a validation
 
     @property
     def validator(self) -> Validator | None:
@@ -308,6 +309,8 @@ class Resolver:
         pending.validating = True
         if cd:
             self._deliver(pending, self._view(exchange, answer, None))
+        elif not pending.answered:
+            self._validating.append(pending)  # held to the query's deadline by the sweep
         done = partial(self._validated, pending, key, answer)
         self.dnssec.validate(query.qname, query.qtype, answer, pool, done)
         return answer
@@ -365,6 +368,23 @@ class Resolver:
             and (do or bool(query.flags & wire.AD))
         )
         return wire.with_ad_cd(client, ad, cd)
+
+    def _validation_late(self, pending: _Pending) -> None:
+        """A client's deadline passed while its answer was being validated: SERVFAIL
+        (EDE 22) now; the validation goes on, and its verdict is cached for the next."""
+        exchange = pending.exchange
+        if pending.answered or exchange is None:
+            return
+        self._deliver(
+            pending,
+            wire.error_response(
+                exchange.msg,
+                wire.Rcode.SERVFAIL,
+                exchange.query,
+                ede=22,
+                ede_text="No Reachable Authority",
+            ),
+        )
 
     def _exchange_replied(self, pending: _Pending, answer: bytes) -> None:
         """The exchange's own reply: an error or a stale answer goes to the client; an
@@ -568,6 +588,8 @@ class Resolver:
         for exchange in waiting:
             if exchange.state is not FINISHED:
                 exchange.fail(UpstreamClosedError("dns2dot is shutting down"))
+        while self._validating:
+            self._validation_late(self._validating.popleft())
         self._hedges.clear()
         self._stale.clear()
 
@@ -603,6 +625,9 @@ class Resolver:
         stale = self._stale
         while stale and (stale[0][1].state is FINISHED or stale[0][0] <= now):
             stale.popleft()[1].answer_early()
+        validating = self._validating
+        while validating and (validating[0].answered or validating[0].deadline <= now):
+            self._validation_late(validating.popleft())
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             for pool in (self.pool, *self.zone_pools):
@@ -634,6 +659,10 @@ class _Pending:
     """A validated query's client: answered once, by :meth:`Resolver._deliver`."""
 
     __slots__ = ("answered", "exchange", "reply", "transport", "validating")
+
+    @property
+    def deadline(self) -> float:
+        return self.exchange.deadline if self.exchange is not None else 0.0
 
     def __init__(self, reply: Callable[[bytes], None], transport: str) -> None:
         self.reply = reply
