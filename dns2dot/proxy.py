@@ -282,8 +282,7 @@ class Proxy:
         if fixed:
             log.warning("reload: %s only change on restart", ", ".join(fixed))
         upstreams = Upstreams(config, TlsContexts(config.cafile))  # may raise: nothing changed
-        dnssec = [(c.dnssec, c.trust_anchor, c.insecure) for c in (config, self.config)]
-        new_validator = validator(config) if dnssec[0] != dnssec[1] else self.resolver.validator
+        new_validator = validator(config)  # may raise; re-reads the trust anchor files
         if self.encrypted is not None:
             self.encrypted.certificates.reload()  # a broken pair is logged, the old one kept
         old = self.upstreams

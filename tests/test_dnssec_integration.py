@@ -7,7 +7,9 @@ its RRSIGs with +dnssec), a record changed after signing is SERVFAIL with EDE 6,
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,22 +32,31 @@ RECORDS = [
 
 
 @pytest.fixture(scope="module")
-def validating(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dns2Dot]:
+def signed(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """unbound serving the signed zone: its ``-u`` spec and the zone's anchor file."""
     directory = tmp_path_factory.mktemp("dnssec")
     text, anchor = signed_zone_file(ZONE, RECORDS, tamper={"bad": "192.0.2.66"})
     anchor_file = directory / "anchor.ds"
     anchor_file.write_text(anchor)
     up = start_auth_unbound(directory / "unbound", pki, {ZONE: text}, f"www.{ZONE}")
     try:
-        with running_dns2dot(
-            directory,
-            upstreams=[up.spec],
-            cafile=pki.ca,
-            extra=["--dnssec", "validate", "--trust-anchor", str(anchor_file)],
-        ) as d:
-            yield d
+        yield up.spec, anchor_file
     finally:
         up.stop()
+
+
+@pytest.fixture(scope="module")
+def validating(
+    pki: Pki, signed: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dns2Dot]:
+    spec, anchor_file = signed
+    with running_dns2dot(
+        tmp_path_factory.mktemp("validating"),
+        upstreams=[spec],
+        cafile=pki.ca,
+        extra=["--dnssec", "validate", "--trust-anchor", str(anchor_file)],
+    ) as d:
+        yield d
 
 
 def dig(port: int, *args: str) -> str:
@@ -124,3 +135,25 @@ def test_a_bad_trust_anchor_file_is_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     [line] = res.stderr.strip().splitlines()
     assert "--trust-anchor" in line
+
+
+def test_sighup_turns_validation_on(pki: Pki, signed: tuple[str, Path], tmp_path: Path) -> None:
+    spec, anchor_file = signed
+    conf = tmp_path / "dns2dot.yml"
+    conf.write_text(f'upstreams: ["{spec}"]\ndnssec: "off"\n')
+    with running_dns2dot(tmp_path, cafile=pki.ca, extra=["-c", str(conf)]) as d:
+        off = dig(d.port, "+adflag", f"bad.{ZONE}", "A")
+        assert "status: NOERROR" in off and "ad" not in flags(off), off
+        conf.write_text(
+            f'upstreams: ["{spec}"]\ndnssec: validate\ntrust_anchor: ["{anchor_file}"]\n'
+        )
+        d.proc.send_signal(signal.SIGHUP)
+        for _ in range(100):  # bounded: up to 10 s for the reload line
+            if "reloaded the configuration" in d.stderr():
+                break
+            time.sleep(0.1)
+        assert "reloaded the configuration" in d.stderr(), d.stderr()
+        on = dig(d.port, "+adflag", f"www.{ZONE}", "A")
+        assert "status: NOERROR" in on and "ad" in flags(on), on
+        bogus = dig(d.port, f"bad.{ZONE}", "A")
+        assert "status: SERVFAIL" in bogus, bogus
