@@ -4,6 +4,8 @@
 - ``signatures``: RRSIG checks and the Extended DNS Error codes they end in;
 - ``proofs``: what NSEC and NSEC3 records prove;
 - ``keycache``: the validated chain of trust, by name, with expiry;
+- ``memo``: verdicts on answers already validated, so an answer seen again (another
+  ID, TTLs counted down) costs a walk of its bytes, not its signature checks;
 - ``validator``: one answer's validation, asking for DS and DNSKEY RRsets as events.
 
 The I/O shell drives it like this (``now`` is wall-clock time: RRSIG periods are

@@ -1,0 +1,272 @@
+"""The validator's answer memo: an answer seen again (other ID, TTLs counted down) is
+not checked again, and nothing that changes what the signatures cover, nor time, nor
+the keys, can reuse a verdict.
+
+Zones are signed in the test (``support.signed_zone``); a validator with its memo off
+and the same warm key cache is the reference every memoised verdict must match.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rdatatype
+import dns.rrset
+import pytest
+from dns.dnssectypes import Algorithm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.signed_zone import (
+    EXPIRATION,
+    INCEPTION,
+    NOW,
+    Nsec3Params,
+    World,
+    Zone,
+    anchor_text,
+    drive,
+    name,
+)
+
+from dns2dot.policy.dnssec import Ede, Link, LinkKind, Result, Security, Validator, parse_anchors
+from dns2dot.policy.dnssec.memo import memo_key, ttl_blind
+from dns2dot.policy.dnssec.signatures import DEFAULT_SKEW
+
+A = int(dns.rdatatype.A)
+TXT = int(dns.rdatatype.TXT)
+QUESTIONS = [
+    ("www.ed.test.", A),  # Ed25519, positive
+    ("www.rsa.test.", A),  # RSASHA256, positive
+    ("nope.ed.test.", A),  # NXDOMAIN, NSEC
+    ("nope.n3.test.", A),  # NXDOMAIN, NSEC3
+    ("www.n3.test.", TXT),  # NODATA, NSEC3
+    ("x.wild.ed.test.", A),  # wildcard expansion
+    ("www.plain.test.", A),  # insecure delegation
+]
+
+
+def _build() -> World:
+    top = Zone("test.")
+    ed = Zone("ed.test.", Algorithm.ED25519)
+    rsa = Zone("rsa.test.", Algorithm.RSASHA256)
+    n3 = Zone("n3.test.", nsec3=Nsec3Params(salt=b"\x01"))
+    plain = Zone("plain.test.", signed=False)
+    for zone in (ed, rsa, n3, plain):
+        zone.add("www 300 IN A 192.0.2.1")
+        zone.add("*.wild 300 IN A 192.0.2.2")
+        top.delegate(zone.sign())
+    top.sign()
+    return World(top, ed, rsa, n3, plain)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return _build()
+
+
+def _validator(world: World, memo: bool = True) -> Validator:
+    anchors = parse_anchors(anchor_text(world.zones[name("test.")]))
+    return Validator(anchors, memo_entries=4096 if memo else 0)
+
+
+def _wire(world: World, qname: str, qtype: int, ttl: int = 300, qid: int = 1) -> bytes:
+    msg = world.resolve(qname, qtype)
+    msg.id = qid
+    for section in (msg.answer, msg.authority):
+        for rrset in section:
+            rrset.ttl = ttl
+    return msg.to_wire()
+
+
+def _run(
+    validator: Validator, world: World, qname: str, qtype: int, wire: bytes, now: float
+) -> Result:
+    return drive(validator.validate(qname, qtype, wire, now), world.fetch, now)
+
+
+@pytest.mark.parametrize(("qname", "qtype"), QUESTIONS)
+def test_an_answer_seen_again_with_other_ttls_and_id_is_a_hit(
+    world: World, qname: str, qtype: int
+) -> None:
+    validator = _validator(world)
+    first = _run(validator, world, qname, qtype, _wire(world, qname, qtype), NOW)
+    assert first.security is not Security.BOGUS
+    asked = len(world.asked)
+    validation = validator.validate(qname, qtype, _wire(world, qname, qtype, 123, 777), NOW + 5)
+    again = drive(validation, world.fetch, NOW + 5)
+    assert validation.answer is None  # not even parsed
+    assert validation.fetches == 0 and len(world.asked) == asked
+    assert validator.memo.hits == 1
+    assert again == first
+
+
+def _flip(wire: bytes, old: bytes, new: bytes) -> bytes:
+    assert wire.count(old) == 1
+    return wire.replace(old, new)
+
+
+def test_a_changed_rdata_misses_and_is_bogus(world: World) -> None:
+    validator = _validator(world)
+    wire = _wire(world, "www.ed.test.", A)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    forged = _flip(wire, bytes([192, 0, 2, 1]), bytes([192, 0, 2, 66]))
+    result = _run(validator, world, "www.ed.test.", A, forged, NOW)
+    assert result.security is Security.BOGUS and result.ede is Ede.DNSSEC_BOGUS
+    assert validator.memo.hits == 0
+
+
+def test_a_changed_rrsig_misses_and_is_bogus(world: World) -> None:
+    validator = _validator(world)
+    msg = world.resolve("www.rsa.test.", A)
+    wire = msg.to_wire()
+    assert _run(validator, world, "www.rsa.test.", A, wire, NOW).security is Security.SECURE
+    signature = next(r for r in msg.answer if r.rdtype == dns.rdatatype.RRSIG)[0].signature
+    tampered = bytes([signature[10] ^ 1])
+    forged = _flip(wire, signature, signature[:10] + tampered + signature[11:])
+    result = _run(validator, world, "www.rsa.test.", A, forged, NOW)
+    assert result.security is Security.BOGUS
+    assert validator.memo.hits == 0
+
+
+@pytest.mark.parametrize(
+    ("when", "ede"),
+    [
+        (EXPIRATION + DEFAULT_SKEW + 1, Ede.SIGNATURE_EXPIRED),
+        (INCEPTION - DEFAULT_SKEW - 1, Ede.SIGNATURE_NOT_YET_VALID),
+    ],
+)
+def test_the_validity_period_is_checked_on_every_use(world: World, when: int, ede: Ede) -> None:
+    validator = _validator(world)
+    wire = _wire(world, "www.ed.test.", A)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    validation = validator.validate("www.ed.test.", A, wire, when)
+    result = drive(validation, world.fetch, when)
+    assert validator.memo.hits == 0
+    assert result.security is Security.BOGUS and result.ede is ede
+
+
+def test_a_ttl_the_proof_used_bounds_the_entry(world: World) -> None:
+    """The key cache's links last their TTL (300 s): past it the answer is validated
+    again, with fresh DNSKEY and DS fetches."""
+    validator = _validator(world)
+    wire = _wire(world, "nope.n3.test.", A)
+    first = _run(validator, world, "nope.n3.test.", A, wire, NOW)
+    assert first.valid_until is not None and first.valid_until <= NOW + 300
+    asked = len(world.asked)
+    later = first.valid_until + 1
+    assert _run(validator, world, "nope.n3.test.", A, wire, later).security is Security.SECURE
+    assert validator.memo.hits == 0 and len(world.asked) > asked
+
+
+def test_a_different_key_in_the_key_cache_misses(world: World) -> None:
+    validator = _validator(world)
+    wire = _wire(world, "www.ed.test.", A)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    other = Zone("ed.test.", Algorithm.ED25519)  # same zone, another key
+    keys = dns.rrset.from_rdata_list(other.origin, 300, [other.dnskey])
+    validator.keys.put(Link(LinkKind.SECURE, other.origin, NOW + 300, keys), NOW)
+    result = _run(validator, world, "www.ed.test.", A, wire, NOW)
+    assert validator.memo.hits == 0
+    assert result.security is Security.BOGUS
+
+
+def test_a_key_cache_that_forgot_the_chain_misses(world: World) -> None:
+    validator = _validator(world)
+    wire = _wire(world, "www.ed.test.", A)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    validator.keys.clear()
+    asked = len(world.asked)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    assert validator.memo.hits == 0 and len(world.asked) > asked
+
+
+def test_bogus_verdicts_are_not_kept(world: World) -> None:
+    validator = _validator(world)
+    wire = _flip(_wire(world, "www.ed.test.", A), bytes([192, 0, 2, 1]), bytes([192, 0, 2, 9]))
+    for _ in range(2):
+        assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.BOGUS
+    assert validator.memo.hits == 0 and len(validator.memo) == 0
+
+
+def test_another_question_misses(world: World) -> None:
+    validator = _validator(world)
+    wire = _wire(world, "www.ed.test.", A)
+    _run(validator, world, "www.ed.test.", A, wire, NOW)
+    result = _run(validator, world, "mail.ed.test.", A, wire, NOW)
+    assert validator.memo.hits == 0
+    assert result.security is Security.BOGUS  # no data and no denial for mail.ed.test.
+
+
+def test_the_memo_is_bounded(world: World) -> None:
+    anchors = parse_anchors(anchor_text(world.zones[name("test.")]))
+    validator = Validator(anchors, memo_entries=2)
+    for qname, qtype in QUESTIONS:
+        _run(validator, world, qname, qtype, _wire(world, qname, qtype), NOW)
+    assert len(validator.memo) == 2
+
+
+def _pointer_into_ttl() -> bytes:
+    """An answer whose second owner name is read through the first record's TTL: the
+    TTL bytes spell the label ``y`` and a pointer to the question name."""
+    query = dns.message.make_query("x.example.", "A")
+    query.id = 9
+    head = bytearray(query.to_wire())
+    head[2] |= 0x80  # QR
+    head[6:8] = struct.pack("!H", 2)  # ANCOUNT
+    first_ttl_at = len(head) + 2 + 4
+    first = b"\xc0\x0c" + struct.pack("!HH", A, 1) + b"\x01y\xc0\x0c" + b"\x00\x04\xc0\x00\x02\x01"
+    second = struct.pack("!H", 0xC000 | first_ttl_at) + struct.pack("!HHIH", A, 1, 60, 4)
+    return bytes(head) + first + second + b"\xc0\x00\x02\x02"
+
+
+def test_an_answer_that_reads_names_through_ttls_is_not_ttl_blind() -> None:
+    wire = _pointer_into_ttl()
+    parsed = dns.message.from_wire(wire)
+    assert parsed.answer[1].name == dns.name.from_text("y.x.example.")
+    assert not ttl_blind(wire, parsed)
+    plain = dns.message.make_response(dns.message.make_query("x.example.", "A"))
+    plain.answer.append(dns.rrset.from_text("x.example.", 60, "IN", "A", "192.0.2.1"))
+    assert ttl_blind(plain.to_wire(), dns.message.from_wire(plain.to_wire()))
+
+
+def test_memo_key_ignores_id_and_ttls_only(world: World) -> None:
+    one = _wire(world, "nope.n3.test.", A, 300, 1)
+    other = _wire(world, "nope.n3.test.", A, 17, 4242)
+    assert one != other and memo_key(one) == memo_key(other)
+    flags = bytearray(one)
+    flags[2] ^= dns.flags.AA >> 8
+    assert memo_key(bytes(flags)) != memo_key(one)
+    assert memo_key(one[:-1]) is None
+    assert memo_key(b"\x00" * 5) is None
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(QUESTIONS),
+    st.integers(0, 2**16 - 1),
+    st.data(),
+)
+def test_a_memoised_verdict_is_the_verdict_without_memo(
+    world: World, question: tuple[str, int], position: int, data: st.DataObject
+) -> None:
+    """Any one byte changed in a validated answer (its ID and TTLs aside) gets the
+    verdict a validator without memo gives it."""
+    qname, qtype = question
+    with_memo, without_memo = _validator(world), _validator(world, memo=False)
+    wire = _wire(world, qname, qtype)
+    for validator in (with_memo, without_memo):
+        _run(validator, world, qname, qtype, wire, NOW)
+    position %= len(wire)
+    value = data.draw(st.integers(0, 255))
+    mutated = bytearray(wire)
+    mutated[position] = value
+    got = _run(with_memo, world, qname, qtype, bytes(mutated), NOW)
+    want = _run(without_memo, world, qname, qtype, bytes(mutated), NOW)
+    assert (got.security, got.ede) == (want.security, want.ede)
+    if memo_key(bytes(mutated)) != memo_key(wire):  # more than the ID or a TTL changed
+        assert with_memo.memo.hits == 0
