@@ -435,3 +435,15 @@ def anchor_text(zone: Zone) -> str:
     """``zone``'s DS in zone-file form, for ``parse_anchors``."""
     ds = dns.dnssec.make_ds(zone.origin, zone.dnskey, "SHA256")
     return f"{zone.origin} 3600 IN DS {ds.to_text()}\n"
+
+
+def zone_text(zone: Zone) -> str:
+    """``zone`` signed, in zone-file form (every RRset, then its RRSIGs), for a real
+    server to load (unbound's ``auth-zone``)."""
+    lines = [f"$ORIGIN {zone.origin}"]
+    for key, rrset in zone.rrsets.items():
+        lines.append(rrset.to_text(origin=None, relativize=False))
+        sig = zone.sigs.get(key)
+        if sig is not None:
+            lines.append(sig.to_text(origin=None, relativize=False))
+    return "\n".join(lines) + "\n"
