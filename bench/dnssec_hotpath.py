@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.dnssec import signed_zone_support
+
 REPO = Path(__file__).resolve().parents[1]
 TTL_COPIES = 16  # copies of each answer with TTLs counting down
 
@@ -57,17 +59,11 @@ CASES = {
 }
 
 
-def _support() -> None:
-    """Make ``tests/support`` importable (the signer the tests use, not a copy)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    sys.path.insert(0, str(REPO))
-
-
 def prepare(case: Case, memo: bool = True) -> tuple[Callable[[int], None], list[str]]:
     """A function validating the case's answer ``n`` times on a warm validator, and
     what the first (cold) validation fetched. Without ``memo``, every validation
     parses the answer and checks its signatures (the validator's answer memo is off)."""
-    _support()
+    signed_zone_support()
     import dns.message
     import dns.rdatatype
     from dns.dnssectypes import Algorithm
