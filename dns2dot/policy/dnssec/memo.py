@@ -39,16 +39,17 @@ if TYPE_CHECKING:
     from dns2dot.policy.dnssec.validator import Result
 
 _OPT = 41
+_ZERO_TTL = b"\0\0\0\0"
 
 
-def _fill_ttls(wire: bytes, fill: bytes) -> bytearray | None:
-    """A copy of ``wire`` with the TTL of each record (not OPT's, which holds flags and
-    the extended rcode) set to ``fill``; None if the records cannot be walked."""
+def ttl_offsets(wire: bytes) -> tuple[int, ...] | None:
+    """Where the TTL of each record (not OPT's, which holds flags and the extended
+    rcode) starts in ``wire``; None if the records cannot be walked to the end."""
     size = len(wire)
     if size < 12:
         return None
     count = ((wire[6] << 8) | wire[7]) + ((wire[8] << 8) | wire[9]) + ((wire[10] << 8) | wire[11])
-    out = bytearray(wire)
+    offsets = []
     pos = 12
     try:
         for _ in range((wire[4] << 8) | wire[5]):
@@ -64,32 +65,43 @@ def _fill_ttls(wire: bytes, fill: bytes) -> bytearray | None:
                 length = wire[pos]
             pos += 2 if length else 1
             if wire[pos + 1] != _OPT or wire[pos]:
-                out[pos + 4 : pos + 8] = fill
+                offsets.append(pos + 4)
             pos += 10 + ((wire[pos + 8] << 8) | wire[pos + 9])
     except IndexError:
         return None
-    return out if pos <= size else None
+    return tuple(offsets) if pos <= size else None
+
+
+def _filled(wire: bytes, offsets: tuple[int, ...], fill: bytes) -> bytearray:
+    out = bytearray(wire)
+    for at in offsets:
+        out[at : at + 4] = fill
+    return out
+
+
+def zeroed(wire: bytes, offsets: tuple[int, ...]) -> bytes:
+    """``wire`` with its ID and the four bytes at each of ``offsets`` zeroed."""
+    out = _filled(wire, offsets, _ZERO_TTL)
+    out[0] = out[1] = 0
+    return bytes(out)
 
 
 def memo_key(wire: bytes) -> bytes | None:
     """``wire`` with its ID and its records' TTLs zeroed; None if it cannot be walked."""
-    key = _fill_ttls(wire, b"\0\0\0\0")
-    if key is None:
-        return None
-    key[0] = key[1] = 0
-    return bytes(key)
+    offsets = ttl_offsets(wire)
+    return None if offsets is None else zeroed(wire, offsets)
 
 
 def ttl_blind(wire: bytes, parsed: dns.message.Message) -> bool:
     """Whether ``parsed`` (``wire`` parsed) reads no TTL byte as part of a name: the
     same records come out with the TTLs all 0x00 and all 0x7F, so every answer that
     differs from ``wire`` only in its TTLs parses to these records too."""
-    for fill in (b"\0\0\0\0", b"\x7f\x7f\x7f\x7f"):
-        variant = _fill_ttls(wire, fill)
-        if variant is None:
-            return False
+    offsets = ttl_offsets(wire)
+    if offsets is None:
+        return False
+    for fill in (_ZERO_TTL, b"\x7f\x7f\x7f\x7f"):
         try:
-            if dns.message.from_wire(bytes(variant)) != parsed:
+            if dns.message.from_wire(bytes(_filled(wire, offsets, fill))) != parsed:
                 return False
         except (dns.exception.DNSException, ValueError, TypeError, IndexError, UnicodeError):
             return False
@@ -98,53 +110,98 @@ def ttl_blind(wire: bytes, parsed: dns.message.Message) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A verdict and what it rests on: usable from ``begins`` until
-    ``ends`` while every link in ``links`` is still the key cache's (certainly so
-    while the key cache's ``epoch`` is still ``epoch``: ``ends`` is before any of
-    them expires)."""
+    """A verdict and what it rests on: usable from ``begins`` until ``ends`` while
+    every link in ``links`` is still the key cache's (certainly so while the key
+    cache's ``epoch`` is still ``epoch``: ``ends`` is before any of them expires).
+    ``offsets`` are the answer's TTLs, zeroed in its key."""
 
     result: Result
     begins: float
     ends: float
     links: tuple[Link, ...]
     epoch: int
+    offsets: tuple[int, ...]
 
 
 # The question's labels exactly as given (a name in other letter cases misses), its
-# type, and ``memo_key`` of the answer.
+# type, and the answer with its ID and TTLs zeroed.
 MemoKey = tuple[tuple[bytes, ...], int, bytes]
+# Where an answer's TTLs were last found, by question and answer length.
+Shape = tuple[tuple[bytes, ...], int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where a verdict on an answer not yet kept will go: ``memo.put(slot, ...)``."""
+
+    key: MemoKey
+    offsets: tuple[int, ...]
+    shape: Shape
+    wire: bytes
 
 
 class AnswerMemo:
-    """Entries by ``MemoKey``, least recently used first out."""
+    """Entries by ``MemoKey``, least recently used first out.
+
+    ``find`` first tries the TTL offsets the last answer of the same question and
+    length had, which spares walking the records: a key made with another answer's
+    offsets only matches an entry made with those same offsets, and then the two
+    answers differ in nothing but those bytes and their IDs, so the records sit at the
+    same places in both and the offsets are this answer's too.
+    """
 
     def __init__(self, max_entries: int = 4096) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[MemoKey, Entry] = OrderedDict()
+        self._shapes: dict[Shape, tuple[int, ...]] = {}
         self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: MemoKey, now: float, keys: KeyCache) -> Result | None:
-        """The verdict kept for ``key`` if it still holds at ``now``, else None."""
+    def find(
+        self, qname: dns.name.Name, qtype: int, wire: bytes, now: float, keys: KeyCache
+    ) -> Result | Slot | None:
+        """The verdict kept for ``wire`` if it still holds at ``now``; else where to
+        keep the verdict once it is known, or None if ``wire`` cannot be walked."""
+        labels = qname.labels
+        shape = (labels, qtype, len(wire))
+        offsets = self._shapes.get(shape)
+        if offsets is not None:
+            key = (labels, qtype, zeroed(wire, offsets))
+            known = self._get(key, offsets, now, keys)
+            if known is not None:
+                return known
+        walked = ttl_offsets(wire)
+        if walked is None:
+            return None
+        if walked != offsets:
+            key = (labels, qtype, zeroed(wire, walked))
+            known = self._get(key, walked, now, keys)
+            if known is not None:
+                self._shapes[shape] = walked
+                return known
+        return Slot(key, walked, shape, wire)
+
+    def _get(
+        self, key: MemoKey, offsets: tuple[int, ...], now: float, keys: KeyCache
+    ) -> Result | None:
         entry = self._entries.get(key)
-        if entry is not None:
-            if entry.begins <= now < entry.ends and (
-                entry.epoch == keys.epoch
-                or all(keys.get(link.name, now) is link for link in entry.links)
-            ):
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry.result
-            del self._entries[key]
-        self.misses += 1
+        if entry is None or entry.offsets != offsets:
+            return None
+        if entry.begins <= now < entry.ends and (
+            entry.epoch == keys.epoch
+            or all(keys.get(link.name, now) is link for link in entry.links)
+        ):
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry.result
+        del self._entries[key]
         return None
 
     def put(
         self,
-        key: MemoKey,
+        slot: Slot,
         result: Result,
         begins: float,
         ends: float,
@@ -154,10 +211,15 @@ class AnswerMemo:
         """Keep ``result``, proven with ``links``, which ``keys`` holds now."""
         if self.max_entries <= 0 or ends <= begins:
             return
-        self._entries[key] = Entry(result, begins, ends, tuple(links), keys.epoch)
-        self._entries.move_to_end(key)
+        entry = Entry(result, begins, ends, tuple(links), keys.epoch, slot.offsets)
+        self._entries[slot.key] = entry
+        self._entries.move_to_end(slot.key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        if len(self._shapes) >= self.max_entries:
+            self._shapes.clear()
+        self._shapes[slot.shape] = slot.offsets
 
     def clear(self) -> None:
         self._entries.clear()
+        self._shapes.clear()

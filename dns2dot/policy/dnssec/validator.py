@@ -41,7 +41,7 @@ from dns.rdtypes.ANY.RRSIG import RRSIG
 
 from dns2dot.policy.dnssec.anchors import Anchor, TrustAnchors
 from dns2dot.policy.dnssec.keycache import MAX_LINK_TTL, KeyCache, Link, LinkKind
-from dns2dot.policy.dnssec.memo import AnswerMemo, MemoKey, memo_key, ttl_blind
+from dns2dot.policy.dnssec.memo import AnswerMemo, Slot, ttl_blind
 from dns2dot.policy.dnssec.proofs import (
     Cut,
     Nsec,
@@ -259,14 +259,12 @@ class Validator:
             qname = dns.name.from_text(qname)
         qtype = int(qtype)
         if isinstance(answer, bytes) and self.memo.max_entries > 0:
-            wire = memo_key(answer)
-            if wire is not None:
-                key = (qname.labels, qtype, wire)
-                known = self.memo.get(key, now, self.keys)
-                if known is not None:
-                    return Validation.known(self, qname, qtype, known, now)
+            found = self.memo.find(qname, qtype, answer, now, self.keys)
+            if isinstance(found, Result):
+                return Validation(self, qname, qtype, None, now, found)
+            if found is not None:
                 validation = Validation(self, qname, qtype, parse_reply(answer), now)
-                validation.memo = (key, answer)
+                validation.memo = found
                 return validation
         return Validation(self, qname, qtype, parse_reply(answer), now)
 
@@ -275,7 +273,9 @@ class Validation:
     """One answer's validation: ``next_event()`` until ``Done``, answering each
     ``NeedDS``/``NeedDNSKEY`` with ``receive(reply, now)``.
 
-    ``memo`` is where the verdict will be kept (key and wire), if anywhere.
+    ``memo`` is where the verdict will be kept in the validator's memo, if anywhere.
+    Given a ``known`` verdict (from that memo), it is born done with it, its answer
+    not even parsed.
     """
 
     def __init__(
@@ -285,34 +285,24 @@ class Validation:
         qtype: int,
         answer: dns.message.Message | None,
         now: float,
+        known: Result | None = None,
     ) -> None:
         self.validator = validator
         self.qname = qname
         self.qtype = qtype
         self.answer = answer
         self.now = now
-        self.state = State.RUNNING
+        self.state = State.RUNNING if known is None else State.DONE
         self.fetches = 0
         self._local: dict[dns.name.Name, Link] = {}
         self._steps = self._run()
         self._inbox: dns.message.Message | None = None
         self._pending: Need | None = None
-        self._result: Result | None = None
+        self._result: Result | None = known
         self._valid_until = math.inf
         self._valid_from = -math.inf
         self._links: list[Link] = []
-        self.memo: tuple[MemoKey, bytes] | None = None
-
-    @classmethod
-    def known(
-        cls, validator: Validator, qname: dns.name.Name, qtype: int, result: Result, now: float
-    ) -> Validation:
-        """A validation born done, with a verdict from the validator's memo (its
-        ``answer`` is not parsed: None)."""
-        validation = cls(validator, qname, qtype, None, now)
-        validation._steps.close()
-        validation._finish(result)
-        return validation
+        self.memo: Slot | None = None
 
     def next_event(self) -> Event:
         """The next thing the caller must do: fetch a DS or DNSKEY, or take the result.
@@ -376,13 +366,13 @@ class Validation:
 
     def _keep(self, result: Result) -> None:
         """Put the verdict in the validator's memo, if its answer allows it."""
-        assert self.memo is not None and self.answer is not None
-        key, wire = self.memo
-        if ttl_blind(wire, self.answer):
+        slot = self.memo
+        assert slot is not None and self.answer is not None
+        if ttl_blind(slot.wire, self.answer):
             ends = min(self._valid_until, self.now + MAX_LINK_TTL)
             keys = self.validator.keys
             if all(keys.get(link.name, self.now) is link for link in self._links):
-                self.validator.memo.put(key, result, self._valid_from, ends, self._links, keys)
+                self.validator.memo.put(slot, result, self._valid_from, ends, self._links, keys)
 
     def _verify(
         self,
