@@ -17,6 +17,10 @@ absolute; every fetch goes to the same upstreams with DO and CD set)::
         qname_, qtype_ = (event.name, DS) if isinstance(event, NeedDS) else (event.zone, DNSKEY)
         validation.receive(await fetch(qname_, qtype_), time.time())  # None if it failed
     event.result  # Security.SECURE / INSECURE / BOGUS, with ede, reason, valid_until
+
+Pass the upstream's answer as its wire bytes: an answer validated before (secure or
+insecure; another ID, TTLs counted down) then comes back ``Done`` at once from the
+validator's memo, for about 11-15 us instead of a millisecond or more.
 """
 
 from dns2dot.policy.dnssec.anchors import (
