@@ -31,7 +31,16 @@ from support.signed_zone import (
     name,
 )
 
-from dns2dot.policy.dnssec import Ede, Link, LinkKind, Result, Security, Validator, parse_anchors
+from dns2dot.policy.dnssec import (
+    Ede,
+    KeyCache,
+    Link,
+    LinkKind,
+    Result,
+    Security,
+    Validator,
+    parse_anchors,
+)
 from dns2dot.policy.dnssec.memo import memo_key, ttl_blind
 from dns2dot.policy.dnssec.signatures import DEFAULT_SKEW
 
@@ -270,3 +279,23 @@ def test_a_memoised_verdict_is_the_verdict_without_memo(
     assert (got.security, got.ede) == (want.security, want.ede)
     if memo_key(bytes(mutated)) != memo_key(wire):  # more than the ID or a TTL changed
         assert with_memo.memo.hits == 0
+
+
+def test_other_trust_anchors_or_another_key_cache_miss(world: World) -> None:
+    """A validator whose anchors (a reload with other --insecure zones, say) or key
+    cache were replaced does not reuse verdicts proven with the old ones."""
+    validator = _validator(world)
+    wire = _wire(world, "www.ed.test.", A)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    validator.anchors = validator.anchors.with_negative([name("ed.test.")])
+    result = _run(validator, world, "www.ed.test.", A, wire, NOW)
+    assert result.security is Security.INSECURE and validator.memo.hits == 0
+    validator.keys = KeyCache()
+    asked = len(world.asked)
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.INSECURE
+    assert validator.memo.hits == 0
+    validator.anchors = parse_anchors(anchor_text(world.zones[name("test.")]))
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    assert validator.memo.hits == 0 and len(world.asked) > asked  # the chain fetched again
+    assert _run(validator, world, "www.ed.test.", A, wire, NOW).security is Security.SECURE
+    assert validator.memo.hits == 1

@@ -113,7 +113,8 @@ class Entry:
     """A verdict and what it rests on: usable from ``begins`` until ``ends`` while
     every link in ``links`` is still the key cache's (certainly so while the key
     cache's ``epoch`` is still ``epoch``: ``ends`` is before any of them expires).
-    ``offsets`` are the answer's TTLs, zeroed in its key."""
+    ``offsets`` are the answer's TTLs, zeroed in its key; ``keys`` and ``anchors`` the
+    key cache and trust anchors it was proven with: a validator given others misses."""
 
     result: Result
     begins: float
@@ -121,6 +122,8 @@ class Entry:
     links: tuple[Link, ...]
     epoch: int
     offsets: tuple[int, ...]
+    keys: KeyCache
+    anchors: object
 
 
 # The question's labels exactly as given (a name in other letter cases misses), its
@@ -160,16 +163,23 @@ class AnswerMemo:
         return len(self._entries)
 
     def find(
-        self, qname: dns.name.Name, qtype: int, wire: bytes, now: float, keys: KeyCache
+        self,
+        qname: dns.name.Name,
+        qtype: int,
+        wire: bytes,
+        now: float,
+        keys: KeyCache,
+        anchors: object,
     ) -> Result | Slot | None:
-        """The verdict kept for ``wire`` if it still holds at ``now``; else where to
-        keep the verdict once it is known, or None if ``wire`` cannot be walked."""
+        """The verdict kept for ``wire`` if it still holds at ``now`` with ``keys`` and
+        ``anchors``; else where to keep the verdict once it is known, or None if
+        ``wire`` cannot be walked."""
         labels = qname.labels
         shape = (labels, qtype, len(wire))
         offsets = self._shapes.get(shape)
         if offsets is not None:
             key = (labels, qtype, zeroed(wire, offsets))
-            known = self._get(key, offsets, now, keys)
+            known = self._get(key, offsets, now, keys, anchors)
             if known is not None:
                 return known
         walked = ttl_offsets(wire)
@@ -177,17 +187,20 @@ class AnswerMemo:
             return None
         if walked != offsets:
             key = (labels, qtype, zeroed(wire, walked))
-            known = self._get(key, walked, now, keys)
+            known = self._get(key, walked, now, keys, anchors)
             if known is not None:
                 self._shapes[shape] = walked
                 return known
         return Slot(key, walked, shape, wire)
 
     def _get(
-        self, key: MemoKey, offsets: tuple[int, ...], now: float, keys: KeyCache
+        self, key: MemoKey, offsets: tuple[int, ...], now: float, keys: KeyCache, anchors: object
     ) -> Result | None:
         entry = self._entries.get(key)
         if entry is None or entry.offsets != offsets:
+            return None
+        if entry.keys is not keys or entry.anchors is not anchors:
+            del self._entries[key]
             return None
         if entry.begins <= now < entry.ends and (
             entry.epoch == keys.epoch
@@ -207,11 +220,13 @@ class AnswerMemo:
         ends: float,
         links: Sequence[Link],
         keys: KeyCache,
+        anchors: object,
     ) -> None:
-        """Keep ``result``, proven with ``links``, which ``keys`` holds now."""
+        """Keep ``result``, proven from ``anchors`` with ``links``, which ``keys`` holds
+        now."""
         if self.max_entries <= 0 or ends <= begins:
             return
-        entry = Entry(result, begins, ends, tuple(links), keys.epoch, slot.offsets)
+        entry = Entry(result, begins, ends, tuple(links), keys.epoch, slot.offsets, keys, anchors)
         self._entries[slot.key] = entry
         self._entries.move_to_end(slot.key)
         while len(self._entries) > self.max_entries:

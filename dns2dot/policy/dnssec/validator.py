@@ -259,7 +259,7 @@ class Validator:
             qname = dns.name.from_text(qname)
         qtype = int(qtype)
         if isinstance(answer, bytes) and self.memo.max_entries > 0:
-            found = self.memo.find(qname, qtype, answer, now, self.keys)
+            found = self.memo.find(qname, qtype, answer, now, self.keys, self.anchors)
             if isinstance(found, Result):
                 return Validation(self, qname, qtype, None, now, found)
             if found is not None:
@@ -372,7 +372,9 @@ class Validation:
             ends = min(self._valid_until, self.now + MAX_LINK_TTL)
             keys = self.validator.keys
             if all(keys.get(link.name, self.now) is link for link in self._links):
-                self.validator.memo.put(slot, result, self._valid_from, ends, self._links, keys)
+                self.validator.memo.put(
+                    slot, result, self._valid_from, ends, self._links, keys, self.validator.anchors
+                )
 
     def _verify(
         self,
