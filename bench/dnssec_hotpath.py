@@ -26,6 +26,7 @@ import pstats
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,11 +60,14 @@ CASES = {
 }
 
 
-def prepare(case: Case, memo: bool = True) -> tuple[Callable[[int], None], list[str]]:
+def prepare(
+    case: Case, memo: bool = True, rsa_key: Path | None = None
+) -> tuple[Callable[[int], None], list[str]]:
     """A function validating the case's answer ``n`` times on a warm validator, and
     what the first (cold) validation fetched. Without ``memo``, every validation
-    parses the answer and checks its signatures (the validator's answer memo is off)."""
-    signed_zone_support()
+    parses the answer and checks its signatures (the validator's answer memo is off).
+    ``rsa_key`` (PEM) replaces the RSA key the signer would make."""
+    sz = signed_zone_support()
     import dns.message
     import dns.rdatatype
     from dns.dnssectypes import Algorithm
@@ -71,6 +75,11 @@ def prepare(case: Case, memo: bool = True) -> tuple[Callable[[int], None], list[
 
     from dns2dot.policy.dnssec import Done, Security, Validator, parse_anchors
 
+    if rsa_key is not None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        key = load_pem_private_key(rsa_key.read_bytes(), password=None)
+        sz._KEYS[Algorithm.RSASHA256] = sz._KEYS[Algorithm.RSASHA512] = key
     top = Zone("test.")
     child = Zone(
         case.zone,
@@ -110,7 +119,29 @@ def prepare(case: Case, memo: bool = True) -> tuple[Callable[[int], None], list[
 
 
 def instructions(name: str, extra: list[str]) -> float:
-    """Instructions per validation: two cachegrind runs, the difference per validation."""
+    """Instructions per validation: two cachegrind runs, the difference per validation.
+
+    Both runs load one RSA key made here: making a 2048-bit key takes a number of
+    instructions that varies by hundreds of millions from key to key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    handle, key_path = tempfile.mkstemp(suffix=".pem")
+    os.write(handle, pem)
+    os.close(handle)
+    try:
+        return _count(name, [*extra, "--rsa-key", key_path])
+    finally:
+        os.unlink(key_path)
+
+
+def _count(name: str, extra: list[str]) -> float:
     counts = []
     # Start-up (fresh keys, random signatures) varies by some millions of instructions:
     # the runs differ by enough validations to make that a few hundred per validation.
@@ -151,9 +182,10 @@ def main() -> None:
     parser.add_argument("--profile", choices=sorted(CASES), help="cProfile one case")
     parser.add_argument("--no-memo", action="store_true", help="the validator's memo off")
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rsa-key", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
-        run, _ = prepare(CASES[args.profile], not args.no_memo)
+        run, _ = prepare(CASES[args.profile], not args.no_memo, args.rsa_key)
         profile = cProfile.Profile()
         profile.runcall(run, args.count)
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
@@ -163,7 +195,7 @@ def main() -> None:
         if args.instructions:
             print(f"{name:16} {instructions(name, extra):>12,.0f} instructions per validation")
             continue
-        run, fetched = prepare(CASES[name], not args.no_memo)
+        run, fetched = prepare(CASES[name], not args.no_memo, args.rsa_key)
         rounds = []
         for _ in range(args.rounds):
             start = time.process_time()
