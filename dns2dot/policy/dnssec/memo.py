@@ -18,8 +18,8 @@ An entry is only used while it still holds:
 
 Zeroing TTLs is only sound if no name in the answer is read through a TTL's bytes (a
 compression pointer may point anywhere earlier in the message). ``ttl_blind`` checks
-that once, when an entry is made: the answer parses to the same records with its TTL
-bytes all 0x00 and all 0x7F, which no name that reads them could.
+that once, when an entry is made, by reading every name of the answer as dnspython
+does.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import dns.exception
-import dns.message
 import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 
 from dns2dot.policy.dnssec.keycache import KeyCache, Link
 
@@ -92,19 +93,121 @@ def memo_key(wire: bytes) -> bytes | None:
     return None if offsets is None else zeroed(wire, offsets)
 
 
-def ttl_blind(wire: bytes, parsed: dns.message.Message) -> bool:
-    """Whether ``parsed`` (``wire`` parsed) reads no TTL byte as part of a name: the
-    same records come out with the TTLs all 0x00 and all 0x7F, so every answer that
-    differs from ``wire`` only in its TTLs parses to these records too."""
+# Types whose data dnspython reads without names (or does not know, and so keeps as
+# opaque bytes), and where the names sit in the others this memo accepts: the offset of
+# the first name in the data, and whether a second one follows it. An answer with any
+# other type is validated every time.
+_NO_NAMES = frozenset(
+    {1, 13, 16, 28, 29, 37, 41, 43, 44, 48, 49, 50, 51, 52, 53, 59, 60, 61, 62, 63, 99, 256, 257}
+)
+_NAMES = {
+    2: (0, False),  # NS
+    5: (0, False),  # CNAME
+    6: (0, True),  # SOA: MNAME, RNAME
+    12: (0, False),  # PTR
+    14: (0, True),  # MINFO
+    15: (2, False),  # MX
+    17: (0, True),  # RP
+    18: (2, False),  # AFSDB
+    21: (2, False),  # RT
+    26: (2, True),  # PX
+    33: (6, False),  # SRV
+    36: (2, False),  # KX
+    39: (0, False),  # DNAME
+    46: (18, False),  # RRSIG: the signer
+    47: (0, False),  # NSEC: the next owner name
+    64: (2, False),  # SVCB
+    65: (2, False),  # HTTPS
+}
+_KNOWN: dict[int, bool] = {}  # type -> dnspython reads names in its data
+
+
+def _opaque(rdtype: int) -> bool:
+    """dnspython keeps data of ``rdtype`` as bytes: a type it does not implement."""
+    known = _KNOWN.get(rdtype)
+    if known is None:
+        rdtype_ = dns.rdatatype.RdataType.make(rdtype)
+        cls = dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype_)  # type: ignore[no-untyped-call]
+        known = _KNOWN[rdtype] = cls is not dns.rdata.GenericRdata
+    return not known
+
+
+def _name_end(wire: bytes, pos: int, ttl: bytearray) -> int | None:
+    """Read the name at ``pos`` as dnspython does (pointers only to before where the
+    name, or the last pointer, led): where it ends in place, or None if it is not a
+    name or any byte it reads lies in a TTL (``ttl`` marks them)."""
+    biggest = pos
+    end = -1
+    while True:
+        count = wire[pos]
+        if count == 0:
+            if ttl[pos]:
+                return None
+            return pos + 1 if end < 0 else end
+        if count < 64:
+            if any(ttl[pos : pos + count + 1]):
+                return None
+            pos += count + 1
+        elif count >= 192:
+            if ttl[pos] or ttl[pos + 1]:
+                return None
+            target = ((count & 0x3F) << 8) | wire[pos + 1]
+            if end < 0:
+                end = pos + 2
+            if target >= biggest:
+                return None
+            biggest = pos = target
+        else:
+            return None
+
+
+def ttl_blind(wire: bytes) -> bool:
+    """Whether no name in ``wire`` reads a byte of any TTL, so every answer that differs
+    from ``wire`` only in its TTLs (and ID) has the very same records.
+
+    A compression pointer may point anywhere before the name it is in, a TTL's bytes
+    included. Every name dnspython would read is read here (the question's, every
+    owner's, and those in the data of the types in ``_NAMES``); an answer with a type
+    whose names are not mapped here is never kept.
+    """
     offsets = ttl_offsets(wire)
     if offsets is None:
         return False
-    for fill in (_ZERO_TTL, b"\x7f\x7f\x7f\x7f"):
-        try:
-            if dns.message.from_wire(bytes(_filled(wire, offsets, fill))) != parsed:
+    ttl = bytearray(len(wire))
+    for at in offsets:
+        ttl[at : at + 4] = b"\x01\x01\x01\x01"
+    count = ((wire[6] << 8) | wire[7]) + ((wire[8] << 8) | wire[9]) + ((wire[10] << 8) | wire[11])
+    pos = 12
+    try:
+        for _ in range((wire[4] << 8) | wire[5]):
+            end = _name_end(wire, pos, ttl)
+            if end is None:
                 return False
-        except (dns.exception.DNSException, ValueError, TypeError, IndexError, UnicodeError):
-            return False
+            pos = end + 4
+        for _ in range(count):
+            end = _name_end(wire, pos, ttl)
+            if end is None:
+                return False
+            rdtype = (wire[end] << 8) | wire[end + 1]
+            start = end + 10
+            pos = start + ((wire[end + 8] << 8) | wire[end + 9])
+            if rdtype in _NO_NAMES or _opaque(rdtype):
+                continue
+            layout = _NAMES.get(rdtype)
+            if layout is None:
+                return False
+            first, second = layout
+            name_end = _name_end(wire, start + first, ttl)
+            if name_end is None or name_end > pos:
+                return False
+            if second:
+                if name_end >= pos:
+                    return False
+                second_end = _name_end(wire, name_end, ttl)
+                if second_end is None or second_end > pos:
+                    return False
+    except IndexError:
+        return False
     return True
 
 

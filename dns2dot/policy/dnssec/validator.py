@@ -368,7 +368,7 @@ class Validation:
         """Put the verdict in the validator's memo, if its answer allows it."""
         slot = self.memo
         assert slot is not None and self.answer is not None
-        if ttl_blind(slot.wire, self.answer):
+        if ttl_blind(slot.wire):
             ends = min(self._valid_until, self.now + MAX_LINK_TTL)
             keys = self.validator.keys
             if all(keys.get(link.name, self.now) is link for link in self._links):
