@@ -356,7 +356,7 @@ class Validation:
         self._to(State.WAITING)
 
     def _finish(self, result: Result) -> None:
-        if result.security is Security.SECURE and result.valid_until is None:
+        if result.security is Security.SECURE:
             result = dataclasses.replace(result, valid_until=self._valid_until)
         self._pending = None
         self._result = result
