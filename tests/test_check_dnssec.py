@@ -157,3 +157,30 @@ def test_real_unbound_serving_a_signed_zone_returns_dnssec_records(
     assert res.returncode == 0, res
     assert f"dnssec: {RETURNS}" in res.stdout, res.stdout
     assert "NOERROR" in res.stdout, res.stdout
+
+
+class _Validating:
+    """A configuration as ``--dnssec validate`` makes it (whether or not this dns2dot
+    has the option yet): everything else from ``config``."""
+
+    dnssec = "validate"
+
+    def __init__(self, config: object) -> None:
+        self._config = config
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._config, name)
+
+
+def test_with_dnssec_validate_an_upstream_that_strips_fails_the_check(
+    fake_upstream: Callable[..., FakeUpstream], pki: Pki
+) -> None:
+    from dns2dot import config as config_module
+    from dns2dot.check import run_checks
+
+    fake = fake_upstream()
+    config = config_module.load(["-u", fake.spec, "--cafile", str(pki.ca)])
+    plain = asyncio.run(run_checks(config, "."))
+    assert plain[0].ok and plain[0].dnssec == "stripped"
+    validating = asyncio.run(run_checks(_Validating(config), "."))  # type: ignore[arg-type]
+    assert not validating[0].ok and validating[0].error == STRIPS
