@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from . import dnssec
 from .listeners import LISTENER_ORDER, kind_of
 from .workloads import CACHE_ORDER, DOH_KEYS, Cell
 
@@ -568,6 +569,7 @@ def render(
         if not sus.ok:
             out.append(f"   FAILED: {sus.error}")
         out.append("")
+    out += dnssec.report_lines(by("dnssec"))
     if tgts:
         out.append("== targets (reported, never asserted)")
         widths = [max([50, *(len(t.name) for t in tgts)]), 10, 10, 6]

@@ -23,7 +23,8 @@ from .procs import Registry, free_port, tree_fd_count, tree_rss_kib
 from .zone import ZoneFiles
 
 QUICK = ("throughput", "cache", "published", "coldstart", "idle", "listeners")
-ALL = (*QUICK, "sustained")
+ALL = (*QUICK, "sustained", "dnssec")
+SMOKE = (*QUICK, "sustained")  # dnssec starts seven servers of its own: not in --smoke
 # Every dns2dot of the throughput, published, coldstart, sustained and DoH workloads has
 # its cache off, so the comparisons with the cacheless peers (and unbound with its caches
 # at 0) are like for like; first in its arguments, so --dns2dot-args can override it.
@@ -662,6 +663,13 @@ def listener_cells(bench: Bench) -> None:
         bench.add(_median(runs[key]))
 
 
+def dnssec_cells(bench: Bench) -> None:
+    """The dnssec workload (bench/dnssec.py), with servers of its own."""
+    from . import dnssec
+
+    dnssec.run(bench)
+
+
 RUNNERS = {
     "throughput": throughput,
     "cache": cache,
@@ -670,6 +678,7 @@ RUNNERS = {
     "idle": idle,
     "sustained": sustained,
     "listeners": listener_cells,
+    "dnssec": dnssec_cells,
 }
 
 
@@ -679,6 +688,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "coldstart": ("socat", "dns2dot-pipe"),  # plus servers of its own
     "cache": CACHE_ORDER,
     "idle": (),  # a dns2dot of its own
+    "dnssec": (),  # servers of its own
     "sustained": ("dns2dot",),
     "listeners": listeners.LISTENER_ORDER,
 }

@@ -2,7 +2,9 @@
 
 For each upstream: TCP connect time, TLS version and cipher, the certificate's subject,
 issuer and expiry, its SPKI pin (to copy into the YAML), whether name and pins verify,
-and one test query's latency. When verification fails, the certificate is fetched
+one test query's latency, and whether the upstream hands over DNSSEC records (RRSIGs
+for a signed name asked with DO and CD: one that strips them would make every signed
+zone bogus under ``--dnssec validate``). When verification fails, the certificate is fetched
 again without verification, only to show the operator what the upstream presents;
 nothing is ever sent over that connection.
 """
@@ -20,8 +22,10 @@ from dataclasses import asdict, dataclass
 
 import dns.edns
 import dns.exception
+import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 
 from dns2dot import config as config_module
 from dns2dot.config import Config
@@ -51,7 +55,19 @@ class CheckResult:
     pin_ok: bool | None = None
     query_ms: float | None = None
     rcode: str | None = None
+    dnssec: str | None = None  # DnssecRecords value: "rrsig", "stripped"; None: not asked
     error: str | None = None
+
+
+class DnssecRecords:
+    """What the DNSSEC probe found (``CheckResult.dnssec``) and how it is said."""
+
+    RETURNED = "rrsig"
+    STRIPPED = "stripped"
+    SAY = {
+        RETURNED: "returns DNSSEC records (RRSIG present)",
+        STRIPPED: "strips DNSSEC records: with --dnssec validate every signed zone would be bogus",
+    }
 
 
 def _name_of(entries: object) -> str | None:
@@ -124,32 +140,45 @@ async def check_upstream(
     return result
 
 
+async def _ask(pool: UpstreamPool, query: dns.message.Message, timeout: float) -> bytes:
+    """``query``'s answer through ``pool``, or b"" if none came within ``timeout``."""
+    msg = query.to_wire()
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[bytes] = loop.create_future()
+    exchange = Exchange(msg, wire.parse_query(msg), answered.set_result, loop.time() + timeout)
+    pool.submit(exchange)
+    try:
+        async with asyncio.timeout(timeout):
+            return await answered
+    except TimeoutError:
+        exchange.fail(UpstreamTimeoutError("timed out"))
+        return b""
+
+
 async def _test_query(
     spec: UpstreamSpec, contexts: TlsContexts, timeout: float, qname: str, result: CheckResult
 ) -> None:
-    """One query through the proxy's own upstream code: DoT or DoH, pins and all."""
+    """One query through the proxy's own upstream code: DoT or DoH, pins and all; then,
+    if it worked, the DNSSEC probe."""
     pool = UpstreamPool(
         [spec],
         contexts,
         lifecycle=lifecycle(Config(timeout=timeout)),
         connection_types=CONNECTION_TYPES,
     )
-    query = dns.message.make_query(qname, "NS")
-    msg = query.to_wire()
-    loop = asyncio.get_running_loop()
-    answered: asyncio.Future[bytes] = loop.create_future()
-    exchange = Exchange(msg, wire.parse_query(msg), answered.set_result, loop.time() + timeout)
-    started = time.perf_counter()
-    pool.submit(exchange)
     try:
-        async with asyncio.timeout(timeout):
-            raw = await answered
-    except TimeoutError:
-        exchange.fail(UpstreamTimeoutError("timed out"))
-        raw = b""
+        query = dns.message.make_query(qname, "NS")
+        started = time.perf_counter()
+        raw = await _ask(pool, query, timeout)
+        result.query_ms = (time.perf_counter() - started) * 1000
+        _judge_answer(result, query, raw)
+        if result.ok:
+            await _dnssec_probe(pool, timeout, qname, result)
     finally:
         pool.close()
-    result.query_ms = (time.perf_counter() - started) * 1000
+
+
+def _judge_answer(result: CheckResult, query: dns.message.Message, raw: bytes) -> None:
     try:
         answer = dns.message.from_wire(raw)
     except dns.exception.DNSException as exc:
@@ -163,6 +192,25 @@ async def _test_query(
         result.error = "test query: SERVFAIL" + (f" ({ede[0].text})" if ede else "")
     else:
         result.ok = True
+
+
+async def _dnssec_probe(
+    pool: UpstreamPool, timeout: float, qname: str, result: CheckResult
+) -> None:
+    """Ask ``qname`` DNSKEY with DO and CD, as the validator asks: a signed zone answers
+    with RRSIGs (over the DNSKEY RRset, or over the NSEC/NSEC3 and SOA of a NODATA
+    answer below the apex); none at all means the upstream strips them."""
+    query = dns.message.make_query(qname, "DNSKEY", want_dnssec=True, payload=1232)
+    query.flags |= dns.flags.CD
+    raw = await _ask(pool, query, timeout)
+    try:
+        answer = dns.message.from_wire(raw)
+    except dns.exception.DNSException:
+        return  # no verdict: the test query above already worked, so say nothing
+    if answer.id != query.id or answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        return
+    signed = any(r.rdtype == dns.rdatatype.RRSIG for r in (*answer.answer, *answer.authority))
+    result.dnssec = DnssecRecords.RETURNED if signed else DnssecRecords.STRIPPED
 
 
 def _describe_der(result: CheckResult, der: bytes) -> None:
@@ -198,25 +246,41 @@ def render_table(results: Sequence[CheckResult]) -> str:
             lines.append(f"  subject: {r.subject or '-'}")
             lines.append(f"  issuer:  {r.issuer or '-'}")
         lines.append(f"  pin-sha256: {r.pin or '-'}{pin_note[r.pin_ok]}")
+        if r.dnssec is not None:
+            lines.append(f"  dnssec: {DnssecRecords.SAY[r.dnssec]}")
         if r.error:
             lines.append(f"  error: {r.error}")
     return "\n".join(line.rstrip() for line in lines)
 
 
 async def run_checks(config: Config, qname: str) -> list[CheckResult]:
+    """Check every upstream; with ``--dnssec validate``, one that strips DNSSEC records
+    fails the check."""
     contexts = TlsContexts(config.cafile)
-    return list(
+    results = list(
         await asyncio.gather(
             *(check_upstream(spec, contexts, config.timeout, qname) for spec in config.upstreams)
         )
     )
+    mode = getattr(config, "dnssec", "off")  # the option may be an enum of strings
+    if getattr(mode, "value", mode) == "validate":
+        for result in results:
+            if result.dnssec == DnssecRecords.STRIPPED:
+                result.ok = False
+                result.error = result.error or DnssecRecords.SAY[DnssecRecords.STRIPPED]
+    return results
 
 
 def main(argv: Sequence[str]) -> int:
     """``dns2dot check [--json] [--name NAME] [proxy options]``; exit 1 if any upstream fails."""
     own = argparse.ArgumentParser(prog="dns2dot check", add_help=False)
     own.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    own.add_argument("--name", default=".", help="name to ask for NS records (default .)")
+    own.add_argument(
+        "--name",
+        default=".",
+        help="name to ask for NS records, and for DNSKEY with DO to see whether the "
+        "upstream returns DNSSEC records (a name in a signed zone; default .)",
+    )
     options, rest = own.parse_known_args(list(argv))
     try:
         config = config_module.load(rest)

@@ -470,3 +470,15 @@ def signed_zone_file(
             txn.replace(owner_name, changed)
     ds = dns.dnssec.make_ds(origin, dnskey, "SHA256")
     return zone.to_text(relativize=False), f"{origin} 3600 IN DS {ds.to_text()}\n"
+
+
+def zone_text(zone: Zone) -> str:
+    """``zone`` signed, in zone-file form (every RRset, then its RRSIGs), for a real
+    server to load (unbound's ``auth-zone``)."""
+    lines = [f"$ORIGIN {zone.origin}"]
+    for key, rrset in zone.rrsets.items():
+        lines.append(rrset.to_text(origin=None, relativize=False))
+        sig = zone.sigs.get(key)
+        if sig is not None:
+            lines.append(sig.to_text(origin=None, relativize=False))
+    return "\n".join(lines) + "\n"

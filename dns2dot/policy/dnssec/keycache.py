@@ -39,11 +39,16 @@ class Link:
 
 
 class KeyCache:
-    """Links by name, least recently used first out when ``max_entries`` is reached."""
+    """Links by name, least recently used first out when ``max_entries`` is reached.
+
+    ``epoch`` counts the links that left (expired, evicted, replaced, cleared): while it
+    is unchanged, every link once handed out and not yet expired is still the one held.
+    """
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries
         self._links: OrderedDict[dns.name.Name, Link] = OrderedDict()
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self._links)
@@ -54,6 +59,7 @@ class KeyCache:
             return None
         if now >= link.expires:
             del self._links[name]
+            self.epoch += 1
             return None
         self._links.move_to_end(name)
         return link
@@ -62,10 +68,15 @@ class KeyCache:
         """Keep ``link`` (if it has not already expired), evicting the oldest entries."""
         if now >= link.expires or self.max_entries <= 0:
             return
+        held = self._links.get(link.name)
+        if held is not None and held is not link:
+            self.epoch += 1
         self._links[link.name] = link
         self._links.move_to_end(link.name)
         while len(self._links) > self.max_entries:
             self._links.popitem(last=False)
+            self.epoch += 1
 
     def clear(self) -> None:
         self._links.clear()
+        self.epoch += 1

@@ -52,8 +52,9 @@ class Verdict:
 
     ``labels`` is the label count of the signature that verified: smaller than the
     owner's means the RRset was synthesised from a wildcard (RFC 4035 §5.3.4).
-    ``expires`` is when the verified signature stops vouching (its expiration), so
-    callers can bound how long they keep what it proved.
+    ``expires`` is when the verified signature stops vouching (its expiration), and
+    ``begins`` when it started (its inception), both with the skew allowance, so
+    callers can bound when what it proved holds.
     """
 
     ok: bool
@@ -61,6 +62,7 @@ class Verdict:
     why: str = ""
     labels: int = 0
     expires: float = 0.0
+    begins: float = 0.0
 
 
 def crypto_available() -> bool:
@@ -128,7 +130,12 @@ def verify_rrset(
             IndexError,
         ):
             continue
-        return Verdict(True, labels=sig.labels, expires=float(sig.expiration) + skew)
+        return Verdict(
+            True,
+            labels=sig.labels,
+            expires=float(sig.expiration) + skew,
+            begins=float(sig.inception) - skew,
+        )
     if expired:
         return Verdict(False, Ede.SIGNATURE_EXPIRED, f"RRSIG for {what} has expired")
     if future:

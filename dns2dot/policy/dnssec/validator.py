@@ -41,6 +41,7 @@ from dns.rdtypes.ANY.RRSIG import RRSIG
 
 from dns2dot.policy.dnssec.anchors import Anchor, TrustAnchors
 from dns2dot.policy.dnssec.keycache import MAX_LINK_TTL, KeyCache, Link, LinkKind
+from dns2dot.policy.dnssec.memo import AnswerMemo, Slot, ttl_blind
 from dns2dot.policy.dnssec.proofs import (
     Cut,
     Nsec,
@@ -228,7 +229,9 @@ class Validator:
     """Trust anchors and the key cache shared by every validation.
 
     ``validate`` starts the validation of one answer; the object it returns is driven
-    with ``next_event`` and ``receive`` until it is ``Done``.
+    with ``next_event`` and ``receive`` until it is ``Done``. An answer given as wire
+    bytes that was validated before (secure or insecure; its TTLs and ID may differ)
+    comes back already ``Done`` from ``memo`` while what proved it still holds.
     """
 
     def __init__(
@@ -238,6 +241,7 @@ class Validator:
         skew: float = DEFAULT_SKEW,
         cache_entries: int = 10_000,
         max_fetches: int = MAX_FETCHES,
+        memo_entries: int = 4096,
     ) -> None:
         if not crypto_available():
             raise ConfigError("--dnssec validate: dnspython's DNSSEC needs cryptography>=50")
@@ -245,6 +249,7 @@ class Validator:
         self.skew = skew
         self.max_fetches = max_fetches
         self.keys = KeyCache(cache_entries)
+        self.memo = AnswerMemo(memo_entries)
 
     def validate(
         self, qname: dns.name.Name | str, qtype: int, answer: Reply, now: float
@@ -252,12 +257,26 @@ class Validator:
         """The validation of ``answer`` to the client's question ``qname``/``qtype``."""
         if isinstance(qname, str):
             qname = dns.name.from_text(qname)
-        return Validation(self, qname, int(qtype), parse_reply(answer), now)
+        qtype = int(qtype)
+        if isinstance(answer, bytes) and self.memo.max_entries > 0:
+            found = self.memo.find(qname, qtype, answer, now, self.keys, self.anchors)
+            if isinstance(found, Result):
+                return Validation(self, qname, qtype, None, now, found)
+            if found is not None:
+                validation = Validation(self, qname, qtype, parse_reply(answer), now)
+                validation.memo = found
+                return validation
+        return Validation(self, qname, qtype, parse_reply(answer), now)
 
 
 class Validation:
     """One answer's validation: ``next_event()`` until ``Done``, answering each
-    ``NeedDS``/``NeedDNSKEY`` with ``receive(reply, now)``."""
+    ``NeedDS``/``NeedDNSKEY`` with ``receive(reply, now)``.
+
+    ``memo`` is where the verdict will be kept in the validator's memo, if anywhere.
+    Given a ``known`` verdict (from that memo), it is born done with it, its answer
+    not even parsed.
+    """
 
     def __init__(
         self,
@@ -266,20 +285,24 @@ class Validation:
         qtype: int,
         answer: dns.message.Message | None,
         now: float,
+        known: Result | None = None,
     ) -> None:
         self.validator = validator
         self.qname = qname
         self.qtype = qtype
         self.answer = answer
         self.now = now
-        self.state = State.RUNNING
+        self.state = State.RUNNING if known is None else State.DONE
         self.fetches = 0
         self._local: dict[dns.name.Name, Link] = {}
         self._steps = self._run()
         self._inbox: dns.message.Message | None = None
         self._pending: Need | None = None
-        self._result: Result | None = None
+        self._result: Result | None = known
         self._valid_until = math.inf
+        self._valid_from = -math.inf
+        self._links: list[Link] = []
+        self.memo: Slot | None = None
 
     def next_event(self) -> Event:
         """The next thing the caller must do: fetch a DS or DNSKEY, or take the result.
@@ -338,6 +361,20 @@ class Validation:
         self._pending = None
         self._result = result
         self._to(State.DONE)
+        if self.memo is not None and result.security is not Security.BOGUS:
+            self._keep(result)
+
+    def _keep(self, result: Result) -> None:
+        """Put the verdict in the validator's memo, if its answer allows it."""
+        slot = self.memo
+        assert slot is not None and self.answer is not None
+        if ttl_blind(slot.wire):
+            ends = min(self._valid_until, self.now + MAX_LINK_TTL)
+            keys = self.validator.keys
+            if all(keys.get(link.name, self.now) is link for link in self._links):
+                self.validator.memo.put(
+                    slot, result, self._valid_from, ends, self._links, keys, self.validator.anchors
+                )
 
     def _verify(
         self,
@@ -350,6 +387,7 @@ class Validation:
         verdict = verify_rrset(rrset, sigs, zone, keys, self.now, self.validator.skew)
         if verdict.ok:
             self._valid_until = min(self._valid_until, verdict.expires)
+            self._valid_from = max(self._valid_from, verdict.begins)
         return verdict
 
     # -- the answer -----------------------------------------------------------------
@@ -533,6 +571,7 @@ class Validation:
             if not verdict.ok:
                 return _from_verdict(zone, verdict)
             expires = min(expires, self._expiry(rrset.ttl, verdict))
+            self._valid_from = max(self._valid_from, verdict.begins)
             if verdict.labels < owner_labels(rrset.name):
                 continue  # NSEC records are never wildcard expansions
             if rrset.rdtype == _NSEC:
@@ -579,10 +618,11 @@ class Validation:
             found = yield from self._anchor_keys(anchor)
         if isinstance(found, Result):
             return found
+        self._links.append(found)
+        self._valid_until = min(self._valid_until, found.expires)
         if found.kind is LinkKind.INSECURE:
             return _insecure(found.name, found.reason, found.ede)
         link = found
-        self._valid_until = min(self._valid_until, link.expires)
         for depth in range(len(anchor.zone) + 1, len(target) + 1):
             name = target.split(depth)[1]
             step: Link | Result | None = self._cached(name)
@@ -590,9 +630,10 @@ class Validation:
                 step = yield from self._probe(link, name)
             if isinstance(step, Result):
                 return step
+            self._links.append(step)
+            self._valid_until = min(self._valid_until, step.expires)
             if step.kind is LinkKind.INSECURE:
                 return _insecure(step.name, step.reason, step.ede)
-            self._valid_until = min(self._valid_until, step.expires)
             if step.kind is LinkKind.SECURE:
                 link = step
         if exact and link.name != target:
