@@ -219,6 +219,26 @@ class TlsServerTransport:
                 self._held = len(rest)
         return taken
 
+    def write_records(self, records: list[bytes]) -> None:
+        """Encrypt each of ``records`` into TLS records of its own (a client may read
+        one message per record) and send them all in one ``send``. What the socket
+        does not take waits in :attr:`backlog` and goes out when it is writable.
+        Not mixed with :meth:`send` on one connection. Raises ``OSError`` on a broken
+        connection."""
+        write = self.tls.write
+        try:
+            for record in records:
+                write(record)
+        except ssl.SSLError as exc:
+            raise ConnectionResetError(str(exc)) from None
+        self._flush()
+        self._watch_write(self._session_writing or self._owed)
+
+    @property
+    def backlog(self) -> int:
+        """Octets of ciphertext the socket has not taken yet."""
+        return len(self._unsent) + self.outgoing.pending
+
     def want_read(self, on: bool) -> None:
         self._watch_read(on)
         if on and self.state is OPEN and (self.incoming.pending or self.tls.pending()):
