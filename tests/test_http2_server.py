@@ -17,10 +17,15 @@ import h2.connection
 import h2.events
 import h2.settings
 import hpack
+from hpack import NeverIndexedHeaderTuple
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.huffman_table import decode_huffman
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dns2dot.protocol.http2 import PREFACE, ConnectionBroken, ErrorCode, Frame, frame
+from dns2dot.protocol.http2_hpack import huffman_decode, read_block
 from dns2dot.protocol.http2_server import (
     MAX_HEADER_LIST,
     MAX_STREAMS,
@@ -614,3 +619,59 @@ def test_mutated_conversations(flips: list[tuple[int, int]], cuts: list[int]) ->
         data[pos] = value
     bounds = [0, *sorted(set(cuts)), len(data)]
     _run([bytes(data[a:b]) for a, b in itertools.pairwise(bounds)])
+
+
+# -- the fast HPACK reader ---------------------------------------------------------------
+
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=100))
+def test_huffman_decode_matches_hpack(data: bytes) -> None:
+    assert huffman_decode(_HUFFMAN.encode(data)) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40))
+def test_huffman_decode_agrees_on_any_input(data: bytes) -> None:
+    """Valid or not as hpack says, with the same octets when valid."""
+    try:
+        expected: bytes | None = decode_huffman(data)
+    except hpack.HPACKDecodingError:
+        expected = None
+    assert huffman_decode(data) == expected
+
+
+def test_read_block_takes_blocks_that_leave_the_table_alone() -> None:
+    encoder = hpack.Encoder()
+    fields = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        NeverIndexedHeaderTuple(b":path", b"/dns-query?dns=AAABAAAB"),
+        NeverIndexedHeaderTuple(b"x-custom", b"value"),
+    ]
+    decoder = hpack.Decoder()
+    for huffman in (True, False):
+        block = encoder.encode(fields, huffman=huffman)
+        assert read_block(block, decoder.header_table, MAX_HEADER_LIST) == [
+            (bytes(n), bytes(v)) for n, v in fields
+        ]
+    indexing = hpack.Encoder().encode([(b"accept", b"application/dns-message")])
+    assert read_block(indexing, decoder.header_table, MAX_HEADER_LIST) is None
+    assert read_block(b"\x3f\xe1\x1f", decoder.header_table, MAX_HEADER_LIST) is None  # size
+    assert read_block(b"\xbe", decoder.header_table, MAX_HEADER_LIST) is None  # no entry 62
+    big = encoder.encode([NeverIndexedHeaderTuple(b"x", b"a" * 200)])
+    assert read_block(big, decoder.header_table, 100) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60))
+def test_read_block_never_disagrees_with_hpack(block: bytes) -> None:
+    """Whatever it reads, hpack reads the same; it leaves the table alone."""
+    decoder = hpack.Decoder()
+    decoder.header_table.add(b"x-dyn", b"1")
+    fast = read_block(block, decoder.header_table, MAX_HEADER_LIST)
+    if fast is not None:
+        assert len(decoder.header_table.dynamic_entries) == 1
+        assert [(bytes(n), bytes(v)) for n, v in decoder.decode(block, raw=True)] == fast

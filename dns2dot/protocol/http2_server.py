@@ -50,6 +50,7 @@ from dns2dot.protocol.http2 import (
     Setting,
     frame,
 )
+from dns2dot.protocol.http2_hpack import read_block
 
 MAX_STREAMS = 100  # concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
 MAX_HEADER_LIST = 16384  # octets of header fields per request (SETTINGS_MAX_HEADER_LIST_SIZE)
@@ -550,7 +551,9 @@ class H2Server:
         """The header fields of ``block``; a block that adds nothing to the dynamic
         table means the same while the table is unchanged, so it is decoded once and
         kept with that table state (its newest entry, compared by identity; its
-        length; its size limit), as :class:`~dns2dot.protocol.http2.H2Client` does."""
+        length; its size limit), as :class:`~dns2dot.protocol.http2.H2Client` does.
+        Such a block is read by :func:`~dns2dot.protocol.http2_hpack.read_block`; the
+        others by ``hpack.Decoder``, which keeps the table."""
         table = self._decoder.header_table
         entries = table.dynamic_entries
         state = (entries[0] if entries else None, len(entries), table.maxsize)
@@ -559,9 +562,14 @@ class H2Server:
             newest, count, maxsize, headers = kept
             if newest is state[0] and count == state[1] and maxsize == state[2]:
                 return headers
-        decoded = self._decoder.decode(block, raw=True)
-        headers = [(bytes(name), bytes(value)) for name, value in decoded]
-        after = (entries[0] if entries else None, len(entries), table.maxsize)
+        fast = read_block(block, table, MAX_HEADER_LIST)
+        if fast is not None:
+            headers = fast
+            after = state
+        else:
+            decoded = self._decoder.decode(block, raw=True)
+            headers = [(bytes(name), bytes(value)) for name, value in decoded]
+            after = (entries[0] if entries else None, len(entries), table.maxsize)
         if after[0] is state[0] and after[1:] == state[1:]:
             if len(self._decoded) >= MAX_DECODED:
                 self._decoded.clear()
