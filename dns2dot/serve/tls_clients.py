@@ -19,6 +19,7 @@ from typing import Protocol
 
 from tornado.netutil import bind_sockets
 
+from dns2dot.protocol import http2_hpack
 from dns2dot.serve.doh import serve_doh
 from dns2dot.serve.dot import serve_dot
 from dns2dot.serve.stats import Stats
@@ -190,6 +191,8 @@ class EncryptedListeners:
         except BaseException:
             self._close_sockets()
             raise
+        if doh:
+            http2_hpack.prepare()  # not on the first request's time
         certificates = self.certificates
         self.servers = {
             "dot": EncryptedServer(
