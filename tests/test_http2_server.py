@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from dns2dot.protocol.http2 import PREFACE, ConnectionBroken, ErrorCode, Frame, frame
 from dns2dot.protocol.http2_hpack import huffman_decode, read_block
 from dns2dot.protocol.http2_server import (
+    MAX_CONTINUATIONS,
     MAX_HEADER_LIST,
     MAX_STREAMS,
     BodyTooLarge,
@@ -361,6 +362,15 @@ def test_continuation_interrupted_or_out_of_place() -> None:
         pair = Pair()
         assert isinstance(pair.server.receive(data)[0], ConnectionBroken)
         assert _goaway(_sent(pair.server)) == (0, ErrorCode.PROTOCOL_ERROR)
+
+
+def test_continuation_flood_breaks_the_connection() -> None:
+    """Empty CONTINUATION frames add nothing to the block but cost a frame each."""
+    pair = Pair()
+    data = frame(Frame.HEADERS, 0x1, 1, b"\x82")
+    data += b"".join(frame(Frame.CONTINUATION, 0, 1, b"") for _ in range(MAX_CONTINUATIONS + 1))
+    assert isinstance(pair.server.receive(data)[0], ConnectionBroken)
+    assert _goaway(_sent(pair.server)) == (0, ErrorCode.PROTOCOL_ERROR)
 
 
 def test_bad_hpack_is_a_compression_error() -> None:

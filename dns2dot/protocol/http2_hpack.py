@@ -17,10 +17,11 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
 _EOS = 256
-# The byte-at-a-time Huffman table, built once: for decoder state s (an
-# internal node of the code tree, 0 the root) and input byte b, _EMIT[s << 8 | b] is
-# what the byte completes and _NEXT[s << 8 | b] the state after it (-1: EOS or an
-# invalid code). _ACCEPT[s]: whether a string may end in state s (RFC 7541 §5.2: at
+# The byte-at-a-time Huffman table, built once: for decoder state s (an internal node
+# of the code tree, 0 the root) and input byte b, _EMIT[s << 8 | b] is what the byte
+# completes and _NEXT[s << 8 | b] the state after it, shifted left by 8 (the next
+# index but for the byte). EOS or an invalid code leads to a last state that never
+# leaves itself. _ACCEPT[s]: whether a string may end in state s (RFC 7541 §5.2: at
 # most 7 bits of padding, all ones, i.e. a prefix of EOS).
 _EMIT: list[bytes] = []
 _NEXT: list[int] = []
@@ -85,9 +86,10 @@ def _build() -> None:
                 key = first + nibble_emit[middle | low]
                 emit_table.append(emits.setdefault(key, key))
                 next_table.append(nibble_next[middle | low])
-    _ACCEPT.extend(accept)
-    _EMIT.extend(emit_table)
-    _NEXT.extend(next_table)
+    sink = states  # the state after an error
+    _ACCEPT.extend([*accept, False])
+    _EMIT.extend(emit_table + [b""] * 256)
+    _NEXT.extend([(node if node >= 0 else sink) << 8 for node in next_table] + [sink << 8] * 256)
 
 
 def prepare() -> None:
@@ -101,19 +103,14 @@ def huffman_decode(data: bytes | memoryview) -> bytes | None:
     if not _EMIT:
         _build()
     emit, following = _EMIT, _NEXT
-    state = 0
-    parts = []
+    base = 0  # the state, shifted
+    parts: list[bytes] = []
+    append = parts.append
     for byte in data:
-        index = state << 8 | byte
-        state = following[index]
-        if state < 0:
-            return None
-        part = emit[index]
-        if part:
-            parts.append(part)
-    if not _ACCEPT[state]:
-        return None
-    return b"".join(parts)
+        index = base | byte
+        base = following[index]
+        append(emit[index])
+    return b"".join(parts) if _ACCEPT[base >> 8] else None
 
 
 def _integer(block: bytes, pos: int, bits: int) -> tuple[int, int]:

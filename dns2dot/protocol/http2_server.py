@@ -60,6 +60,7 @@ MAX_BODY = 65535  # a DNS message is at most this long
 STREAM_WINDOW = 2 * (MAX_BODY + 1)
 WINDOW_REFILL = 2**30  # the connection's receive window is topped up after this many octets
 MAX_HEADER_BLOCK = 4 * MAX_HEADER_LIST  # a request's header block, CONTINUATION included
+MAX_CONTINUATIONS = 64  # CONTINUATION frames in one header block (empty ones cost too)
 SERVER = b"dns2dot"
 _DNS_TYPE = b"application/dns-message"
 
@@ -426,7 +427,7 @@ class H2Server:
                 raise _Broken(ErrorCode.PROTOCOL_ERROR, "CONTINUATION out of place")
             parts = self._continuing[2]
             parts.append(payload)
-            if sum(map(len, parts)) > MAX_HEADER_BLOCK:
+            if len(parts) > MAX_CONTINUATIONS or sum(map(len, parts)) > MAX_HEADER_BLOCK:
                 raise _Broken(ErrorCode.PROTOCOL_ERROR, "header block too long")
             if flags & END_HEADERS:
                 stream_id, first_flags, parts = self._continuing
