@@ -26,6 +26,8 @@ _EOS = 256
 _EMIT: list[bytes] = []
 _NEXT: list[int] = []
 _ACCEPT: list[bool] = []
+_STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE  # RFC 7541 Appendix A
+_STATIC_LENGTH = len(_STATIC)
 
 
 def _build() -> None:
@@ -133,16 +135,22 @@ def _integer(block: bytes, pos: int, bits: int) -> tuple[int, int]:
     return -1, pos
 
 
-def _string(block: bytes, pos: int) -> tuple[bytes | None, int]:
+def _string(block: bytes, pos: int, size: int) -> tuple[bytes | None, int]:
     """A string literal at ``pos`` (§5.2): (its octets or None if malformed, the end)."""
-    if pos >= len(block):
+    if pos >= size:
         return None, pos
-    huffman = block[pos] & 0x80
-    length, pos = _integer(block, pos, 7)
+    first = block[pos]
+    length = first & 0x7F
+    if length == 0x7F:
+        length, pos = _integer(block, pos, 7)
+        if length < 0:
+            return None, pos
+    else:
+        pos += 1
     end = pos + length
-    if length < 0 or end > len(block):
+    if end > size:
         return None, pos
-    if huffman:
+    if first & 0x80:
         return huffman_decode(block[pos:end]), end
     return block[pos:end], end
 
@@ -153,29 +161,40 @@ def read_block(block: bytes, table: HeaderTable, limit: int) -> list[tuple[bytes
     else None (decode it with ``hpack.Decoder``)."""
     fields: list[tuple[bytes, bytes]] = []
     pos, size, total = 0, len(block), 0
-    get = table.get_by_index
     try:
         while pos < size:
             first = block[pos]
             if first & 0x80:  # indexed field (§6.1)
-                index, pos = _integer(block, pos, 7)
+                index = first & 0x7F
+                if index == 0x7F:
+                    index, pos = _integer(block, pos, 7)
+                else:
+                    pos += 1
                 if index <= 0:
                     return None
-                name, value = get(index)
+                name, value = (
+                    _STATIC[index - 1] if index <= _STATIC_LENGTH else table.get_by_index(index)
+                )
             elif first & 0xE0:  # to be indexed (§6.2.1), or a table size update (§6.3)
                 return None
             else:  # without indexing (§6.2.2) or never indexed (§6.2.3)
-                index, pos = _integer(block, pos, 4)
-                if index < 0:
-                    return None
-                if index:
-                    name = get(index)[0]
+                index = first & 0x0F
+                if index == 0x0F:
+                    index, pos = _integer(block, pos, 4)
+                    if index < 0:
+                        return None
                 else:
-                    literal, pos = _string(block, pos)
+                    pos += 1
+                if index:
+                    name = (
+                        _STATIC[index - 1] if index <= _STATIC_LENGTH else table.get_by_index(index)
+                    )[0]
+                else:
+                    literal, pos = _string(block, pos, size)
                     if literal is None:
                         return None
                     name = literal
-                literal, pos = _string(block, pos)
+                literal, pos = _string(block, pos, size)
                 if literal is None:
                     return None
                 value = literal
