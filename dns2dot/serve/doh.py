@@ -16,7 +16,8 @@ leaves the others of that record unread until more bytes arrive.
 Limits: at most ``MAX_STREAMS`` concurrent streams per HTTP/2 connection (more are
 refused) and ``MAX_HEADER_LIST`` octets of header fields; bodies beyond 65535 octets
 are answered 413; an HTTP/1.1 client may pipeline up to ``MAX_PIPELINED`` requests,
-answered in order. A client whose unsent answers pass the write-buffer limit is reset.
+answered in order. A client that takes none of its answers for the stall timeout, or
+whose unsent answers pass the write-buffer limit, is reset, as a DoT client is.
 On shutdown HTTP/2 clients get a GOAWAY, and streams already open are still answered;
 a client's end of input is a half-close (what it asked is still answered).
 """
@@ -32,6 +33,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from dns2dot.protocol import http
+from dns2dot.protocol.client_stream import STALL_TIMEOUT
 from dns2dot.protocol.encrypted import Asks, client_asks, finish_answer
 from dns2dot.protocol.http2 import ConnectionBroken
 from dns2dot.protocol.http2_server import (
@@ -95,6 +97,8 @@ class DohSession:
         self._slots: deque[list[bytes | None]] = deque()  # HTTP/1.1 answers, in order
         self._records: list[bytes] = []  # responses waiting for the end of this iteration
         self._flush_handle: asyncio.Handle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None  # while ciphertext waits unsent
+        self._stall_sent = 0  # the transport's octets sent when the stall timer started
         self._inflight = 0
         self._paused = False  # HTTP/1.1: enough requests read ahead of their answers
         self._request_started = 0.0
@@ -319,10 +323,11 @@ class DohSession:
                 self.close()
                 return
             if transport.backlog > self._limits.max_write_buffer:
-                log.debug("closing DoH client %s that does not read its answers", self.host)
-                self._server.stats.dropped["unread_output"] += 1
-                self.close(reset=True)
+                self._unread()
                 return
+            if transport.backlog and self._stall_timer is None:
+                self._stall_sent = transport.sent
+                self._stall_timer = self._loop.call_later(STALL_TIMEOUT, self._stall_check)
         if self.state is FINISHING and self._done:
             if transport.backlog:
                 transport.want_write(True)  # close once the socket took it all
@@ -330,6 +335,24 @@ class DohSession:
                 self.close()
                 return
         transport.want_write(False)
+
+    def _stall_check(self) -> None:
+        """Reset a client that took none of its answers for the stall timeout, as a DoT
+        or TCP client is."""
+        self._stall_timer = None
+        transport = self.transport
+        if self.state is CLOSED or not transport.backlog:
+            return
+        if transport.sent == self._stall_sent:
+            self._unread()
+            return
+        self._stall_sent = transport.sent
+        self._stall_timer = self._loop.call_later(STALL_TIMEOUT, self._stall_check)
+
+    def _unread(self) -> None:
+        log.debug("closing DoH client %s that does not read its answers", self.host)
+        self._server.stats.dropped["unread_output"] += 1
+        self.close(reset=True)
 
     @property
     def _done(self) -> bool:
@@ -375,9 +398,10 @@ class DohSession:
         if self.state is CLOSED:
             return
         self._to(CLOSED)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        for handle in (self._flush_handle, self._stall_timer):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._stall_timer = None
         self._records.clear()
         self._slots.clear()
         if reset:

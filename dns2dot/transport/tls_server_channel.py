@@ -64,6 +64,7 @@ class TlsServerTransport:
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.state = HANDSHAKING
         self._unsent = b""  # ciphertext the socket did not take yet
+        self.sent = 0  # octets of ciphertext the socket took, for a stall check
         self._held = 0  # plaintext bytes passed to send whose ciphertext is still unsent
         self._ended = False  # the client's input ended (close_notify or end of stream)
         self._broken: BaseException | None = None  # a broken record after some plaintext
@@ -285,6 +286,7 @@ class TlsServerTransport:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
+        self.sent += sent
         self._unsent = data[sent:]
         return not self._unsent
 
