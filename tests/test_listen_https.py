@@ -12,6 +12,7 @@ must be seen; dns2dot runs as a real process in front of unbound on loopback.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,13 +26,21 @@ import h2.events
 import h2.settings
 import pytest
 from support.dnsperf import run_dnsperf
-from support.listeners import Listening, listening_dns2dot, start_listening, tls_connect
-from support.net import LOOPBACK, a_addresses, make_query
+from support.listeners import (
+    Listening,
+    closed_within,
+    listening_dns2dot,
+    start_listening,
+    tls_connect,
+)
+from support.net import LOOPBACK, a_addresses, make_query, wait_peer_closed
 from support.pki import TLS_NAME, Pki
 from support.proc import Dns2Dot, require_tool, start_dns2dot
 from support.unbound import N_NAMES, UnboundUpstream
 
+from dns2dot.protocol.doh import encode_header_block
 from dns2dot.protocol.http import encode_dns_param
+from dns2dot.protocol.http2 import PREFACE, Frame, frame
 
 pytestmark = pytest.mark.integration
 
@@ -375,3 +384,73 @@ def test_http1_request_trickling_in_is_closed(listening: Listening, pki: Pki) ->
         assert closed, "a request trickling in for 15 s was not closed"
     status, _, _, _ = _curl(listening, pki, f"/dns-query?dns={encode_dns_param(wire)}")
     assert status == 200
+
+
+# -- hostile clients on the HTTPS port (the same TLS transport as DoT) ------------------------
+
+
+def test_hostile_handshakes_closed_others_served(listening: Listening, pki: Pki) -> None:
+    """A silent client, garbage instead of a ClientHello and a ClientHello trickled byte
+    by byte are each closed within seconds; a good client is served meanwhile."""
+    port = listening.https_port
+    hello = bytes.fromhex("16030100a5010000a10303") + bytes(32)  # the start of a ClientHello
+    with (
+        socket.create_connection((LOOPBACK, port), timeout=5) as silent,
+        socket.create_connection((LOOPBACK, port), timeout=5) as garbage,
+        socket.create_connection((LOOPBACK, port), timeout=5) as trickle,
+    ):
+        garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" * 10)
+        target = f"/dns-query?dns={encode_dns_param(_query_wire())}"
+        status, _, _, _ = _curl(listening, pki, target)
+        assert status == 200
+        closed = False
+        deadline = time.monotonic() + 10
+        for byte in hello:
+            if time.monotonic() > deadline:
+                break
+            try:
+                trickle.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        assert closed or closed_within(trickle, 5.0), "a trickled ClientHello was kept"
+        assert closed_within(silent, 5.0)
+        assert closed_within(garbage, 5.0)
+    status, _, _, _ = _curl(listening, pki, target)
+    assert status == 200
+
+
+def test_h2_client_that_does_not_read_is_reset(listening: Listening, pki: Pki) -> None:
+    """An HTTP/2 client that asks and asks and reads no answer is reset (its answers
+    taken by nothing for the stall timeout); another client is served meanwhile."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(2)
+    raw.connect((LOOPBACK, listening.https_port))
+    ctx = pki.client_context()
+    ctx.set_alpn_protocols(["h2"])
+    with ctx.wrap_socket(raw, server_hostname=TLS_NAME) as sock:
+        path = f"/dns-query?dns={encode_dns_param(_query_wire())}".encode()
+        block = encode_header_block(
+            [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"x"), (b":path", path)]
+        )
+        sock.sendall(PREFACE + frame(Frame.SETTINGS, 0, 0))
+        reset = False
+        stream_id = 1
+        for _ in range(400):  # up to 40,000 requests of which none is read
+            batch = b"".join(
+                frame(Frame.HEADERS, 0x5, stream_id + 2 * i, block) for i in range(100)
+            )
+            stream_id += 200
+            try:
+                sock.sendall(batch)
+            except TimeoutError:
+                break  # dns2dot stopped reading it: answers are piling up
+            except OSError:
+                reset = True
+                break
+        status, _, _, _ = _curl(listening, pki, path.decode())
+        assert status == 200
+        reset = reset or wait_peer_closed(sock, 15.0)
+        assert reset, "an HTTP/2 client that reads nothing was kept"

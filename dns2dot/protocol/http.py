@@ -4,8 +4,8 @@ Which request carries a DNS query and which status answers the others (400 for a
 ``dns`` parameter or a message that is not a query, 404 for another path, 405 for
 another method, 413 for an oversized body, 415 for another content type), the
 ``Cache-Control`` an answer may carry (RFC 8484 §5.1: its smallest TTL), and an
-HTTP/1.1 request reader with limits on header and body size. HTTP/2 framing is h2's
-(in dns2dot/serve/doh.py). See docs/ARCHITECTURE.md, "protocol".
+HTTP/1.1 request reader with limits on header and body size. HTTP/2 framing is
+dns2dot/protocol/http2_server.py's. See docs/ARCHITECTURE.md, "protocol".
 """
 
 from __future__ import annotations

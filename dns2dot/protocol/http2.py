@@ -1,4 +1,7 @@
-"""The client side of HTTP/2 (RFC 9113) as a DoH upstream uses it, sans-IO.
+"""The HTTP/2 frame layer (RFC 9113) and its client side as a DoH upstream uses it, sans-IO.
+
+The frame layer (frame types, settings, error codes, :func:`frame`) is shared with the
+server side, dns2dot/protocol/http2_server.py.
 
 A DoH client asks one thing of HTTP/2: POST a small body on a fresh stream and get one
 response back, many at once on one connection. :class:`H2Client` does exactly that:
@@ -39,7 +42,8 @@ LAST_STREAM_ID = 2**31 - 1
 MAX_DECODED = 256  # response header blocks kept decoded
 MAX_HEADER_BLOCK = 65536  # a response's header block, CONTINUATION frames included
 
-_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream
+FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream
+_HEADER = FRAME_HEADER
 
 
 class Frame(enum.IntEnum):
@@ -61,6 +65,7 @@ class Setting(enum.IntEnum):
     MAX_CONCURRENT_STREAMS = 3
     INITIAL_WINDOW_SIZE = 4
     MAX_FRAME_SIZE = 5
+    MAX_HEADER_LIST_SIZE = 6
 
 
 class ErrorCode(enum.IntEnum):

@@ -1,224 +1,174 @@
-"""The DNS-over-HTTPS listener (RFC 8484): HTTP/2 (ALPN ``h2``, through h2) and HTTP/1.1.
+"""The DNS-over-HTTPS listener (RFC 8484): HTTP/2 (ALPN ``h2``) and HTTP/1.1.
 
-A :class:`DohSession` is an ``asyncio.Protocol`` on the TLS transport that
-:class:`~dns2dot.transport.server_tls.TlsListener` makes. What a request means is
-decided by the pure dns2dot/protocol/http.py (GET ``?dns=``, POST
-``application/dns-message``, the error statuses, ``Cache-Control``); this module only
-moves bytes between h2 (or :class:`~dns2dot.protocol.http.Http1Reader`) and the
-resolver.
+A :class:`DohSession` runs on a
+:class:`~dns2dot.transport.tls_server_channel.TlsServerTransport` whose handshake is
+done, on the loop's readiness callbacks, as a DoT client's session does. The protocol
+is pure: HTTP/2 framing is :class:`~dns2dot.protocol.http2_server.H2Server`, HTTP/1.1
+reading :class:`~dns2dot.protocol.http.Http1Reader`, and what a request means is
+decided by dns2dot/protocol/http.py (GET ``?dns=``, POST ``application/dns-message``,
+the error statuses, ``Cache-Control``); this module moves bytes between them, the
+transport and the resolver.
 
-Limits: at most ``MAX_STREAMS`` concurrent streams per HTTP/2 connection and
-``MAX_HEADER_LIST`` octets of header fields (announced in SETTINGS, enforced by h2);
-bodies beyond 65535 octets are answered 413; an HTTP/1.1 client may pipeline up to
-``MAX_PIPELINED`` requests, answered in order. On shutdown HTTP/2 clients get a
-GOAWAY, and streams already open are still answered.
+Each response goes out in a TLS record of its own, the responses of one loop iteration
+in one ``send``: dnsperf 2.10's DoH client takes one answer per record it reads and
+leaves the others of that record unread until more bytes arrive.
+
+Limits: at most ``MAX_STREAMS`` concurrent streams per HTTP/2 connection (more are
+refused) and ``MAX_HEADER_LIST`` octets of header fields; bodies beyond 65535 octets
+are answered 413; an HTTP/1.1 client may pipeline up to ``MAX_PIPELINED`` requests,
+answered in order. A client that takes none of its answers for the stall timeout, or
+whose unsent answers pass the write-buffer limit, is reset, as a DoT client is.
+On shutdown HTTP/2 clients get a GOAWAY, and streams already open are still answered;
+a client's end of input is a half-close (what it asked is still answered).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from functools import partial
-from typing import TYPE_CHECKING, cast
-
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hyperframe.frame
+from typing import TYPE_CHECKING
 
 from dns2dot.protocol import http
+from dns2dot.protocol.client_stream import STALL_TIMEOUT
 from dns2dot.protocol.encrypted import Asks, client_asks, finish_answer
+from dns2dot.protocol.http2 import ConnectionBroken
+from dns2dot.protocol.http2_server import (
+    MAX_HEADER_LIST,
+    MAX_STREAMS,
+    BodyTooLarge,
+    GoAwayReceived,
+    H2Server,
+    Request,
+)
 from dns2dot.serve.tcp import TcpLimits
-from dns2dot.transport.server_tls import reset
+from dns2dot.transport.tls_server_channel import TlsServerTransport
 
 if TYPE_CHECKING:
     from dns2dot.serve.tls_clients import EncryptedServer
+
+__all__ = ["MAX_HEADER_LIST", "MAX_STREAMS", "DohSession", "serve_doh"]
 
 log = logging.getLogger("dns2dot.doh")
 
 Handler = Callable[[bytes, Callable[[bytes], None]], bool]
 
-MAX_STREAMS = 100  # concurrent streams per HTTP/2 connection
-MAX_HEADER_LIST = 16384  # octets of header fields per request (HTTP/2 SETTINGS)
+READ_CHUNK = 65536  # what one readiness callback reads from a client at most
 _SERVER = ("server", "dns2dot")
-# h2 checks every header field character by character, both ways: a third of the
-# CPU per request. A request is judged by the three fields dns2dot reads (:method,
-# :path, content-type; dns2dot/protocol/http.py), and our own fields are well-formed.
-_H2_CONFIG = h2.config.H2Configuration(
-    client_side=False,
-    header_encoding="utf-8",
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-)
+_TOO_LARGE = http.Rejection(413, "a DNS message is at most 65535 octets")
 
 
-class _Stream:
-    """One HTTP/2 request being read, answered, or waiting for flow control."""
+class SessionState(Enum):
+    """Where a DoH session is; changed only by ``DohSession._to``."""
 
-    __slots__ = ("body", "content_type", "method", "path", "pending", "rejected")
-
-    def __init__(self, method: str, path: str, content_type: str | None) -> None:
-        self.method = method
-        self.path = path
-        self.content_type = content_type
-        self.body = bytearray()
-        self.pending = b""  # response body h2's flow control did not let out yet
-        self.rejected = False
+    OPEN = "open"
+    FINISHING = "finishing"  # answer what is owed, then close (shutdown, end of input)
+    CLOSED = "closed"
 
 
-class DohSession(asyncio.Protocol):
+OPEN, FINISHING, CLOSED = SessionState
+
+
+class DohSession:
     """One DNS-over-HTTPS client connection, HTTP/2 or HTTP/1.1 by ALPN."""
 
     def __init__(
         self,
         server: EncryptedServer,
         handler: Handler,
-        limits: TcpLimits,
+        transport: TlsServerTransport,
         path: str,
         host: str,
     ) -> None:
         self._server = server
         self._handler = handler
-        self._limits = limits
+        self._limits: TcpLimits = server.limits
         self._path = path
         self.host = host
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._h2: h2.connection.H2Connection | None = None
-        self._streams: dict[int, _Stream] = {}
+        self.transport = transport
+        self.state = OPEN
+        alpn = transport.tls.selected_alpn_protocol()
+        self._h2 = H2Server(MAX_STREAMS) if alpn == "h2" else None
         self._reader = http.Http1Reader()
         self._slots: deque[list[bytes | None]] = deque()  # HTTP/1.1 answers, in order
-        self._closing_after_answers = False
-        self._flush_scheduled = False
-        self._records: list[bytes] = []  # answers waiting for the end of this iteration
-        self._goaway: int | None = None  # the last stream a GOAWAY we sent lets through
+        self._records: list[bytes] = []  # responses waiting for the end of this iteration
+        self._flush_handle: asyncio.Handle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None  # while ciphertext waits unsent
+        self._stall_sent = 0  # the transport's octets sent when the stall timer started
         self._inflight = 0
-        self._paused = False
+        self._paused = False  # HTTP/1.1: enough requests read ahead of their answers
         self._request_started = 0.0
         self.last_active = self._loop.time()
 
+    def _to(self, state: SessionState) -> None:
+        if self.state is not CLOSED:
+            self.state = state
+
+    def start(self) -> None:
+        """Serve the client; it leaves ``server.sessions`` when the connection ends."""
+        self._server.sessions.add(self)
+        self.transport.attach(self._readable, self._writable)
+        if self._h2 is not None:
+            self._records += self._h2.data_to_send()  # SETTINGS
+        if self._server.draining:
+            self.shutdown()
+        self._flush()
+        if self.state is not CLOSED:
+            self.transport.want_read(True)
+
     # -- the transport's callbacks -----------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
-        self._transport = cast(asyncio.Transport, transport)
-        self._server.sessions.add(self)
-        ssl_object = self._transport.get_extra_info("ssl_object")
-        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        if alpn == "h2":
-            conn = h2.connection.H2Connection(_H2_CONFIG)
-            # Huffman-coding our few, short header values costs more (pure Python)
-            # than the octets it saves; the static ones are indexed after the first.
-            conn.encoder.encode = partial(conn.encoder.encode, huffman=False)  # type: ignore[method-assign]
-            conn.local_settings = h2.settings.Settings(
-                client=False,
-                initial_values={
-                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-                    h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                },
-            )
-            conn.initiate_connection()
-            self._h2 = conn
-            self._send_h2()
-            if self._server.draining:
-                self.shutdown()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._server.sessions.discard(self)
-        self._transport = None
-        self._streams.clear()
-        self._slots.clear()
-
-    def data_received(self, data: bytes) -> None:
+    def _readable(self) -> None:
+        try:
+            data = self.transport.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:  # the client's input ended: answer what it asked, then close
+            self.transport.want_read(False)
+            self._to(FINISHING)
+            self._paused = True
+            self._flush()
+            return
         self.last_active = self._loop.time()
         if self._h2 is not None:
             self._h2_received(data)
         else:
             self._http1_received(data)
 
-    def eof_received(self) -> bool | None:
-        return None
+    def _writable(self) -> None:
+        self._flush()
 
     # -- HTTP/2 --------------------------------------------------------------------------
 
     def _h2_received(self, data: bytes) -> None:
         conn = self._h2
         assert conn is not None
-        try:
-            events = conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # Broken framing, more than MAX_STREAMS streams at once, oversized headers:
-            # h2 stops mid-input (its HPACK state with it), so the connection ends.
-            log.debug("closing DoH client %s: %s", self.host, exc)
-            self._server.stats.dropped["http_protocol"] += 1
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                conn.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            self._send_h2()
-            self.close()
-            return
-        for event in events:
-            if isinstance(event, h2.events.RequestReceived):
+        for event in conn.receive(data):
+            if type(event) is Request:
                 self._h2_request(event)
-            elif isinstance(event, h2.events.DataReceived):
-                self._h2_data(event)
-            elif isinstance(event, h2.events.StreamEnded):
-                self._h2_ended(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                self._streams.pop(event.stream_id, None)
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._h2_window(event.stream_id)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._send_h2()
-                self.close()
-                return
-        self._send_h2()
+            elif type(event) is BodyTooLarge:
+                self._h2_reject(event.stream_id, _TOO_LARGE)
+            elif type(event) is GoAwayReceived:
+                self._to(FINISHING)
+            elif type(event) is ConnectionBroken:
+                log.debug("closing DoH client %s: %s", self.host, event.reason)
+                self._server.stats.dropped["http_protocol"] += 1
+                self._to(FINISHING)
+        self._records += conn.data_to_send()
+        self._flush()
 
-    def _h2_request(self, event: h2.events.RequestReceived) -> None:
-        if self._goaway is not None and event.stream_id > self._goaway:
-            assert self._h2 is not None
-            self._h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
-        fields = {str(name): str(value) for name, value in event.headers or ()}
-        self._streams[event.stream_id] = _Stream(
-            fields.get(":method", ""), fields.get(":path", ""), fields.get("content-type")
-        )
-
-    def _h2_data(self, event: h2.events.DataReceived) -> None:
-        conn = self._h2
-        assert conn is not None
+    def _h2_request(self, event: Request) -> None:
         stream_id = event.stream_id
-        if event.flow_controlled_length:
-            conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.rejected:
-            return
-        stream.body += event.data or b""
-        if len(stream.body) > http.MAX_BODY:
-            stream.rejected = True
-            stream.body = bytearray()
-            # Answered at once; the rest of the body is read and dropped.
-            self._h2_reject(stream_id, http.Rejection(413, "a DNS message is at most 65535 octets"))
-
-    def _h2_ended(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return
-        if stream.rejected:
-            self._streams.pop(stream_id, None)
-            return
         request = http.dns_request(
-            stream.method, stream.path, stream.content_type, bytes(stream.body), self._path
+            event.method, event.path, event.content_type, event.body, self._path
         )
-        stream.body = bytearray()
         if isinstance(request, http.Rejection):
             self._h2_reject(stream_id, request)
             return
@@ -230,78 +180,18 @@ class DohSession(asyncio.Protocol):
         conn = self._h2
         assert conn is not None
         self._server.stats.dropped[f"http_{rejection.status}"] += 1
-        headers = [(":status", str(rejection.status)), *http.rejection_headers(rejection), _SERVER]
-        try:
-            conn.send_headers(stream_id, headers)
-            self._h2_body(stream_id, rejection.reason.encode() + b"\n")
-        except h2.exceptions.StreamClosedError:
-            self._streams.pop(stream_id, None)
+        fields = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in (*http.rejection_headers(rejection), _SERVER)
+        ]
+        conn.reject(stream_id, rejection.status, fields, rejection.reason.encode() + b"\n")
+        self._queue(conn.data_to_send())
 
     def _h2_answer(self, stream_id: int, answer: bytes) -> None:
         conn = self._h2
-        if conn is None or self._transport is None or stream_id not in self._streams:
-            return  # the client reset the stream or left
-        headers = [(":status", "200"), *http.answer_headers(answer), _SERVER]
-        try:
-            conn.send_headers(stream_id, headers)
-            self._h2_body(stream_id, answer)
-        except h2.exceptions.StreamClosedError:
-            self._streams.pop(stream_id, None)
-        # Each answer in a TLS record of its own, the answers of one loop iteration sent
-        # together: dnsperf 2.10's DoH client takes one answer per record it reads and
-        # leaves the others of that record unread until more bytes arrive.
-        data = conn.data_to_send()
-        if data:
-            self._records.append(data)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush_h2)
-
-    def _flush_h2(self) -> None:
-        self._flush_scheduled = False
-        self._send_h2()
-
-    def _h2_body(self, stream_id: int, body: bytes) -> None:
-        """Send what flow control allows; the rest waits for a WINDOW_UPDATE."""
-        conn = self._h2
         assert conn is not None
-        frame_size = conn.max_outbound_frame_size
-        while body:
-            window = conn.local_flow_control_window(stream_id)
-            if window <= 0:
-                stream = self._streams.get(stream_id)
-                if stream is not None:
-                    stream.pending = body
-                return
-            chunk = body[: min(window, frame_size)]
-            body = body[len(chunk) :]
-            conn.send_data(stream_id, chunk, end_stream=not body)
-        self._streams.pop(stream_id, None)
-
-    def _h2_window(self, stream_id: int) -> None:
-        ids = [stream_id] if stream_id else list(self._streams)
-        for sid in ids:
-            stream = self._streams.get(sid)
-            if stream is not None and stream.pending:
-                body, stream.pending = stream.pending, b""
-                try:
-                    self._h2_body(sid, body)
-                except h2.exceptions.StreamClosedError:
-                    self._streams.pop(sid, None)
-
-    def _send_h2(self) -> None:
-        conn = self._h2
-        if conn is None or self._transport is None:
-            return
-        data = conn.data_to_send()
-        if data:
-            self._records.append(data)
-        if self._records:  # in the order h2 encoded them: HPACK depends on it
-            records, self._records = self._records, []
-            self._transport.writelines(records)
-            self._check_unread()
-        if self._closing_after_answers and self._inflight == 0 and self._transport is not None:
-            self._transport.close()
+        if conn.answer(stream_id, answer, http.cache_control(answer).encode("latin-1")):
+            self._queue(conn.data_to_send())
 
     # -- HTTP/1.1 ------------------------------------------------------------------------
 
@@ -321,7 +211,7 @@ class DohSession(asyncio.Protocol):
                 )
             ]
             self._slots.append(slot)
-            self._closing_after_answers = True
+            self._to(FINISHING)
             self._pause()
         elif len(self._slots) >= http.MAX_PIPELINED:
             self._pause()
@@ -332,7 +222,7 @@ class DohSession(asyncio.Protocol):
         self._slots.append(slot)
         keep_alive = request.keep_alive
         if not keep_alive:
-            self._closing_after_answers = True
+            self._to(FINISHING)
         message = http.dns_request(
             request.method, request.target, request.content_type, request.body, self._path
         )
@@ -361,25 +251,22 @@ class DohSession(asyncio.Protocol):
         self._http1_flush()
 
     def _http1_flush(self) -> None:
-        transport = self._transport
-        if transport is None:
-            return
+        """The answers ready in order go out; reading resumes when there is room."""
+        slots = self._slots
         out = []
-        while self._slots and self._slots[0][0] is not None:
-            response = self._slots.popleft()[0]
+        while slots and slots[0][0] is not None:
+            response = slots.popleft()[0]
             assert response is not None
             out.append(response)
-        if out:
-            transport.write(b"".join(out))
-            self._check_unread()
-        if self._transport is None:
-            return
-        if self._closing_after_answers:
-            if not self._slots:
-                self._transport.close()
-        elif self._paused and len(self._slots) < http.MAX_PIPELINED:
+        self._queue(out)
+        if (
+            self.state is OPEN
+            and self._paused
+            and len(slots) < http.MAX_PIPELINED
+            and self._reader.state is not http.ReaderState.BROKEN
+        ):
             self._paused = False
-            self._transport.resume_reading()
+            self.transport.want_read(True)
 
     # -- both ----------------------------------------------------------------------------
 
@@ -394,10 +281,12 @@ class DohSession(asyncio.Protocol):
 
         def reply(answer: bytes) -> None:
             self._inflight -= 1
-            if self._transport is None:
+            if self.state is CLOSED:
                 return
             self.last_active = self._loop.time()
             respond(finish_answer(answer, asks, 0.0) if asks else answer)
+            if self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush_soon)
 
         try:
             handled = self._handler(message, reply)
@@ -410,24 +299,79 @@ class DohSession(asyncio.Protocol):
             self._inflight -= 1
             reject(http.Rejection(400, "not a DNS query"))
 
-    def _pause(self) -> None:
-        if not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
+    def _queue(self, records: list[bytes]) -> None:
+        """Responses to write at the end of this loop iteration, a TLS record each."""
+        if records:
+            self._records += records
+            if self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush_soon)
 
-    def _check_unread(self) -> None:
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() > (
-            self._limits.max_write_buffer
-        ):
-            log.debug("closing DoH client %s that does not read its answers", self.host)
-            self._server.stats.dropped["unread_output"] += 1
-            reset(transport)
-            self._transport = None
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what is queued; close a client that does not read, or one that is done."""
+        if self.state is CLOSED:
+            return
+        transport = self.transport
+        if self._records:
+            records, self._records = self._records, []
+            try:
+                transport.write_records(records)
+            except OSError:
+                self.close()
+                return
+            if transport.backlog > self._limits.max_write_buffer:
+                self._unread()
+                return
+            if transport.backlog and self._stall_timer is None:
+                self._stall_sent = transport.sent
+                self._stall_timer = self._loop.call_later(STALL_TIMEOUT, self._stall_check)
+        if self.state is FINISHING and self._done:
+            if transport.backlog:
+                transport.want_write(True)  # close once the socket took it all
+            else:
+                self.close()
+                return
+        transport.want_write(False)
+
+    def _stall_check(self) -> None:
+        """Reset a client that took none of its answers for the stall timeout, as a DoT
+        or TCP client is."""
+        self._stall_timer = None
+        transport = self.transport
+        if self.state is CLOSED or not transport.backlog:
+            return
+        if transport.sent == self._stall_sent:
+            self._unread()
+            return
+        self._stall_sent = transport.sent
+        self._stall_timer = self._loop.call_later(STALL_TIMEOUT, self._stall_check)
+
+    def _unread(self) -> None:
+        log.debug("closing DoH client %s that does not read its answers", self.host)
+        self._server.stats.dropped["unread_output"] += 1
+        self.close(reset=True)
+
+    @property
+    def _done(self) -> bool:
+        """Nothing more is owed to the client."""
+        if self._inflight:
+            return False
+        if self._h2 is not None:
+            return self._h2.finished or not self._h2.streams
+        return not self._slots
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.want_read(False)
 
     # -- the server's calls --------------------------------------------------------------
 
     def expired(self, now: float) -> str | None:
+        """Why the sweep should close this session now, or None."""
         # An HTTP/1.1 request that trickles in is a slow frame, as on DNS over TCP.
         if (
             not self._paused
@@ -440,26 +384,41 @@ class DohSession(asyncio.Protocol):
         return None
 
     def shutdown(self) -> None:
-        """GOAWAY (HTTP/2) or ``Connection: close`` (HTTP/1.1); open requests are answered."""
-        if self._transport is None:
+        """GOAWAY (HTTP/2) or close after the answers owed (HTTP/1.1)."""
+        if self.state is CLOSED:
             return
-        if self._h2 is not None and self._goaway is None:
-            # A GOAWAY of our own making: h2's close_connection() would also refuse the
-            # answers to the streams still open, which RFC 9113 §6.8 lets us finish.
-            self._send_h2()
-            self._goaway = self._h2.highest_inbound_stream_id
-            frame = hyperframe.frame.GoAwayFrame(0)
-            frame.last_stream_id = self._goaway
-            frame.error_code = h2.errors.ErrorCodes.NO_ERROR
-            self._transport.write(frame.serialize())
-        self._closing_after_answers = True
         if self._h2 is not None:
-            self._send_h2()  # closes the connection once nothing is in flight
-        elif not self._slots:
-            self._transport.close()
+            self._h2.shutdown()
+            self._records += self._h2.data_to_send()
+        self._to(FINISHING)
+        self._flush()
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+    def close(self, reset: bool = False) -> None:
+        """End the connection (idempotent); late answers are dropped."""
+        if self.state is CLOSED:
+            return
+        self._to(CLOSED)
+        for handle in (self._flush_handle, self._stall_timer):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._stall_timer = None
+        self._records.clear()
+        self._slots.clear()
+        if reset:
+            self.transport.reset()
+        else:
+            self.transport.close()
         self._server.sessions.discard(self)
+
+
+def serve_doh(
+    server: EncryptedServer,
+    handler: Handler,
+    transport: TlsServerTransport,
+    path: str,
+    host: str,
+) -> DohSession:
+    """Start a DoH session for a client whose handshake is done."""
+    session = DohSession(server, handler, transport, path, host)
+    session.start()
+    return session

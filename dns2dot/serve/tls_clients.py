@@ -1,8 +1,8 @@
 """What the encrypted listeners (DoT and DoH) share: their clients, counted and swept.
 
-:class:`EncryptedServer` binds nothing itself: it runs a listener from
-:mod:`dns2dot.transport.server_tls` per listening socket (DoT on the memory-BIO server
-transport, DoH on the loop's TLS transport), keeps every
+:class:`EncryptedServer` binds nothing itself: it runs a
+:class:`~dns2dot.transport.server_tls.ChannelListener` per listening socket (each client
+on the memory-BIO server transport once its handshake is done), keeps every
 client session, refuses clients beyond ``max_clients``, closes sessions idle for
 longer than the idle timeout (and DoT frames that trickle in), and on shutdown asks
 each session to stop politely (HTTP/2 GOAWAY) before closing it.
@@ -19,7 +19,8 @@ from typing import Protocol
 
 from tornado.netutil import bind_sockets
 
-from dns2dot.serve.doh import DohSession
+from dns2dot.protocol import http2_hpack
+from dns2dot.serve.doh import serve_doh
 from dns2dot.serve.dot import serve_dot
 from dns2dot.serve.stats import Stats
 from dns2dot.serve.tcp import PoolSession, TcpLimits
@@ -27,7 +28,6 @@ from dns2dot.transport.server_tls import (
     HANDSHAKE_TIMEOUT,
     Certificates,
     ChannelListener,
-    TlsListener,
 )
 from dns2dot.transport.tls_server_channel import TlsServerTransport
 
@@ -50,55 +50,40 @@ class Session(Protocol):
 class EncryptedServer:
     """The clients of one encrypted listener kind (``dot`` or ``doh``).
 
-    ``session`` makes a protocol for the loop's TLS transport (DoH) from the client's
-    host; ``serve`` instead starts a session on a server TLS transport whose
-    handshake is done (DoT). One of the two is given.
+    ``serve(server, transport, host)`` starts a session on a server TLS transport
+    whose handshake is done.
     """
 
     def __init__(
         self,
         kind: str,
         context: Callable[[], ssl.SSLContext],
-        session: Callable[[EncryptedServer, str], asyncio.Protocol] | None,
+        serve: Callable[[EncryptedServer, TlsServerTransport, str], object],
         limits: TcpLimits,
         stats: Stats,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        serve: Callable[[EncryptedServer, TlsServerTransport, str], object] | None = None,
     ) -> None:
         self.kind = kind
         self.limits = limits
         self.stats = stats
         self.sessions: set[Session] = set()
         self._context = context
-        self._session = session
         self._serve = serve
         self._handshake_timeout = handshake_timeout
-        self._listeners: list[TlsListener | ChannelListener] = []
+        self._listeners: list[ChannelListener] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._full_logged = False
         self.draining = False
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
-        listener: TlsListener | ChannelListener
-        if self._serve is not None:
-            serve = self._serve
-            listener = ChannelListener(
-                sockets,
-                self._context,
-                lambda transport, host: serve(self, transport, host),
-                self._admit,
-                self._handshake_timeout,
-            )
-        else:
-            session = self._session
-            assert session is not None, "an encrypted server needs session or serve"
-            listener = TlsListener(
-                sockets,
-                self._context,
-                lambda host: session(self, host),
-                self._admit,
-                self._handshake_timeout,
-            )
+        serve = self._serve
+        listener = ChannelListener(
+            sockets,
+            self._context,
+            lambda transport, host: serve(self, transport, host),
+            self._admit,
+            self._handshake_timeout,
+        )
         listener.start()
         self._listeners.append(listener)
         if self._sweeper is None:
@@ -206,23 +191,22 @@ class EncryptedListeners:
         except BaseException:
             self._close_sockets()
             raise
+        if doh:
+            http2_hpack.prepare()  # not on the first request's time
         certificates = self.certificates
         self.servers = {
             "dot": EncryptedServer(
                 "dot",
                 lambda: certificates.dot,
-                None,
+                lambda server, transport, host: serve_dot(server, handler(host, "dot"), transport),
                 limits,
                 stats,
-                serve=lambda server, transport, host: serve_dot(
-                    server, handler(host, "dot"), transport
-                ),
             ),
             "doh": EncryptedServer(
                 "doh",
                 lambda: certificates.https,
-                lambda server, host: DohSession(
-                    server, handler(host, "doh"), limits, https_path, host
+                lambda server, transport, host: serve_doh(
+                    server, handler(host, "doh"), transport, https_path, host
                 ),
                 limits,
                 stats,

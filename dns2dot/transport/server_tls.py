@@ -7,9 +7,9 @@ and the contexts in use are kept. The listeners accept clients on tornado's acce
 handler and wrap every socket with the context current at that moment, so a rotation
 never touches a connection already made, and a handshake that is not done within
 ``handshake_timeout`` (a client that never finishes, or trickles its ClientHello) is
-abandoned: :class:`ChannelListener` (DoT) on the memory-BIO
-:class:`~dns2dot.transport.tls_server_channel.TlsServerTransport`, :class:`TlsListener`
-(DoH) on the loop's own TLS transport. See docs/ARCHITECTURE.md, "transport".
+abandoned. :class:`ChannelListener` hands each client (DoT and DoH alike) a memory-BIO
+:class:`~dns2dot.transport.tls_server_channel.TlsServerTransport` once its handshake is
+done. See docs/ARCHITECTURE.md, "transport".
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from tornado.netutil import add_accept_handler
 
 from dns2dot.protocol.errors import ConfigError
-from dns2dot.transport.sockets import reset_on_close
 from dns2dot.transport.tls_server_channel import TlsServerTransport
 
 log = logging.getLogger("dns2dot.tls")
@@ -150,95 +149,9 @@ class Certificates:
             self._watcher = None
 
 
-def reset(transport: asyncio.Transport) -> None:
-    """Abort a client's TLS connection with a TCP reset (SO_LINGER 0): its FIN would
-    wait behind answers it never reads, and the kernel would keep them."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        reset_on_close(sock)
-    transport.abort()
-
-
-class TlsListener:
-    """Accepts clients on listening sockets and runs a protocol over TLS for each.
-
-    ``context`` is asked for the context at every accept (certificates rotate);
-    ``admit`` is asked before the handshake whether the listener has room for one
-    more client. A failed or late handshake closes that client only.
-    """
-
-    def __init__(
-        self,
-        sockets: list[socket.socket],
-        context: Callable[[], ssl.SSLContext],
-        protocol: Callable[[str], asyncio.Protocol],
-        admit: Callable[[], bool],
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    ) -> None:
-        self.sockets = sockets
-        self._context = context
-        self._protocol = protocol
-        self._admit = admit
-        self._handshake_timeout = handshake_timeout
-        self._removers: list[Callable[[], None]] = []
-        self._handshakes: set[asyncio.Task[object]] = set()
-
-    @property
-    def handshaking(self) -> int:
-        """Clients accepted whose handshake is not done yet."""
-        return len(self._handshakes)
-
-    def start(self) -> None:
-        for sock in self.sockets:
-            self._removers.append(add_accept_handler(sock, self._accepted))
-
-    def _accepted(self, sock: socket.socket, address: object) -> None:
-        if not self._admit():
-            sock.close()
-            return
-        host = address[0] if isinstance(address, tuple) else str(address)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        task = asyncio.ensure_future(self._handshake(sock, host))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
-
-    async def _handshake(self, sock: socket.socket, host: str) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(
-                lambda: self._protocol(host),
-                sock,
-                ssl=self._context(),
-                ssl_handshake_timeout=self._handshake_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            log.debug("TLS client %s: handshake failed: %s", host, exc)
-            sock.close()
-        except asyncio.CancelledError:
-            sock.close()
-            raise
-        except Exception:  # a bug in a session's start: that client only
-            log.exception("TLS client %s: closed after an unexpected error", host)
-            sock.close()
-
-    def stop_accepting(self) -> None:
-        """Close the listening sockets; clients connected are left alone."""
-        for remove in self._removers:
-            remove()
-        self._removers.clear()
-        for sock in self.sockets:
-            sock.close()
-
-    def stop(self) -> None:
-        self.stop_accepting()
-        for task in list(self._handshakes):
-            task.cancel()
-
-
 class ChannelListener:
     """Accepts clients and hands each a :class:`TlsServerTransport` once its handshake
-    is done, for a session that runs on readiness callbacks (DoT).
+    is done, for a session that runs on readiness callbacks (DoT, DoH).
 
     ``context`` is asked for the context at every accept (certificates rotate);
     ``admit`` is asked before the handshake whether there is room for one more client;

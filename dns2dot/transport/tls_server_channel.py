@@ -64,6 +64,7 @@ class TlsServerTransport:
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.state = HANDSHAKING
         self._unsent = b""  # ciphertext the socket did not take yet
+        self.sent = 0  # octets of ciphertext the socket took, for a stall check
         self._held = 0  # plaintext bytes passed to send whose ciphertext is still unsent
         self._ended = False  # the client's input ended (close_notify or end of stream)
         self._broken: BaseException | None = None  # a broken record after some plaintext
@@ -219,6 +220,26 @@ class TlsServerTransport:
                 self._held = len(rest)
         return taken
 
+    def write_records(self, records: list[bytes]) -> None:
+        """Encrypt each of ``records`` into TLS records of its own (a client may read
+        one message per record) and send them all in one ``send``. What the socket
+        does not take waits in :attr:`backlog` and goes out when it is writable.
+        Not mixed with :meth:`send` on one connection. Raises ``OSError`` on a broken
+        connection."""
+        write = self.tls.write
+        try:
+            for record in records:
+                write(record)
+        except ssl.SSLError as exc:
+            raise ConnectionResetError(str(exc)) from None
+        self._flush()
+        self._watch_write(self._session_writing or self._owed)
+
+    @property
+    def backlog(self) -> int:
+        """Octets of ciphertext the socket has not taken yet."""
+        return len(self._unsent) + self.outgoing.pending
+
     def want_read(self, on: bool) -> None:
         self._watch_read(on)
         if on and self.state is OPEN and (self.incoming.pending or self.tls.pending()):
@@ -265,6 +286,7 @@ class TlsServerTransport:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
+        self.sent += sent
         self._unsent = data[sent:]
         return not self._unsent
 
