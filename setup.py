@@ -17,11 +17,10 @@ setup(
         "dnspython>=2.4",
         "PyYAML>=6",
         "prometheus-client>=0.17",
-        "h2>=4.1,<5",
         # DNSSEC validation (dns2dot.policy.dnssec): dnspython 2.9 enables its dns.dnssec
         # signature checks only with cryptography 50 or newer.
         "cryptography>=50",
-        "hpack>=4,<5",  # h2's HPACK library, used by dns2dot.protocol.http2 directly
+        "hpack>=4,<5",  # HPACK for dns2dot.protocol.http2 (the client and server halves)
         "uvloop>=0.17; platform_system != 'Windows' and platform_python_implementation == 'CPython'",
     ],
     extras_require={
@@ -32,6 +31,7 @@ setup(
             # target that overlaps the name pointing to it, as dns2dot.wire does.
             "dnspython>=2.9",
             "trustme>=1.1",
+            "h2>=4.1,<5",  # the reference HTTP/2 peer the DoH tests and bench.hotpath drive
             "ruff>=0.5",
             "mypy>=1.8",
             "types-PyYAML",
