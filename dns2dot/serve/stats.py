@@ -34,6 +34,16 @@ class Stats:
         buckets[-2] += seconds
         buckets[-1] += 1
 
+    def answered_at_once(self, key: tuple[str, int, int]) -> None:
+        """:meth:`answered` for an answer made without waiting (a cache hit), by its
+        counter key (transport, qtype, rcode), which the caller keeps."""
+        self.queries[key] += 1
+        buckets = self.latency.get(key[0])
+        if buckets is None:
+            buckets = self.latency[key[0]] = [0.0] * (len(BUCKETS) + 3)
+        buckets[0] += 1
+        buckets[-1] += 1
+
     def snapshot(self, **gauges: Any) -> Snapshot:
         """A JSON-able copy of the counters, plus the gauges the caller reads off live objects."""
         return {

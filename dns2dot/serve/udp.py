@@ -170,6 +170,7 @@ class BatchedUdp:
         fit_udp = wire.fit_udp
         queue = self._queue
         serve = SERVE
+        time = self._loop.time
         self._reading = True
         try:
             for _ in range(READS_PER_WAKE):
@@ -178,12 +179,13 @@ class BatchedUdp:
                 except OSError as exc:
                     log.debug("UDP receive error: %s", exc)
                     return
+                now = time()
                 for data, name, control in batch:
                     verdict = memo.get(name[key]) if memo is not None else None
                     if verdict is None:
                         verdict = self._verdict(name)
                     if verdict is serve and not self.draining:
-                        answer = known_answer(data, "udp")
+                        answer = known_answer(data, "udp", now)
                         if answer is not None:
                             if len(answer) > wire.MIN_UDP_PAYLOAD:
                                 answer = fit_udp(answer, data)
