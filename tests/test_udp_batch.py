@@ -384,15 +384,21 @@ def test_ratelimit_slips_empty_truncated_answers(
 
 
 def test_answers_counted_at_once_count_like_answered() -> None:
-    """A cache hit's counting by a kept key is ``Stats.answered`` with 0 seconds."""
+    """A cache hit counted on a kept counter is ``Stats.answered`` with 0 seconds, once
+    folded (the snapshot folds)."""
     from dns2dot.serve.stats import Stats
 
     slow, fast = Stats(), Stats()
     for transport, qtype, rcode in (("udp", 1, 0), ("udp", 1, 0), ("tcp", 28, 3)):
         slow.answered(transport, qtype, rcode, 0.0)
-        fast.answered_at_once((transport, qtype, rcode))
+        fast.at_once((transport, qtype, rcode))[0] += 1
+    fast.answered("udp", 1, 0, 0.2)
+    slow.answered("udp", 1, 0, 0.2)
+    assert fast.snapshot() == slow.snapshot()
     assert fast.queries == slow.queries
     assert fast.latency == slow.latency
+    fast.at_once(("udp", 1, 0))[0] += 1  # counted once more after a fold, not twice
+    slow.answered("udp", 1, 0, 0.0)
     assert fast.snapshot() == slow.snapshot()
 
 

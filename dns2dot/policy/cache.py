@@ -71,12 +71,13 @@ class KnownQuery:
     entry: CacheEntry
     query: wire.Query
     until: float  # when the entry's age in whole seconds changes: ``answer`` is then old
-    answer: bytes  # the answer this query got, from the byte after the ID
+    answer: bytearray  # the answer this query gets, from the byte after the ID
     rest: bytes = b""  # the query from the byte after the ID: its key in the known map
     size: int = 0  # bytes charged against the known queries' share of the byte bound
     next: KnownQuery | None = None  # the entry's next known query
-    counted: tuple[str, int, int] | None = None  # the resolver's counter key, kept
+    counted: tuple[str, list[int]] | None = None  # the resolver's counter, by transport
     prefetch_at: float = 0.0  # when the entry enters the last tenth of its life
+    offsets: tuple[int, ...] = ()  # of the entry's TTL fields in ``answer``, in order
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,10 @@ class Cache:
             self._entries.move_to_end(known.key)  # recency kept to the second
             age = int(now - entry.stored)
             known.until = entry.stored + age + 1
-            known.answer = _tail(entry, known.query, age)
+            answer = known.answer  # only copied out (the caller prepends the ID): patched
+            pack = _TTL.pack_into
+            for offset, ttl in zip(known.offsets, entry.ttls, strict=True):
+                pack(answer, offset, ttl - age if ttl > age else 0)
         self.hits += 1
         entry.hits += 1
         return known
@@ -228,7 +232,8 @@ class Cache:
         if chained >= KNOWN_PER_ENTRY:
             return
         until = entry.stored + int(now - entry.stored) + 1
-        known = KnownQuery(key, entry, query, until, answer[2:], rest, size)
+        known = KnownQuery(key, entry, query, until, bytearray(answer[2:]), rest, size)
+        known.offsets = _tail_offsets(entry, query)
         known.prefetch_at = entry.expires - (entry.expires - entry.stored) / 10
         known.next = first
         self._known_of[key] = known
@@ -369,23 +374,13 @@ class Cache:
         return _personal(answer, entry, query)
 
 
-def _tail(entry: CacheEntry, query: wire.Query, age: int) -> bytes:
-    """``render(entry, query, ...)[2:]`` for a fresh entry ``age`` seconds old, in one
-    buffer: a known query's answer is rendered again each second it is asked in."""
-    buf = bytearray(entry.answer)
-    pack = _TTL.pack_into
-    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-        pack(buf, offset, ttl - age if ttl > age else 0)
+def _tail_offsets(entry: CacheEntry, query: wire.Query) -> tuple[int, ...]:
+    """Where the entry's TTL fields are in what :meth:`Cache.render` gives ``query``,
+    from the byte after the ID (the OPT record is cut for a client without EDNS)."""
+    cut_at, cut = len(entry.answer), 0
     if query.edns is None and entry.opt is not None:
-        start, end = entry.opt
-        del buf[start:end]
-        arcount = ((buf[10] << 8) | buf[11]) - 1
-        buf[10:12] = arcount.to_bytes(2, "big")
-    qname = query.qname
-    if len(qname) == entry.qname_len:
-        buf[wire.HEADER_LEN : wire.HEADER_LEN + len(qname)] = qname
-    del buf[:2]
-    return bytes(buf)
+        cut_at, cut = entry.opt[0], entry.opt[1] - entry.opt[0]
+    return tuple(o - 2 - (cut if o > cut_at else 0) for o in entry.ttl_offsets)
 
 
 def _counted_down(entry: CacheEntry, age: int) -> list[int]:

@@ -279,8 +279,9 @@ class Resolver:
         answer = msg[:2] + known.answer
         counted = known.counted
         if counted is None or counted[0] != transport:
-            counted = known.counted = (transport, known.query.qtype, answer[3] & 0x0F)
-        self.stats.answered_at_once(counted)
+            key = (transport, known.query.qtype, answer[3] & 0x0F)
+            counted = known.counted = (transport, self.stats.at_once(key))
+        counted[1][0] += 1
         if self.log_queries:
             log_query(transport, known.query, answer, 0.0)
         if now >= known.prefetch_at:  # the entry's last tenth: maybe refresh it
