@@ -1121,3 +1121,29 @@ def test_a_known_answer_is_rendered_again_each_second(edns: bool, spelling: str)
         query = parsed(make_query(spelling, qid=step, edns=edns))[1]
         assert got == cache.render(entry, query, now, stale=False)
         assert ttls(dns.message.from_wire(got)) == [100 - int(step * 0.37)]
+
+
+def test_a_known_answer_with_records_after_its_opt_counts_down_in_place() -> None:
+    """A record after the OPT moves when the OPT is cut for a client without EDNS: its
+    TTL is still the one patched each second."""
+    q = make_query("example.com.", edns=False)
+    r = dns.message.make_response(q)
+    r.answer.append(rrset("example.com.", 100, "A", "192.0.2.1"))
+    r.additional.append(rrset("ns.example.com.", 100, "A", "192.0.2.53"))
+    plain = r.to_wire()
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)  # an OPT before the additional A
+    header = bytearray(plain[:12])
+    header[10:12] = struct.pack("!H", 2)
+    first_additional = plain.index(b"\x02ns")  # the additional record starts with its name
+    answer = bytes(header) + plain[12:first_additional] + opt + plain[first_additional:]
+    cache = Cache(policy())
+    key, _ = put_answer(cache, q, answer)
+    assert fetch(cache, key, T0).opt is not None
+    serve_once(cache, q, T0)
+    for step in range(1, 6):
+        now = T0 + step * 1.5
+        asked = make_query("example.com.", qid=step, edns=False)
+        got = known_answer(cache, asked, now)
+        expected = cache.render(fetch(cache, key, now), parsed(asked)[1], now, stale=False)
+        assert got == expected
+        assert ttls(dns.message.from_wire(got)) == [100 - int(step * 1.5)] * 2
