@@ -60,6 +60,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--dns2dot-args", default="", help="extra arguments for every dns2dot started")
     p.add_argument(
+        "--dns2dot-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for every dns2dot started, repeatable (the caller's "
+        "DNS2DOT_* are not passed on), e.g. --dns2dot-env DNS2DOT_UDP_BATCH=off",
+    )
+    p.add_argument(
         "--dns2dot-root",
         type=Path,
         default=peers.REPO,
@@ -101,11 +109,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``--dns2dot-env KEY=VALUE`` pairs; a pair without ``=`` or a key is an error."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(f"bench: --dns2dot-env wants KEY=VALUE, not {pair!r}")
+        env[key.strip()] = value
+    return env
+
+
 def make_settings(args: argparse.Namespace) -> Settings:
     s = Settings(
         smoke=args.smoke,
         dns2dot_args=shlex.split(args.dns2dot_args),
         idle_dns2dot_args=shlex.split(args.idle_dns2dot_args),
+        dns2dot_env=parse_env(args.dns2dot_env),
         dns2dot_root=args.dns2dot_root.resolve(),
     )
     if args.smoke:

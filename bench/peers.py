@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -430,9 +430,11 @@ def start_dns2dot(
     probe: bool = True,
     upstream: str | None = None,
     label: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Server:
     """``python -m dns2dot`` run from ``root`` (this checkout by default, or another one to
-    compare); ready once it prints its startup line.
+    compare); ready once it prints its startup line. ``env``: variables for it alone
+    (``--dns2dot-env``), on top of the caller's environment without its ``DNS2DOT_*``.
 
     With ``probe=False`` nothing is queried, so the first query the caller sends is the
     one that pays for the upstream TLS handshake (the cold-start workload).
@@ -462,10 +464,11 @@ def start_dns2dot(
         server.error = missing
         return server
     # Only the command line configures it: no DNS2DOT_* or DNSSERVER from the caller.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DNS2DOT_", "DNSSERVER"))}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DNS2DOT_", "DNSSERVER"))}
+    clean.update(env or {})
+    clean.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
     try:
-        server.proc = registry.start(key, argv, cwd=root, env=env)
+        server.proc = registry.start(key, argv, cwd=root, env=clean)
         server.ready_s = server.proc.wait_for_log(DNS2DOT_READY, START_TIMEOUT)
     except StartError as exc:
         server.error = str(exc)

@@ -73,6 +73,9 @@ class Settings:
     # dns2dot closes idle TCP clients after 10 s by default; the measurement needs them held
     idle_dns2dot_args: list[str] = field(default_factory=lambda: ["--idle-timeout", "300"])
     dns2dot_args: list[str] = field(default_factory=list)
+    # environment for every dns2dot started (``--dns2dot-env``; the rest of DNS2DOT_* is not
+    # passed on), e.g. DNS2DOT_UDP_BATCH=off for the asyncio UDP path
+    dns2dot_env: dict[str, str] = field(default_factory=dict)
     dns2dot_root: Path = peers.REPO
 
 
@@ -384,6 +387,7 @@ def coldstart(bench: Bench) -> None:
             extra_args=[*CACHE_OFF, *bench.settings.dns2dot_args],
             key="dns2dot-cold",
             root=bench.settings.dns2dot_root,
+            env=bench.settings.dns2dot_env,
             probe=False,
         )
         if not d2d.ok or d2d.proc is None:
@@ -517,6 +521,7 @@ def idle(bench: Bench) -> None:
         extra_args=[*s.dns2dot_args, *s.idle_dns2dot_args],
         key="dns2dot-idle",
         root=s.dns2dot_root,
+        env=s.dns2dot_env,
     )
     if not d2d.ok or d2d.proc is None:
         bench.add(cell.fail(d2d.error or "dns2dot-idle did not start"))
@@ -749,6 +754,7 @@ def start_servers(
                 extra_args=[*CACHE_OFF, *settings.dns2dot_args],
                 key=key,
                 root=settings.dns2dot_root,
+                env=settings.dns2dot_env,
             )
         servers[key] = srv
         say_started(srv)
@@ -791,6 +797,7 @@ def _start_doh_server(
         extra_args=[*CACHE_OFF, *settings.dns2dot_args],
         key=key,
         root=settings.dns2dot_root,
+        env=settings.dns2dot_env,
         upstream=f"https://127.0.0.1:{doh.port}{peers.DOH_PATH}#{pki.name}",
         label="dns2dot -> DoH",
     )
@@ -822,6 +829,7 @@ def _start_dns2dot_cached(
         ],
         key="dns2dot-cache",
         root=settings.dns2dot_root,
+        env=settings.dns2dot_env,
         label="dns2dot (cache on)",
     )
     srv.counts = lambda: peers.dns2dot_cache_counts(mport)

@@ -25,6 +25,7 @@ from support.mutate import mutated
 from dns2dot.config import Config
 from dns2dot.policy.cache import (
     ENTRY_OVERHEAD,
+    KNOWN_PER_ENTRY,
     STALE_ANSWER_TTL,
     Cache,
     CacheEntry,
@@ -1038,3 +1039,111 @@ def test_known_queries_are_bounded_by_a_quarter_of_the_byte_bound() -> None:
         )
         assert held <= bounded.max_bytes // 4
     assert 0 < len(cache._known) < 40
+
+
+@pytest.mark.parametrize("change", ["replaced", "evicted", "stale-removed"])
+def test_known_queries_go_with_their_entry(change: str) -> None:
+    """Whatever removes an entry takes its known queries with it: none is left to hold
+    an answer (or a share of the byte bound) for an entry that is gone."""
+    cache = Cache(policy(max_entries=2, stale_ttl=10))
+    q, answer = a_answer(make_query("example.com."), ttl=60)
+    put_answer(cache, q, answer)
+    serve_once(cache, q, T0)
+    serve_once(cache, make_query("example.com.", qid=7, edns=False), T0)
+    assert len(cache._known) == 2
+    if change == "replaced":
+        put_answer(cache, q, a_answer(q, ttl=30)[1], now=T0 + 1)
+    elif change == "evicted":
+        for name in ("a.example.", "b.example."):
+            other, other_answer = a_answer(make_query(name))
+            put_answer(cache, other, other_answer, now=T0 + 1)
+    else:
+        assert cache.get(cache_key(parsed(q)[1]), T0 + 60 + 10) is None  # past serve-stale
+    assert cache._known == {}
+    assert cache._known_bytes == 0
+
+
+def test_a_full_known_map_keeps_what_it_knows() -> None:
+    """Past the bound a new query is answered the long way and not noted; what is known
+    stays known (a working set that cycles through more queries than fit keeps the
+    part that fits, instead of losing everything each time the map fills)."""
+    queries = [make_query(f"n{i}.example.") for i in range(8)]
+    probe = Cache(policy())
+    put_answer(probe, queries[0], a_answer(queries[0])[1])
+    serve_once(probe, queries[0], T0)
+    each = probe._known_bytes  # what one of these queries is charged: all alike
+    cache = Cache(policy(max_entries=100, max_bytes=4 * (5 * each + each // 2)))
+    for q in queries:
+        put_answer(cache, q, a_answer(q)[1])
+    assert len(cache) == 8
+    for _ in range(3):  # cycle through more queries than fit, three times
+        for q in queries:
+            if known_answer(cache, q, T0) is None:
+                serve_once(cache, q, T0)
+    assert len(cache._known) == 5
+    for q in queries[:5]:
+        got = known_answer(cache, q, T0)
+        assert got is not None
+        assert dns.message.from_wire(got).question[0].name == q.question[0].name
+    for q in queries[5:]:
+        assert known_answer(cache, q, T0) is None
+        got = serve_once(cache, q, T0)  # still answered, the long way
+        assert dns.message.from_wire(got).question[0].name == q.question[0].name
+
+
+def test_known_queries_per_entry_are_bounded() -> None:
+    """A client that spells the name differently every time (0x20) fills no more than
+    ``KNOWN_PER_ENTRY`` places per entry."""
+    cache = Cache(policy(max_entries=1000))
+    q, answer = a_answer(make_query("abcdefghij.example."))
+    put_answer(cache, q, answer)
+    name = "abcdefghij.example."
+    for i in range(KNOWN_PER_ENTRY + 5):
+        spelled = "".join(c.upper() if i >> n & 1 else c for n, c in enumerate(name))
+        got = serve_once(cache, make_query(spelled), T0)
+        assert dns.message.from_wire(got).question[0].name.to_text() == spelled
+    assert len(cache._known) == KNOWN_PER_ENTRY
+
+
+@pytest.mark.parametrize("edns", [True, False])
+@pytest.mark.parametrize("spelling", ["example.com.", "ExAmPlE.CoM."])
+def test_a_known_answer_is_rendered_again_each_second(edns: bool, spelling: str) -> None:
+    """Every second of age, the known answer is what render gives at that moment."""
+    cache = Cache(policy())
+    q, answer = a_answer(make_query("example.com."), ttl=100)
+    put_answer(cache, q, answer)
+    asked = make_query(spelling, edns=edns)
+    serve_once(cache, asked, T0)
+    for step in range(1, 40):
+        now = T0 + step * 0.37
+        got = known_answer(cache, make_query(spelling, qid=step, edns=edns), now)
+        entry = fetch(cache, cache_key(parsed(asked)[1]), now)
+        query = parsed(make_query(spelling, qid=step, edns=edns))[1]
+        assert got == cache.render(entry, query, now, stale=False)
+        assert ttls(dns.message.from_wire(got)) == [100 - int(step * 0.37)]
+
+
+def test_a_known_answer_with_records_after_its_opt_counts_down_in_place() -> None:
+    """A record after the OPT moves when the OPT is cut for a client without EDNS: its
+    TTL is still the one patched each second."""
+    q = make_query("example.com.", edns=False)
+    r = dns.message.make_response(q)
+    r.answer.append(rrset("example.com.", 100, "A", "192.0.2.1"))
+    r.additional.append(rrset("ns.example.com.", 100, "A", "192.0.2.53"))
+    plain = r.to_wire()
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)  # an OPT before the additional A
+    header = bytearray(plain[:12])
+    header[10:12] = struct.pack("!H", 2)
+    first_additional = plain.index(b"\x02ns")  # the additional record starts with its name
+    answer = bytes(header) + plain[12:first_additional] + opt + plain[first_additional:]
+    cache = Cache(policy())
+    key, _ = put_answer(cache, q, answer)
+    assert fetch(cache, key, T0).opt is not None
+    serve_once(cache, q, T0)
+    for step in range(1, 6):
+        now = T0 + step * 1.5
+        asked = make_query("example.com.", qid=step, edns=False)
+        got = known_answer(cache, asked, now)
+        expected = cache.render(fetch(cache, key, now), parsed(asked)[1], now, stale=False)
+        assert got == expected
+        assert ttls(dns.message.from_wire(got)) == [100 - int(step * 1.5)] * 2

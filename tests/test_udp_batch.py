@@ -381,3 +381,39 @@ def test_ratelimit_slips_empty_truncated_answers(
     for m, data in slipped:
         assert m.rcode() == dns.rcode.NOERROR and not m.answer
         assert len(data) <= len(sent[m.id])
+
+
+def test_answers_counted_at_once_count_like_answered() -> None:
+    """A cache hit counted on a kept counter is ``Stats.answered`` with 0 seconds, once
+    folded (the snapshot folds)."""
+    from dns2dot.serve.stats import Stats
+
+    slow, fast = Stats(), Stats()
+    for transport, qtype, rcode in (("udp", 1, 0), ("udp", 1, 0), ("tcp", 28, 3)):
+        slow.answered(transport, qtype, rcode, 0.0)
+        fast.at_once((transport, qtype, rcode))[0] += 1
+    fast.answered("udp", 1, 0, 0.2)
+    slow.answered("udp", 1, 0, 0.2)
+    assert fast.snapshot() == slow.snapshot()
+    assert fast.queries == slow.queries
+    assert fast.latency == slow.latency
+    fast.at_once(("udp", 1, 0))[0] += 1  # counted once more after a fold, not twice
+    slow.answered("udp", 1, 0, 0.0)
+    assert fast.snapshot() == slow.snapshot()
+
+
+def test_bench_passes_dns2dot_env_for_the_path_a_b() -> None:
+    """``python -m bench --dns2dot-env KEY=VALUE`` (repeatable) reaches every dns2dot it
+    starts: how a run measures the asyncio path (``DNS2DOT_UDP_BATCH=off``)."""
+    from bench.__main__ import make_settings, parse_args
+
+    args = parse_args(
+        ["--dns2dot-env", "DNS2DOT_UDP_BATCH=off", "--dns2dot-env", "PYTHONHASHSEED=0"]
+    )
+    assert make_settings(args).dns2dot_env == {
+        "DNS2DOT_UDP_BATCH": "off",
+        "PYTHONHASHSEED": "0",
+    }
+    assert make_settings(parse_args([])).dns2dot_env == {}
+    with pytest.raises(SystemExit):
+        make_settings(parse_args(["--dns2dot-env", "no-equals-sign"]))

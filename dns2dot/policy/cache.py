@@ -32,6 +32,7 @@ _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _TYPE_SOA = 6
 STALE_ANSWER_TTL = 30  # RFC 8767 §4: the TTL of a stale answer
 ENTRY_OVERHEAD = 200  # bytes charged per entry beyond its answer, for the byte bound
+KNOWN_PER_ENTRY = 8  # known queries (spellings, flags, EDNS options) noted per entry
 BOGUS_TTL = 60  # RFC 4035 §4.7: a bogus answer is kept briefly, then asked again
 
 
@@ -96,13 +97,23 @@ class CacheEntry:
 
 @dataclass(slots=True)
 class KnownQuery:
-    """A query answered from the cache before, by its exact bytes after the ID."""
+    """A query answered from the cache before, by its exact bytes after the ID.
+
+    The known queries of one entry are chained through ``next`` from the cache's index
+    by entry key, so they go when their entry goes (replaced, evicted, expired).
+    """
 
     key: bytes
     entry: CacheEntry
     query: wire.Query
-    age: int  # the entry's age, in whole seconds, that ``answer`` was rendered at
-    answer: bytes  # the answer this query got, from the byte after the ID
+    until: float  # when the entry's age in whole seconds changes: ``answer`` is then old
+    answer: bytearray  # the answer this query gets, from the byte after the ID
+    rest: bytes = b""  # the query from the byte after the ID: its key in the known map
+    size: int = 0  # bytes charged against the known queries' share of the byte bound
+    next: KnownQuery | None = None  # the entry's next known query
+    counted: tuple[str, list[int]] | None = None  # the resolver's counter, by transport
+    prefetch_at: float = 0.0  # when the entry enters the last tenth of its life
+    offsets: tuple[int, ...] = ()  # of the entry's TTL fields in ``answer``, in order
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,8 @@ class Cache:
         # answered without a parse or a render (see :meth:`known`). Bounded by the
         # entry bound and a quarter of the byte bound, on top of the entries.
         self._known: dict[bytes, KnownQuery] = {}
-        self._known_bytes = 0  # charged on insertion, reset on clear: an upper estimate
+        self._known_of: dict[bytes, KnownQuery] = {}  # entry key -> its chain
+        self._known_bytes = 0
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -195,25 +207,29 @@ class Cache:
         """A fresh hit for a query whose bytes, all but the ID, were answered before.
 
         Identical bytes validate alike and ask the same question in the same spelling,
-        so the answer :meth:`remember` kept (re-rendered once a second, as TTLs count
-        down) is theirs too, without a parse or a render. Counted as a hit; None
-        sends the caller the long way (:meth:`get` and :meth:`render`).
+        so the answer :meth:`remember` kept (rendered again when the entry's age in
+        whole seconds changes, as TTLs count down) is theirs too, without a parse.
+        Counted as a hit; None sends the caller the long way (:meth:`get` and
+        :meth:`render`), which also decides what an expired entry gets.
         """
-        rest = msg[2:]
-        known = self._known.get(rest)
+        known = self._known.get(msg[2:])
         if known is None:
             return None
         entry = known.entry
-        if now >= entry.expires or self._entries.get(known.key) is not entry:
-            del self._known[rest]  # expired, replaced or evicted: the long way decides
+        if now >= entry.expires:
             return None
-        self._entries.move_to_end(known.key)
+        if now >= known.until:  # a new whole second of age: TTLs one lower
+            if self._entries.get(known.key) is not entry:
+                return None
+            self._entries.move_to_end(known.key)  # recency kept to the second
+            age = int(now - entry.stored)
+            known.until = entry.stored + age + 1
+            answer = known.answer  # only copied out (the caller prepends the ID): patched
+            pack = _TTL.pack_into
+            for offset, ttl in zip(known.offsets, entry.ttls, strict=True):
+                pack(answer, offset, ttl - age if ttl > age else 0)
         self.hits += 1
         entry.hits += 1
-        age = int(now - entry.stored)
-        if age != known.age:
-            known.age = age
-            known.answer = self.render(entry, known.query, now, stale=False)[2:]
         return known
 
     def remember(
@@ -225,21 +241,54 @@ class Cache:
         answer: bytes,
         now: float,
     ) -> None:
-        """Note that ``msg`` got ``answer`` from the fresh ``entry`` (see :meth:`known`)."""
+        """Note that ``msg`` got ``answer`` from the fresh ``entry`` (see :meth:`known`).
+
+        Known queries are bounded by the entry bound, by a quarter of the byte bound
+        and by ``KNOWN_PER_ENTRY`` per entry; past a bound a query is not noted (it is
+        still answered, the long way). They are forgotten with their entry, so a full
+        map only holds queries whose entries live: no sweep or reset is needed, and a
+        working set that cycles through more queries than fit keeps what fits.
+        """
         rest = msg[2:]
+        if rest in self._known or self._entries.get(key) is not entry:
+            return
         size = len(rest) + len(answer) + ENTRY_OVERHEAD
         policy = self.policy
         if (
             len(self._known) >= policy.max_entries
             or self._known_bytes + size > policy.max_bytes // 4
         ):
-            self.forget_queries()  # a bound, cheaply: the hot queries come back at once
-        self._known[rest] = KnownQuery(key, entry, query, int(now - entry.stored), answer[2:])
+            return
+        first = self._known_of.get(key)
+        chained = 0
+        link = first
+        while link is not None:
+            chained += 1
+            link = link.next
+        if chained >= KNOWN_PER_ENTRY:
+            return
+        until = entry.stored + int(now - entry.stored) + 1
+        known = KnownQuery(key, entry, query, until, bytearray(answer[2:]), rest, size)
+        known.offsets = _tail_offsets(entry, query)
+        known.prefetch_at = entry.expires - (entry.expires - entry.stored) / 10
+        known.next = first
+        self._known_of[key] = known
+        self._known[rest] = known
         self._known_bytes += size
+
+    def _forget_entry_queries(self, key: bytes) -> None:
+        """Forget the known queries of the entry under ``key`` (it is going)."""
+        known = self._known_of.pop(key, None)
+        while known is not None:
+            if self._known.get(known.rest) is known:
+                del self._known[known.rest]
+                self._known_bytes -= known.size
+            known = known.next
 
     def forget_queries(self) -> None:
         """Forget every :class:`KnownQuery`: what decides an answer (the rules) changed."""
         self._known.clear()
+        self._known_of.clear()
         self._known_bytes = 0
 
     def peek(self, key: bytes) -> CacheEntry | None:
@@ -390,6 +439,8 @@ class Cache:
     def _remove(self, key: bytes) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.size
+        if key in self._known_of:
+            self._forget_entry_queries(key)
 
     def render(self, entry: CacheEntry, query: wire.Query, now: float, *, stale: bool) -> bytes:
         """The cached answer for this client: its ID, its spelling, TTLs counted down.
@@ -426,6 +477,15 @@ class Cache:
                 + wire.opt_record(do=query.edns.do, options=wire.ede_option(3, "Stale Answer"))
             )
         return _personal(answer, entry, query)
+
+
+def _tail_offsets(entry: CacheEntry, query: wire.Query) -> tuple[int, ...]:
+    """Where the entry's TTL fields are in what :meth:`Cache.render` gives ``query``,
+    from the byte after the ID (the OPT record is cut for a client without EDNS)."""
+    cut_at, cut = len(entry.answer), 0
+    if query.edns is None and entry.opt is not None:
+        cut_at, cut = entry.opt[0], entry.opt[1] - entry.opt[0]
+    return tuple(o - 2 - (cut if o > cut_at else 0) for o in entry.ttl_offsets)
 
 
 def _counted_down(entry: CacheEntry, age: int) -> list[int]:

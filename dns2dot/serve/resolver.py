@@ -441,7 +441,7 @@ class Resolver:
         Returns whether ``reply`` is (or will be) called: False for a dropped message.
         """
         if self.cache is not None:
-            answer = self.known_answer(msg, transport)
+            answer = self.known_answer(msg, transport, self._loop.time())
             if answer is not None:
                 reply(answer)
                 return True
@@ -460,25 +460,27 @@ class Resolver:
             return False
         return True
 
-    def known_answer(self, msg: bytes, transport: str) -> bytes | None:
+    def known_answer(self, msg: bytes, transport: str, now: float) -> bytes | None:
         """The cached answer to a query whose bytes (all but the ID) were answered
         before, counted; None: take :meth:`handle`. No callback, so a batch of
-        datagrams is answered without a closure each."""
+        datagrams is answered without a closure each (``now``: the loop's time, read
+        once per batch)."""
         cache = self.cache
         if cache is None:
             return None
-        now = self._loop.time()
         known = cache.known(msg, now)
         if known is None:
             return None
         answer = msg[:2] + known.answer
-        query = known.query
-        self.stats.answered(transport, query.qtype, answer[3] & 0x0F, 0.0)
+        counted = known.counted
+        if counted is None or counted[0] != transport:
+            key = (transport, known.query.qtype, answer[3] & 0x0F)
+            counted = known.counted = (transport, self.stats.at_once(key))
+        counted[1][0] += 1
         if self.log_queries:
-            log_query(transport, query, answer, 0.0)
-        entry = known.entry
-        if entry.expires - now < (entry.expires - entry.stored) / 10:  # else no prefetch
-            self._maybe_prefetch(entry, known.key, msg, query, now)
+            log_query(transport, known.query, answer, 0.0)
+        if now >= known.prefetch_at:  # the entry's last tenth: maybe refresh it
+            self._maybe_prefetch(known.entry, known.key, msg, known.query, now)
         return answer
 
     def turned_away(self, verdict: Verdict) -> None:

@@ -168,8 +168,11 @@ class BatchedUdp:
         known_answer = resolver.known_answer
         handle_new = resolver.handle_new
         fit_udp = wire.fit_udp
+        small = wire.MIN_UDP_PAYLOAD  # no larger answer can need truncating
+        put = io.queue  # into the send arena; self._queue when it is full
         queue = self._queue
         serve = SERVE
+        time = self._loop.time
         self._reading = True
         try:
             for _ in range(READS_PER_WAKE):
@@ -178,16 +181,19 @@ class BatchedUdp:
                 except OSError as exc:
                     log.debug("UDP receive error: %s", exc)
                     return
+                now = time()
+                draining = self.draining
                 for data, name, control in batch:
                     verdict = memo.get(name[key]) if memo is not None else None
                     if verdict is None:
                         verdict = self._verdict(name)
-                    if verdict is serve and not self.draining:
-                        answer = known_answer(data, "udp")
+                    if verdict is serve and not draining:
+                        answer = known_answer(data, "udp", now)
                         if answer is not None:
-                            if len(answer) > wire.MIN_UDP_PAYLOAD:
+                            if len(answer) > small:
                                 answer = fit_udp(answer, data)
-                            queue(answer, name, control)
+                            if not put(answer, name, control):
+                                queue(answer, name, control)
                         else:
                             reply = partial(self._reply, data, name, control)
                             handle_new(data, reply, "udp")

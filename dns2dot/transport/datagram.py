@@ -164,6 +164,11 @@ class DatagramSocket:
         self._namesize = ctypes.sizeof(sockaddr)
         for i in range(batch):
             self._send.hdrs[i].msg_hdr.msg_namelen = self._namesize
+        send = self._send
+        self._send_data = send.data.area  # what queue() writes, bound once
+        self._send_base = send.data.address
+        self._send_iovs = send.iovs
+        self._send_names = send.names.area
         self._queued = 0  # answers in the send arena
         self._sent = 0  # of which sent (the socket's buffer was full)
         self._used = 0  # bytes of the send arena in use
@@ -258,21 +263,22 @@ class DatagramSocket:
         ``name`` and ``control`` are as :meth:`receive` gave them for the query.
         """
         j = self._queued
-        size = len(payload)
         start = self._used
-        if j >= self.batch or start + size > SEND_ARENA:
+        end = start + len(payload)
+        if j >= self.batch or end > SEND_ARENA:
             return False
-        send = self._send
-        send.data.area[start : start + size] = payload
-        _IOVEC.pack_into(send.iovs, j * _IOV, send.data.address + start, size)
-        if len(name) != self._namesize:
+        size = self._namesize
+        if len(name) != size:
             raise ValueError("not a sockaddr of this socket's family")
-        send.names.area[j * NAME : j * NAME + len(name)] = name
+        self._send_data[start:end] = payload
+        _IOVEC.pack_into(self._send_iovs, j * _IOV, self._send_base + start, end - start)
+        self._send_names[j * NAME : j * NAME + size] = name
         if self.pktinfo:
+            send = self._send
             send.controls.area[j * CONTROL : j * CONTROL + len(control)] = control
             send.h64[j * (_HDR // 8) + self._controllen] = len(control)
         self._queued = j + 1
-        self._used = start + size
+        self._used = end
         return True
 
     def flush(self) -> bool:
