@@ -642,3 +642,53 @@ def test_with_ede_adds_the_option(padding: int) -> None:
     assert len(got.options) == len(options) + 1
     msg.use_edns(False)
     assert wire.with_ede(msg.to_wire(), 1) == msg.to_wire(), "no OPT: none added"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"do": True},
+        {"ad": True},
+        {},
+        {"edns": True},
+        {"cd": True, "do": True},
+        {"cd": True},
+    ],
+)
+@pytest.mark.parametrize("qname", ["www.nsec3.test.", "nope.nsec.test."])
+def test_a_repeated_query_served_by_its_bytes_gets_its_own_view(
+    shape: dict[str, bool], qname: str
+) -> None:
+    """The cache's known-query path (a query repeated in the same bytes, answered without
+    a parse, TTLs patched in place each second) serves each client the view the long
+    way gives it: DO or DO-less, AD or not, TTLs counting down in the records it gets."""
+    h = Harness()
+    first = h.ask(qname, **shape)
+    ttls = {(r.name, r.rdtype): r.ttl for r in (*first.answer, *first.authority)}
+    for second in range(1, 5):  # the first repeat is remembered, the next ones known
+        h.clock.advance(1.0)
+        again = h.ask(qname, **shape)
+        assert again.rcode() == first.rcode()
+        assert has_ad(again) == has_ad(first)
+        assert dnssec_records(again) == dnssec_records(first)
+        assert [r.to_text().split()[3:] for r in again.answer] == [
+            r.to_text().split()[3:] for r in first.answer
+        ]
+        for record in (*again.answer, *again.authority):
+            assert record.ttl == max(ttls[(record.name, record.rdtype)] - second, 0)
+    assert len(h.fetches(A)) == 1, "every repeat from the cache"
+
+
+@pytest.mark.parametrize("cd", [False, True])
+def test_a_repeated_query_for_a_bogus_answer_stays_refused(cd: bool) -> None:
+    h = Harness()
+    h.override[("www.nsec.test.", A)] = _stripped("www.nsec.test.")
+    for _ in range(4):
+        reply = h.ask("www.nsec.test.", cd=cd, edns=True)  # EDNS: room for the EDE
+        h.clock.advance(1.0)
+        if cd:
+            assert reply.rcode() == dns.rcode.NOERROR and reply.answer and not has_ad(reply)
+        else:
+            assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer
+            assert ede(reply) == 10
+    assert len(h.fetches(A)) == 1

@@ -113,7 +113,8 @@ class KnownQuery:
     next: KnownQuery | None = None  # the entry's next known query
     counted: tuple[str, list[int]] | None = None  # the resolver's counter, by transport
     prefetch_at: float = 0.0  # when the entry enters the last tenth of its life
-    offsets: tuple[int, ...] = ()  # of the entry's TTL fields in ``answer``, in order
+    offsets: tuple[int, ...] = ()  # of the view's TTL fields in ``answer``, in order
+    ttls: tuple[int, ...] = ()  # the view's TTLs as stored (a validated entry has two views)
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ class Cache:
             known.until = entry.stored + age + 1
             answer = known.answer  # only copied out (the caller prepends the ID): patched
             pack = _TTL.pack_into
-            for offset, ttl in zip(known.offsets, entry.ttls, strict=True):
+            for offset, ttl in zip(known.offsets, known.ttls, strict=True):
                 pack(answer, offset, ttl - age if ttl > age else 0)
         self.hits += 1
         entry.hits += 1
@@ -267,9 +268,16 @@ class Cache:
             link = link.next
         if chained >= KNOWN_PER_ENTRY:
             return
+        view = entry
+        views = entry.dnssec
+        if views is not None:
+            if views.verdict.trust is BOGUS and not query.flags & wire.CD:
+                return  # SERVFAIL made for each client: the long way
+            view = views.full if query.edns is not None and query.edns.do else views.stripped
         until = entry.stored + int(now - entry.stored) + 1
         known = KnownQuery(key, entry, query, until, bytearray(answer[2:]), rest, size)
-        known.offsets = _tail_offsets(entry, query)
+        known.offsets = _tail_offsets(view, query)
+        known.ttls = view.ttls
         known.prefetch_at = entry.expires - (entry.expires - entry.stored) / 10
         known.next = first
         self._known_of[key] = known
