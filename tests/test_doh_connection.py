@@ -32,6 +32,7 @@ from dns2dot.protocol.doh import CONTENT_TYPE, parse_http1_head
 from dns2dot.proxy import lifecycle
 from dns2dot.transport.channel import TlsChannel
 from dns2dot.transport.tls import TlsContexts
+from dns2dot.upstream.connection import ConnectionState
 from dns2dot.upstream.doh import DohConnection, Phase
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamPool, UpstreamServer
@@ -516,3 +517,51 @@ async def test_http1_fallback(tmp_path: Path) -> None:
     assert len(h.peers) == peer_count + 1
     assert a_of(h.reply("after.example.test.")) == {"192.0.2.1"}
     h.close()
+
+
+@pytest.mark.parametrize("where", ["run", "cancelled"])
+def test_a_connection_that_fails_after_opening_hands_its_queries_back(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the connection's own code once the channel is open (``run``: its
+    first HTTP/2 write raises), or its task cancelled while its streams wait for answers: the
+    channel is closed, the queries go back to the pool once and are answered on a new
+    connection, each exactly once."""
+
+    async def test() -> None:
+        if where == "run":
+            original = DohConnection._flush
+            calls: list[int] = []
+
+            def failing(self: DohConnection) -> None:
+                calls.append(1)
+                if len(calls) == 1:
+                    assert self.state is ConnectionState.OPEN
+                    raise RuntimeError("injected")
+                original(self)
+
+            monkeypatch.setattr(DohConnection, "_flush", failing)
+        h = Harness(tmp_path)
+        names = [f"x{i}.example.test." for i in range(3)]
+        for name in names:
+            h.ask(name)
+        (first,) = h.connections
+        await until(lambda: bool(h.peers), "the first connection")
+        if where == "cancelled":
+            await until(lambda: len(h.peers[0].complete) == 3, "three requests")
+            first._task.cancel()
+        await until(lambda: first.state is ConnectionState.CLOSED, "the failed one closed")
+        assert first not in h.server.connections
+        await until(lambda: h.peers[0].eof, "its channel closed")
+        await until(lambda: len(h.peers) == 2 and len(h.peers[1].complete) == 3, "sent again")
+        second = h.peers[1]
+        for stream_id in second.complete:
+            second.answer(stream_id)
+        await until(lambda: all(h.answered(n) for n in names), "every answer")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert all(len(h.replies[n]) == 1 for n in names)
+        assert all(a_of(h.reply(n)) == {"192.0.2.1"} for n in names)
+        h.close()
+
+    asyncio.run(asyncio.wait_for(test(), 20))
