@@ -224,7 +224,15 @@ class DohConnection(ChannelConnection):
                     # Beyond the GOAWAY's last stream: never processed (RFC 9113 §6.8).
                     self._give_back(stream_id, UpstreamClosedError("GOAWAY"), sent=False)
             elif isinstance(event, http2.SettingsChanged):
-                if self.phase is Phase.H2_STARTING:
+                if event.max_streams == 0:
+                    # No stream may be opened, for as long as the server likes (RFC 9113
+                    # §6.5.2 asks servers to keep that short, and to close instead when
+                    # they want no requests). A DNS query cannot wait that out: the
+                    # queued ones are that upstream's SERVFAIL now (the pool tries
+                    # another), the streams in flight finish, and the connection retires.
+                    self._to(Phase.DRAINING)
+                    self._refuse_queued("the server allows no streams (MAX_CONCURRENT_STREAMS 0)")
+                elif self.phase is Phase.H2_STARTING:
                     self._to(Phase.H2)  # the queued streams are opened below
             elif isinstance(event, http2.ConnectionBroken):
                 log.warning(
@@ -258,6 +266,19 @@ class DohConnection(ChannelConnection):
         self._release(uid)
         self.server.pool.answered(exchange, servfail)
         self._maybe_retire()
+
+    def _refuse_queued(self, problem: str) -> None:
+        """Queries not on a stream yet: that upstream's SERVFAIL, which the pool retries
+        on an upstream not tried yet (not here again: no loop of new connections)."""
+        queued = list(self._queued)
+        self._queued.clear()
+        log.debug("%s: %s", self.server, problem)
+        for exchange in queued:
+            if exchange.done:
+                continue
+            self.server.failures["http"] += 1
+            servfail = wire.error_response(exchange.msg, wire.Rcode.SERVFAIL, exchange.query)
+            self.server.pool.answered(exchange, servfail)
 
     def _hand_back_queued(self) -> None:
         """Queries not on a stream yet go wherever the pool says (this one drains)."""
