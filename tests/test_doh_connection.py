@@ -27,6 +27,7 @@ import pytest
 import trustme
 
 from dns2dot.config import Config
+from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol import wire
 from dns2dot.protocol.doh import CONTENT_TYPE, parse_http1_head
 from dns2dot.proxy import lifecycle
@@ -234,6 +235,7 @@ class Harness:
         self.pool = UpstreamPool(
             [spec],
             TlsContexts(str(cafile)),
+            strategy=Strategy(Config().strategy),
             lifecycle=lifecycle(Config()),
             connection_types={"https": DohConnection},
         )

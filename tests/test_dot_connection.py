@@ -17,6 +17,7 @@ import pytest
 from support.loops import LOOPS, run
 
 from dns2dot.config import Config
+from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol import wire
 from dns2dot.proxy import lifecycle
 from dns2dot.transport.channel import PlainChannel
@@ -74,7 +75,10 @@ def pool_for(upstream: Upstream, monkeypatch: pytest.MonkeyPatch, max_queries: i
     monkeypatch.setattr(UpstreamServer, "open_plain_channel", lambda server: upstream.open(server))
     spec = UpstreamSpec("127.0.0.1", 53, transport="plain")
     return UpstreamPool(
-        [spec], TlsContexts(), lifecycle=replace(lifecycle(Config()), max_queries=max_queries)
+        [spec],
+        TlsContexts(),
+        strategy=Strategy(Config().strategy),
+        lifecycle=replace(lifecycle(Config()), max_queries=max_queries),
     )
 
 
