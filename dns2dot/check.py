@@ -29,6 +29,7 @@ import dns.rdatatype
 
 from dns2dot import config as config_module
 from dns2dot.config import Config
+from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol import wire, x509
 from dns2dot.protocol.errors import ConfigError, UpstreamTimeoutError
 from dns2dot.proxy import CONNECTION_TYPES, lifecycle
@@ -163,6 +164,7 @@ async def _test_query(
     pool = UpstreamPool(
         [spec],
         contexts,
+        strategy=Strategy(Config().strategy),  # one upstream: nothing to order
         lifecycle=lifecycle(Config(timeout=timeout)),
         connection_types=CONNECTION_TYPES,
     )

@@ -370,9 +370,10 @@ def test_frame_scanner_finds_the_bad_prefix_however_split(data: bytes, cuts: lis
 
 
 def test_frame_scanner_failure_rule_on_the_clients_frames() -> None:
-    """Pipe mode: frames that cannot be queries end the stream (all of the read still
-    goes upstream) after FAILURE_STREAK over FAILURE_SPAN, or FAILURE_BURST in a row;
-    a plausible query between them starts the count again; one odd frame is nothing."""
+    """Pipe mode: frames that cannot be queries end the stream after FAILURE_STREAK over
+    FAILURE_SPAN, or FAILURE_BURST in a row (the streak's frames in the deciding read
+    do not go upstream); a plausible query between them starts the count again; one odd
+    frame is nothing."""
     odd = framed(struct.pack("!HHHHHH", 1, 0x8000, 1, 0, 0, 0))  # QR set
     good = framed(struct.pack("!HHHHHH", 2, 0x0100, 1, 0, 0, 0))
     scanner = FrameScanner()
@@ -380,8 +381,29 @@ def test_frame_scanner_failure_rule_on_the_clients_frames() -> None:
     assert scanner.feed(odd + good + odd, 5.0) == -1
     data = odd * 2
     assert scanner.feed(data, 5.5) == -1  # three in a row since 5.0, but within the span
-    assert scanner.feed(odd, 5.0 + FAILURE_SPAN) == len(odd)
+    assert scanner.feed(odd, 5.0 + FAILURE_SPAN) == 0
     burst = odd * FAILURE_BURST
-    assert FrameScanner().feed(burst, 0.0) == len(burst)
+    assert FrameScanner().feed(burst, 0.0) == 0
     update = framed(struct.pack("!HHHHHH", 3, 0x2800, 1, 0, 1, 0))  # opcode UPDATE
     assert FrameScanner().feed(update * (FAILURE_BURST + 1), 9.0) == -1  # carried
+
+
+def test_frame_scanner_passes_on_what_came_before_the_failing_streak() -> None:
+    """The good frames in front of a deciding streak go upstream, the streak's frames in
+    that read do not: the upstream answers the good ones instead of reacting to the
+    garbage (tests/test_misbehaving_clients.py, a good query and garbage in one write)."""
+    odd = framed(struct.pack("!HHHHHH", 1, 0x8000, 1, 0, 0, 0))  # QR set
+    good = framed(struct.pack("!HHHHHH", 2, 0x0100, 1, 0, 0, 0))
+    data = good + odd + good + odd * FAILURE_BURST + good + odd
+    assert FrameScanner().feed(data, 0.0) == 2 * len(good) + len(odd)
+    # a streak begun in an earlier read: cut at the first frame that starts in this one,
+    # after the rest of a frame whose body the earlier read began
+    scanner = FrameScanner()
+    first = good + odd * (FAILURE_BURST - 1) + odd[:5]  # a header cut short: not judged
+    assert scanner.feed(first, 0.0) == -1
+    rest = odd[5:]
+    assert scanner.feed(rest + odd + good, 0.0) == len(rest)
+    # decided by the span (so begun in an earlier read): nothing of the deciding read
+    scanner = FrameScanner()
+    assert scanner.feed(good + odd * 2, 0.0) == -1
+    assert scanner.feed(odd + good, FAILURE_SPAN) == 0

@@ -27,11 +27,13 @@ import pytest
 import trustme
 
 from dns2dot.config import Config
+from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol import wire
 from dns2dot.protocol.doh import CONTENT_TYPE, parse_http1_head
 from dns2dot.proxy import lifecycle
 from dns2dot.transport.channel import TlsChannel
 from dns2dot.transport.tls import TlsContexts
+from dns2dot.upstream.connection import ConnectionState
 from dns2dot.upstream.doh import DohConnection, Phase
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamPool, UpstreamServer
@@ -233,6 +235,7 @@ class Harness:
         self.pool = UpstreamPool(
             [spec],
             TlsContexts(str(cafile)),
+            strategy=Strategy(Config().strategy),
             lifecycle=lifecycle(Config()),
             connection_types={"https": DohConnection},
         )
@@ -253,12 +256,16 @@ class Harness:
         await channel.handshake()
         return channel
 
-    def ask(self, name: str, qid: int = 0x1234) -> Exchange:
+    def exchange(self, name: str, qid: int = 0x1234) -> Exchange:
+        """A query for ``name`` whose replies are kept, not submitted yet."""
         msg = dns.message.make_query(name, "A", id=qid).to_wire()
         self.replies.setdefault(name, [])
-        exchange = Exchange(
+        return Exchange(
             msg, wire.parse_query(msg), self.replies[name].append, self.loop.time() + 30
         )
+
+    def ask(self, name: str, qid: int = 0x1234) -> Exchange:
+        exchange = self.exchange(name, qid)
         self.pool.submit(exchange)
         return exchange
 
@@ -515,4 +522,104 @@ async def test_http1_fallback(tmp_path: Path) -> None:
     await until(lambda: h.answered("after.example.test."), "an answer on a new connection")
     assert len(h.peers) == peer_count + 1
     assert a_of(h.reply("after.example.test.")) == {"192.0.2.1"}
+    h.close()
+
+
+@pytest.mark.parametrize("where", ["run", "cancelled"])
+def test_a_connection_that_fails_after_opening_hands_its_queries_back(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the connection's own code once the channel is open (``run``: its
+    first HTTP/2 write raises), or its task cancelled while its streams wait for answers: the
+    channel is closed, the queries go back to the pool once and are answered on a new
+    connection, each exactly once."""
+
+    async def test() -> None:
+        if where == "run":
+            original = DohConnection._flush
+            calls: list[int] = []
+
+            def failing(self: DohConnection) -> None:
+                calls.append(1)
+                if len(calls) == 1:
+                    assert self.state is ConnectionState.OPEN
+                    raise RuntimeError("injected")
+                original(self)
+
+            monkeypatch.setattr(DohConnection, "_flush", failing)
+        h = Harness(tmp_path)
+        names = [f"x{i}.example.test." for i in range(3)]
+        for name in names:
+            h.ask(name)
+        (first,) = h.connections
+        await until(lambda: bool(h.peers), "the first connection")
+        if where == "cancelled":
+            await until(lambda: len(h.peers[0].complete) == 3, "three requests")
+            first._task.cancel()
+        await until(lambda: first.state is ConnectionState.CLOSED, "the failed one closed")
+        assert first not in h.server.connections
+        await until(lambda: h.peers[0].eof, "its channel closed")
+        await until(lambda: len(h.peers) == 2 and len(h.peers[1].complete) == 3, "sent again")
+        second = h.peers[1]
+        for stream_id in second.complete:
+            second.answer(stream_id)
+        await until(lambda: all(h.answered(n) for n in names), "every answer")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert all(len(h.replies[n]) == 1 for n in names)
+        assert all(a_of(h.reply(n)) == {"192.0.2.1"} for n in names)
+        h.close()
+
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+@run
+async def test_zero_concurrent_streams_fails_queries_over_at_once(tmp_path: Path) -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS 0 (RFC 9113 §6.5.2) in the server's first
+    SETTINGS: the queued queries are that upstream's SERVFAIL at once, not at their
+    deadline (the only upstream here, so the clients get SERVFAIL), no stream is opened,
+    and the connection retires."""
+    h = Harness(tmp_path, settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+    names = [f"z{i}.example.test." for i in range(3)]
+    for i, name in enumerate(names):
+        h.ask(name, qid=0x900 + i)
+    (first,) = h.connections
+    await until(lambda: all(h.answered(n) for n in names), "every reply")
+    for i, name in enumerate(names):
+        reply = h.reply(name)
+        assert reply.id == 0x900 + i and reply.rcode() == dns.rcode.SERVFAIL, reply
+    assert h.server.failures["http"] == len(names)
+    assert not h.peers[0].headers, "a stream was opened"
+    await until(lambda: first.state is ConnectionState.CLOSED, "the connection retired")
+    await until(lambda: h.peers[0].eof, "its channel closed")
+    assert first not in h.server.connections
+    h.close()
+
+
+@run
+async def test_zero_concurrent_streams_later_lets_open_streams_finish(tmp_path: Path) -> None:
+    """The limit lowered to 0 while a stream is open: that stream is still answered,
+    a query queued meanwhile is SERVFAIL'd at once, and the connection then retires."""
+    h = Harness(tmp_path, settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    h.ask("open.example.test.")
+    await until(lambda: h.peers and h.peers[0].complete == [1], "the first request")
+    peer = h.peers[0]
+    (first,) = h.connections
+    queued = h.exchange("queued.example.test.")
+    queued.tried = 1  # as the pool marks the upstream it sends to
+    first.send(queued)  # waits on this connection: its one stream is taken
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert peer.complete == [1]
+    peer.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+    peer.flush()
+    await until(lambda: first.phase is Phase.DRAINING, "no new streams")
+    assert not first.accepting and not first.has_room
+    await until(lambda: h.answered("queued.example.test."), "the queued one's reply")
+    assert h.reply("queued.example.test.").rcode() == dns.rcode.SERVFAIL
+    assert peer.complete == [1]
+    peer.answer(1)
+    await until(lambda: h.answered("open.example.test."), "the open stream's answer")
+    assert a_of(h.reply("open.example.test.")) == {"192.0.2.1"}
+    await until(lambda: first.state is ConnectionState.CLOSED, "the connection retired")
     h.close()

@@ -17,11 +17,13 @@ import pytest
 from support.loops import LOOPS, run
 
 from dns2dot.config import Config
+from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol import wire
 from dns2dot.proxy import lifecycle
 from dns2dot.transport.channel import PlainChannel
 from dns2dot.transport.tls import TlsContexts
 from dns2dot.upstream.connection import MAX_INFLIGHT_PER_CONNECTION, ConnectionState
+from dns2dot.upstream.dot import DotConnection
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamPool, UpstreamServer
 from dns2dot.upstream.spec import UpstreamSpec
@@ -73,7 +75,10 @@ def pool_for(upstream: Upstream, monkeypatch: pytest.MonkeyPatch, max_queries: i
     monkeypatch.setattr(UpstreamServer, "open_plain_channel", lambda server: upstream.open(server))
     spec = UpstreamSpec("127.0.0.1", 53, transport="plain")
     return UpstreamPool(
-        [spec], TlsContexts(), lifecycle=replace(lifecycle(Config()), max_queries=max_queries)
+        [spec],
+        TlsContexts(),
+        strategy=Strategy(Config().strategy),
+        lifecycle=replace(lifecycle(Config()), max_queries=max_queries),
     )
 
 
@@ -157,6 +162,66 @@ def test_broken_framing_resends_once_on_a_fresh_connection(
         await until(lambda: len(replies) == 1, "an answer")
         assert dns.message.from_wire(replies[0]).rcode() == dns.rcode.SERVFAIL
         assert query
+        pool.close()
+
+    run(loop, main)
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[int]:
+    """Make ``cls.name`` raise RuntimeError on its first call (a bug after the open);
+    the list counts the calls."""
+    original = getattr(cls, name)
+    calls: list[int] = []
+
+    def failing(self: object, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, name, failing)
+    return calls
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("where", ["run", "cancelled"])
+def test_a_connection_that_fails_after_opening_hands_its_queries_back(
+    loop: str, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error in the connection's own code once the channel is open (``run``: its
+    first write raises), or its task cancelled while it waits for answers: the channel
+    is closed, the queries go back to the pool once and are answered on a fresh
+    connection, each exactly once."""
+
+    async def main() -> None:
+        upstream = Upstream()
+        pool = pool_for(upstream, monkeypatch, max_queries=50000)
+        if where == "run":
+            fail_once(monkeypatch, DotConnection, "_flush")
+        deadline = asyncio.get_running_loop().time() + 20
+        replies: list[bytes] = []
+        for i in range(3):
+            pool.submit(make_exchange(f"f{i}.test.", replies, deadline))
+        [first] = pool.servers[0].connections
+        await until(lambda: upstream.opened >= 1, "connected")
+        if where == "cancelled":
+            await upstream.queries(upstream.ends[0], 3)
+            assert first.state is ConnectionState.OPEN
+            first._task.cancel()
+        await until(lambda: first.state is ConnectionState.CLOSED, "the failed one closed")
+        assert first not in pool.servers[0].connections
+        await until(lambda: upstream.opened == 2, "a fresh connection")
+        queries = await upstream.queries(upstream.ends[1], 3)
+        upstream.ends[1].sendall(b"".join(answer(q) for q in queries))
+        await until(lambda: len(replies) == 3, "three answers")
+        assert {dns.message.from_wire(r).rcode() for r in replies} == {dns.rcode.NOERROR}
+        upstream.ends[0].setblocking(True)
+        upstream.ends[0].settimeout(5)
+        while upstream.ends[0].recv(65536):  # the failed connection's socket was closed
+            pass
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(replies) == 3, "an exchange answered twice"
         pool.close()
 
     run(loop, main)

@@ -78,9 +78,10 @@ class Health:
 
 
 class Strategy:
-    """Orders the healthy upstreams for one query; see the module docstring."""
+    """Orders the healthy upstreams for one query; see the module docstring. ``name``
+    has no default here: the one default is ``--strategy``'s, in the option table."""
 
-    def __init__(self, name: str = "failover", rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, name: str, rand: Callable[[], float] = random.random) -> None:
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}")
         self.name = name

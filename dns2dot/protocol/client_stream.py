@@ -363,11 +363,13 @@ class FrameScanner:
 
     :meth:`feed` says where the stream stops being followed: at a prefix too short for
     a DNS header (the bytes before it can still go upstream, nothing after it does), or
-    at the end of a read once frames that cannot be requests keep coming (QR set, or a
-    question or zone count other than one; any opcode passes, as pipe mode carries
-    UPDATE and NOTIFY too): the failure rule of :class:`ClientStream`, judged on the
-    client's frames since pipe mode does not read the answers. A frame whose header is
-    cut between two reads is not judged.
+    once frames that cannot be requests keep coming (QR set, or a question or zone count
+    other than one; any opcode passes, as pipe mode carries UPDATE and NOTIFY too): the
+    failure rule of :class:`ClientStream`, judged on the client's frames since pipe mode
+    does not read the answers. Then the frames of the failing streak that are in the
+    deciding read do not go upstream either: an upstream fed the garbage may drop the
+    connection before answering the good queries in front of it. A frame whose header
+    is cut between two reads is not judged.
     """
 
     __slots__ = ("_half", "_skip", "_streak", "_streak_started")
@@ -381,7 +383,9 @@ class FrameScanner:
     def feed(self, data: bytes, now: float) -> int:
         """-1 while the stream is followed; else how much of ``data`` still goes
         upstream: the offset of a bad prefix (0 when its first octet came in the
-        previous read), or all of it when the failures decided."""
+        previous read), or, when the failures decided, the offset of the streak's first
+        frame in this read (of the first frame that starts in it when the streak began
+        before it)."""
         size = len(data)
         if not size:
             return -1
@@ -392,7 +396,7 @@ class FrameScanner:
             if length < HEADER_LEN:
                 return 0
             pos = 1 + length
-        failed = False
+        streak_from = pos  # where this read's part of the failing streak starts
         while pos + 2 <= size:
             length = (data[pos] << 8) | data[pos + 1]
             if length < HEADER_LEN:
@@ -401,8 +405,13 @@ class FrameScanner:
                 if data[pos + 4] & 0x80 or data[pos + 6] or data[pos + 7] != 1:
                     if self._streak == 0:
                         self._streak_started = now
+                        streak_from = pos
                     self._streak += 1
-                    failed = failed or self._streak >= FAILURE_BURST
+                    if self._streak >= FAILURE_BURST or (
+                        self._streak >= FAILURE_STREAK
+                        and now - self._streak_started >= FAILURE_SPAN
+                    ):
+                        return streak_from
                 else:
                     self._streak = 0
             pos += 2 + length
@@ -411,8 +420,4 @@ class FrameScanner:
             self._skip = 0
         else:
             self._skip = pos - size if pos > size else 0
-        if failed or (
-            self._streak >= FAILURE_STREAK and now - self._streak_started >= FAILURE_SPAN
-        ):
-            return size
         return -1

@@ -111,30 +111,16 @@ def decrypt_all(
     return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), ended, error
 
 
-class TlsChannel:
-    """A TLS client connection over a plain non-blocking socket, through memory BIOs.
+class _SocketChannel:
+    """What both channels do with the socket: ``incoming`` takes what is read (end of
+    stream included), ``outgoing`` holds what is to be sent (OpenSSL's memory BIOs for
+    TLS; :class:`_Buffer` for plain TCP)."""
 
-    Why not an ``SSLSocket``: OpenSSL reads a socket one record at a time, with one
-    system call for the record's header, one for its body and one more to learn that
-    nothing is left. Here one ``recv`` takes every record the socket holds and OpenSSL
-    decrypts them from memory; what it encrypts is sent with one ``send``.
-    """
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        context: ssl.SSLContext,
-        server_hostname: str,
-        session: ssl.SSLSession | None = None,
-    ) -> None:
-        self.sock = sock
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(
-            self.incoming, self.outgoing, server_hostname=server_hostname, session=session
-        )
-        self.unsent = b""  # ciphertext the socket did not take yet
-        self._quickack = False  # see acknowledge_at_once
+    sock: socket.socket
+    unsent: bytes
+    incoming: ssl.MemoryBIO | _Buffer
+    outgoing: ssl.MemoryBIO | _Buffer
+    _quickack: bool
 
     def acknowledge_at_once(self) -> None:
         """ACK every read at once (TCP_QUICKACK, Linux, TCP only), for a connection that
@@ -151,6 +137,74 @@ class TlsChannel:
         does without.
         """
         self._quickack = _quickack_applies(self.sock)
+
+    def receive(self) -> None:
+        """Take what the socket holds (end of stream included) into ``incoming``.
+
+        Raises what ``recv`` raises: ``BlockingIOError`` when there is nothing yet.
+        """
+        data = self.sock.recv(MAX_BATCH)
+        if data:
+            self.incoming.write(data)
+            if self._quickack:
+                # Linux leaves quick-ACK mode by itself: ask again after every read.
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        else:
+            self.incoming.write_eof()
+
+    @property
+    def pending_output(self) -> bool:
+        """Whether there is something to send (after a write, or a TLS key update)."""
+        return self.outgoing.pending != 0
+
+    def transmit(self) -> bool:
+        """Send what ``outgoing`` holds (for TLS, what OpenSSL encrypted); what the
+        socket does not take is kept in ``unsent`` for the next call. Returns whether
+        nothing is left unsent.
+
+        Raises what ``send`` raises, but for a full socket.
+        """
+        data = self.unsent + self.outgoing.read()
+        if not data:
+            return True
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        self.unsent = data[sent:]
+        return not self.unsent
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TlsChannel(_SocketChannel):
+    """A TLS client connection over a plain non-blocking socket, through memory BIOs.
+
+    Why not an ``SSLSocket``: OpenSSL reads a socket one record at a time, with one
+    system call for the record's header, one for its body and one more to learn that
+    nothing is left. Here one ``recv`` takes every record the socket holds and OpenSSL
+    decrypts them from memory; what it encrypts is sent with one ``send``.
+    """
+
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        context: ssl.SSLContext,
+        server_hostname: str,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(
+            self.incoming, self.outgoing, server_hostname=server_hostname, session=session
+        )
+        self.unsent = b""  # ciphertext the socket did not take yet
+        self._quickack = False  # see acknowledge_at_once
 
     async def handshake(self) -> None:
         """Complete the handshake on the running loop (verification happens here).
@@ -175,20 +229,6 @@ class TlsChannel:
                 raise ConnectionResetError("the upstream closed during the TLS handshake")
             self.incoming.write(data)
 
-    def receive(self) -> None:
-        """Take what the socket holds (end of stream included) into OpenSSL.
-
-        Raises what ``recv`` raises: ``BlockingIOError`` when there is nothing yet.
-        """
-        data = self.sock.recv(MAX_BATCH)
-        if data:
-            self.incoming.write(data)
-            if self._quickack:
-                # Linux leaves quick-ACK mode by itself: ask again after every read.
-                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        else:
-            self.incoming.write_eof()
-
     def decrypt(self) -> tuple[bytes, bool, BaseException | None]:
         """The plaintext OpenSSL can decrypt now from what was received; whether the
         stream has ended (close_notify, end of stream, a broken record); and the
@@ -202,89 +242,51 @@ class TlsChannel:
         """
         self.tls.write(data)
 
+
+class _Buffer:
+    """Plain TCP's stand-in for a memory BIO: bytes in, bytes out, and end of stream."""
+
+    __slots__ = ("_chunks", "eof")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self.eof = False
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def write_eof(self) -> None:
+        self.eof = True
+
     @property
-    def pending_output(self) -> bool:
-        """Whether OpenSSL has ciphertext to send (after a write, or a key update)."""
-        return self.outgoing.pending != 0
+    def pending(self) -> int:
+        return sum(map(len, self._chunks))
 
-    def transmit(self) -> bool:
-        """Send what OpenSSL encrypted; what the socket does not take is kept in
-        ``unsent`` for the next call. Returns whether nothing is left unsent.
-
-        Raises what ``send`` raises, but for a full socket.
-        """
-        data = self.unsent + self.outgoing.read()
-        if not data:
-            return True
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        self.unsent = data[sent:]
-        return not self.unsent
-
-    def close(self) -> None:
-        self.sock.close()
+    def read(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return data
 
 
-class PlainChannel:
+class PlainChannel(_SocketChannel):
     """Plain TCP with :class:`TlsChannel`'s interface: for ``plain://`` upstreams
     (forwarding rules), so one connection class serves both."""
+
+    incoming: _Buffer
+    outgoing: _Buffer
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.unsent = b""  # bytes the socket did not take yet
-        self._outgoing: list[bytes] = []
-        self._incoming: list[bytes] = []
-        self._ended = False
+        self.incoming = _Buffer()
+        self.outgoing = _Buffer()
         self._quickack = False
-
-    def acknowledge_at_once(self) -> None:
-        """As :meth:`TlsChannel.acknowledge_at_once`."""
-        self._quickack = _quickack_applies(self.sock)
-
-    def receive(self) -> None:
-        """Take what the socket holds (end of stream included).
-
-        Raises what ``recv`` raises: ``BlockingIOError`` when there is nothing yet.
-        """
-        data = self.sock.recv(MAX_BATCH)
-        if data:
-            self._incoming.append(data)
-            if self._quickack:
-                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        else:
-            self._ended = True
 
     def decrypt(self) -> tuple[bytes, bool, BaseException | None]:
         """What was received since the last call (nothing to decrypt: the name keeps
         one interface), and whether the stream has ended."""
-        incoming = self._incoming
-        data = incoming[0] if len(incoming) == 1 else b"".join(incoming)
-        incoming.clear()
-        return data, self._ended, None
+        return self.incoming.read(), self.incoming.eof, None
 
     def write(self, data: bytes) -> None:
-        self._outgoing.append(data)
-
-    @property
-    def pending_output(self) -> bool:
-        return bool(self._outgoing)
-
-    def transmit(self) -> bool:
-        """Send what was written; what the socket does not take is kept in ``unsent``.
-        Returns whether nothing is left unsent. Raises what ``send`` raises, but for
-        a full socket."""
-        data = self.unsent + b"".join(self._outgoing)
-        self._outgoing.clear()
-        if not data:
-            return True
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        self.unsent = data[sent:]
-        return not self.unsent
-
-    def close(self) -> None:
-        self.sock.close()
+        self.outgoing.write(data)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
@@ -26,6 +27,7 @@ from dns2dot.protocol.errors import (
     UpstreamError,
 )
 from dns2dot.protocol.upstream_stream import OTHER_QUESTION, match_answer
+from dns2dot.transport.channel import Channel
 from dns2dot.upstream.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -149,10 +151,16 @@ class UpstreamConnection:
         """Open the transport, then serve it until the connection ends."""
         raise NotImplementedError
 
-    def _task_done(self, _: asyncio.Task[None]) -> None:
-        """A task cancelled before it ran never reached :meth:`_open_or_abandon`."""
-        if self.state is CONNECTING:
-            self._abandon(UpstreamClosedError("connection cancelled"), sent=False)
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """Whichever way :meth:`_run` ended (cancelled before it ran, or raised), the
+        queries still here go back to the pool: exactly once, as :meth:`_abandon`
+        enters CLOSED first."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("%s: connection failed unexpectedly", self.server, exc_info=error)
+        if self.state is not CLOSED:
+            why = "connection cancelled" if error is None else "connection failed"
+            self._abandon(UpstreamClosedError(why), sent=self.state is not CONNECTING)
 
     async def _open_or_abandon(self, open_: Callable[[], Awaitable[_Opened]]) -> _Opened | None:
         """Open the transport; if that fails (or is cancelled), hand the queries that
@@ -225,3 +233,149 @@ class UpstreamConnection:
 
     def _drop_queued(self) -> None:
         """Forget whatever the transport queued but never wrote."""
+
+
+class ChannelConnection(UpstreamConnection):
+    """A connection driven by a :class:`~dns2dot.transport.channel.Channel` on the
+    loop's readiness callbacks: the I/O shell the DoT, ``plain://`` and DoH kinds share.
+
+    :meth:`_run` opens the channel (:meth:`_open`), lets the kind start on it
+    (:meth:`_started`), then waits for :meth:`_end`; on every way out (the end, an
+    error in the kind's own code, cancellation) the channel is closed and what is
+    pending goes back to the pool once. Bytes read are decrypted and handed to
+    :meth:`_received`; :meth:`_write` encrypts and sends, and what the socket does not
+    take waits for it to be writable.
+    """
+
+    def __init__(self, server: UpstreamServer) -> None:
+        self._channel: Channel | None = None  # set once opened
+        self._fd = -1
+        self._ended: asyncio.Future[BaseException | None] | None = None
+        self._first_answer = True
+        super().__init__(server)
+
+    async def _open(self) -> Channel:
+        """A connected, verified channel to the upstream."""
+        raise NotImplementedError
+
+    def _started(self, channel: Channel) -> None:
+        """The channel is open: enter OPEN and begin (the kind's part)."""
+        raise NotImplementedError
+
+    def _received(self, data: bytes) -> bool:
+        """Hand on what ``data`` completes; False once the stream is broken."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._end(None)
+
+    def idle_since(self, now: float) -> float:
+        channel = self._channel
+        if channel is not None and channel.unsent:
+            return 0.0
+        return super().idle_since(now)
+
+    async def _run(self) -> None:
+        channel = await self._open_or_abandon(self._open)
+        if channel is None:
+            return
+        loop = self._loop
+        self._channel = channel
+        self._fd = fd = channel.sock.fileno()
+        self._ended = loop.create_future()
+        error: BaseException | None
+        try:
+            channel.acknowledge_at_once()  # shared by many clients: see TlsChannel
+            loop.add_reader(fd, self._readable)
+            self._started(channel)
+            self._decrypt()  # records that came with the end of the handshake
+            error = await self._ended
+        except Exception as exc:
+            # A bug costs this connection, never its queries: they go back below.
+            self._log_failure(exc)
+            error = exc
+        finally:
+            self._ended = None
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+            channel.close()
+        if isinstance(error, ssl.SSLError | OSError):
+            log.debug("%s: connection ended: %s", self.server, error)
+        self._abandon(
+            UpstreamClosedError("upstream closed the connection"),
+            sent=self.state is not CONNECTING,
+        )
+
+    def _end(self, error: BaseException | None) -> None:
+        """Stop using the connection (the one way it ends): it takes no more queries
+        now, and :meth:`_run` hands back what is pending on a later loop turn."""
+        if self.state is CONNECTING:
+            self._task.cancel()
+        elif self.state is OPEN:
+            self._enter(CLOSING)
+            ended = self._ended
+            if ended is not None and not ended.done():
+                ended.set_result(error)
+
+    def _write(self, data: bytes) -> None:
+        """Encrypt ``data`` into memory (never blocks) and send it."""
+        channel = self._channel
+        if not data or self.state is not OPEN or channel is None:
+            return
+        try:
+            channel.write(data)
+        except ssl.SSLError as exc:
+            self._end(exc)
+            return
+        self._send_ciphertext()
+
+    def _send_ciphertext(self) -> None:
+        """Send what the channel holds; the rest waits for the socket to be writable
+        (bounded: at most MAX_INFLIGHT_PER_CONNECTION queries are ever waiting)."""
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
+            return
+        waited = bool(channel.unsent)
+        try:
+            done = channel.transmit()
+        except OSError as exc:
+            self._end(exc)
+            return
+        if done and waited:
+            self._loop.remove_writer(self._fd)
+        elif not done and not waited:
+            self._loop.add_writer(self._fd, self._send_ciphertext)
+
+    def _readable(self) -> None:
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
+            return
+        try:
+            channel.receive()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        self._decrypt()
+
+    def _decrypt(self) -> None:
+        channel = self._channel
+        if self.state is not OPEN or channel is None:
+            return
+        data, ended, error = channel.decrypt()
+        if channel.pending_output:  # OpenSSL has something to say (a key update)
+            self._send_ciphertext()
+        if data:
+            try:
+                ok = self._received(data)
+                if self._first_answer:
+                    self._first_answer = False
+                    self.server.remember_session(channel)
+            except Exception as exc:
+                self._log_failure(exc)
+                ok = False
+            if not ok:
+                ended = True
+        if ended:
+            self._end(error)

@@ -21,10 +21,8 @@ at a time with keep-alive: a fallback, not a fast path.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
-import ssl
 from collections import deque
 
 from dns2dot.protocol import http2, wire
@@ -35,12 +33,11 @@ from dns2dot.protocol.doh import (
     response_problem,
 )
 from dns2dot.protocol.errors import UpstreamClosedError, UpstreamError
-from dns2dot.transport.channel import TlsChannel
+from dns2dot.transport.channel import Channel, TlsChannel
 from dns2dot.upstream.connection import (
-    CLOSING,
     MAX_INFLIGHT_PER_CONNECTION,
     OPEN,
-    UpstreamConnection,
+    ChannelConnection,
 )
 from dns2dot.upstream.exchange import Exchange
 from dns2dot.upstream.pool import UpstreamServer
@@ -61,18 +58,14 @@ class Phase(enum.Enum):
     ENDED = "ended"  # over: run() hands back what is still pending
 
 
-class DohConnection(UpstreamConnection):
+class DohConnection(ChannelConnection):
     """One HTTPS connection to a DoH upstream, many queries on it as HTTP/2 streams."""
 
     def __init__(self, server: UpstreamServer) -> None:
         self.phase = Phase.OPENING
-        self._channel: TlsChannel | None = None
-        self._fd = -1
-        self._ended: asyncio.Future[BaseException | None] | None = None
         self._h2: http2.H2Client | None = None
         self._queued: deque[Exchange] = deque()  # waiting for the connection or a stream
         self._flush_scheduled = False
-        self._first_answer = True
         self._http1: Http1Reader | None = None
         self._http1_uid = 0  # the request in flight on HTTP/1.1; 0 for none
         self._authority = _authority(server)
@@ -109,9 +102,7 @@ class DohConnection(UpstreamConnection):
         return len(self._pending) + len(self._queued)
 
     def idle_since(self, now: float) -> float:
-        if self._queued or (self._channel is not None and self._channel.unsent):
-            return 0.0
-        return super().idle_since(now)
+        return 0.0 if self._queued else super().idle_since(now)
 
     def send(self, exchange: Exchange) -> None:
         self._queued.append(exchange)
@@ -143,108 +134,36 @@ class DohConnection(UpstreamConnection):
     # -- the state, and the channel ---------------------------------------------------
 
     def _to(self, phase: Phase, error: BaseException | None = None) -> None:
-        """The one place the phase changes; ENDED wakes :meth:`_run`."""
+        """The one place the phase changes; ENDED ends the connection (its
+        :meth:`_run` then hands back what is still pending)."""
         if self.phase is Phase.ENDED or self.phase is phase:
             return
         if self.phase is Phase.OPENING:
             self._enter(OPEN)
         self.phase = phase
         if phase is Phase.ENDED:
-            self._enter(CLOSING)
-            if self._ended is not None and not self._ended.done():
-                self._ended.set_result(error)
+            super()._end(error)
 
     def _end(self, error: BaseException | None) -> None:
         self._to(Phase.ENDED, error)
 
-    async def _run(self) -> None:
-        channel = await self._open_or_abandon(self.server.open_channel)
-        if channel is None:
-            return
-        loop = self._loop
-        channel.acknowledge_at_once()  # shared by many clients: see TlsChannel
-        self._channel = channel
-        self._fd = channel.sock.fileno()
-        self._ended = loop.create_future()
-        try:
-            loop.add_reader(self._fd, self._readable)
-            if channel.tls.selected_alpn_protocol() == "h2":
-                self._start_h2()
-            else:
-                self._http1 = Http1Reader()
-                self._to(Phase.HTTP1)
-                self._http1_next()
-            self._decrypt()  # records that came with the end of the handshake
-            error = await self._ended
-        finally:
-            loop.remove_reader(self._fd)
-            loop.remove_writer(self._fd)
-            channel.close()
-        if isinstance(error, ssl.SSLError | OSError):
-            log.debug("%s: connection ended: %s", self.server, error)
-        self._abandon(UpstreamClosedError("upstream closed the connection"), sent=True)
+    async def _open(self) -> Channel:
+        return await self.server.open_channel()
 
-    def _write(self, data: bytes) -> None:
-        """Encrypt ``data`` and send it (what the socket does not take waits)."""
-        channel = self._channel
-        if not data or channel is None or self.phase is Phase.ENDED:
-            return
-        try:
-            channel.tls.write(data)  # into memory: never blocks
-        except ssl.SSLError as exc:
-            self._end(exc)
-            return
-        self._send_ciphertext()
+    def _started(self, channel: Channel) -> None:
+        if isinstance(channel, TlsChannel) and channel.tls.selected_alpn_protocol() == "h2":
+            self._start_h2()
+        else:
+            self._http1 = Http1Reader()
+            self._to(Phase.HTTP1)
+            self._http1_next()
 
-    def _send_ciphertext(self) -> None:
-        channel = self._channel
-        if channel is None or self.phase is Phase.ENDED:
-            return
-        waited = bool(channel.unsent)
-        try:
-            done = channel.transmit()
-        except OSError as exc:
-            self._end(exc)
-            return
-        if done and waited:
-            self._loop.remove_writer(self._fd)
-        elif not done and not waited:
-            self._loop.add_writer(self._fd, self._send_ciphertext)
-
-    def _readable(self) -> None:
-        channel = self._channel
-        if channel is None or self.phase is Phase.ENDED:
-            return
-        try:
-            channel.receive()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._end(exc)
-            return
-        self._decrypt()
-
-    def _decrypt(self) -> None:
-        channel = self._channel
-        if channel is None or self.phase is Phase.ENDED:
-            return
-        data, ended, error = channel.decrypt()
-        if channel.outgoing.pending:  # OpenSSL has something to say (a key update)
-            self._send_ciphertext()
-        if data:
-            try:
-                if self._http1 is not None:
-                    self._http1_received(data)
-                else:
-                    self._h2_received(data)
-            except Exception as exc:
-                self._log_failure(exc)
-                ended = True
-            if self._first_answer:
-                self._first_answer = False
-                self.server.remember_session(channel)
-        if ended:
-            self._end(error)
+    def _received(self, data: bytes) -> bool:
+        if self._http1 is not None:
+            self._http1_received(data)
+        else:
+            self._h2_received(data)
+        return True
 
     # -- HTTP/2 -----------------------------------------------------------------------
 
@@ -305,7 +224,15 @@ class DohConnection(UpstreamConnection):
                     # Beyond the GOAWAY's last stream: never processed (RFC 9113 §6.8).
                     self._give_back(stream_id, UpstreamClosedError("GOAWAY"), sent=False)
             elif isinstance(event, http2.SettingsChanged):
-                if self.phase is Phase.H2_STARTING:
+                if event.max_streams == 0:
+                    # No stream may be opened, for as long as the server likes (RFC 9113
+                    # §6.5.2 asks servers to keep that short, and to close instead when
+                    # they want no requests). A DNS query cannot wait that out: the
+                    # queued ones are that upstream's SERVFAIL now (the pool tries
+                    # another), the streams in flight finish, and the connection retires.
+                    self._to(Phase.DRAINING)
+                    self._refuse_queued("the server allows no streams (MAX_CONCURRENT_STREAMS 0)")
+                elif self.phase is Phase.H2_STARTING:
                     self._to(Phase.H2)  # the queued streams are opened below
             elif isinstance(event, http2.ConnectionBroken):
                 log.warning(
@@ -339,6 +266,19 @@ class DohConnection(UpstreamConnection):
         self._release(uid)
         self.server.pool.answered(exchange, servfail)
         self._maybe_retire()
+
+    def _refuse_queued(self, problem: str) -> None:
+        """Queries not on a stream yet: that upstream's SERVFAIL, which the pool retries
+        on an upstream not tried yet (not here again: no loop of new connections)."""
+        queued = list(self._queued)
+        self._queued.clear()
+        log.debug("%s: %s", self.server, problem)
+        for exchange in queued:
+            if exchange.done:
+                continue
+            self.server.failures["http"] += 1
+            servfail = wire.error_response(exchange.msg, wire.Rcode.SERVFAIL, exchange.query)
+            self.server.pool.answered(exchange, servfail)
 
     def _hand_back_queued(self) -> None:
         """Queries not on a stream yet go wherever the pool says (this one drains)."""

@@ -250,7 +250,7 @@ class UpstreamPool:
         specs: list[UpstreamSpec],
         contexts: TlsContexts,
         *,
-        strategy: Strategy | None = None,
+        strategy: Strategy,
         lifecycle: Lifecycle,
         connection_types: Mapping[str, type[UpstreamConnection]] | None = None,
         clock: Clock | None = None,
@@ -264,7 +264,7 @@ class UpstreamPool:
             UpstreamServer(self, i, s, contexts.for_transport(s.transport), self.lifecycle)
             for i, s in enumerate(specs)
         ]
-        self.strategy = strategy or Strategy()
+        self.strategy = strategy
         self._healths = [server.health for server in self.servers]
         # The usual setup, one upstream, has nothing to order (see _send).
         self._only = self.servers[0] if len(self.servers) == 1 else None
