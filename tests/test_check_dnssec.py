@@ -13,7 +13,6 @@ import asyncio
 import json
 import struct
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,11 +22,10 @@ import dns.message
 import dns.rdatatype
 import pytest
 from support.fake_upstream import FakeUpstream
-from support.net import LOOPBACK, free_port
 from support.pki import Pki
 from support.proc import run_dns2dot
 from support.signed_zone import World, Zone, zone_text
-from support.unbound import dot_query, dot_spec, launch_unbound, stop_process, unbound_exe
+from support.unbound import start_auth_unbound
 
 pytestmark = pytest.mark.integration
 
@@ -97,57 +95,12 @@ def test_an_upstream_with_rrsigs_is_said_to_return_them(pki: Pki) -> None:
 @pytest.fixture
 def signed_unbound(tmp_path: Path, pki: Pki) -> Iterator[str]:
     """unbound serving the signed zone from ``auth-zone`` over DoT; yields its spec."""
-    zone_file = tmp_path / "signed.test.zone"
-    zone_file.write_text(zone_text(_signed()))
-    port = free_port()
-    config = "\n".join(
-        [
-            "server:",
-            '    username: ""',
-            '    chroot: ""',
-            f'    directory: "{tmp_path}"',
-            '    pidfile: ""',
-            "    use-syslog: no",
-            '    logfile: ""',
-            "    num-threads: 1",
-            f"    interface: {LOOPBACK}@{port}",
-            f"    tls-port: {port}",
-            f'    tls-service-key: "{pki.good.key}"',
-            f'    tls-service-pem: "{pki.good.cert}"',
-            "    do-ip6: no",
-            "    access-control: 127.0.0.0/8 allow",
-            '    module-config: "iterator"',
-            # Never the internet: all but the signed zone is answered locally.
-            '    local-zone: "." static',
-            '    local-zone: "signed.test." transparent',
-            "auth-zone:",
-            '    name: "signed.test."',
-            f'    zonefile: "{zone_file}"',
-            "    for-downstream: yes",
-            "    for-upstream: no",
-            "remote-control:",
-            "    control-enable: no",
-            "",
-        ]
-    )
-    proc, log, log_path = launch_unbound(unbound_exe(), tmp_path, config)
+    zones = {"signed.test.": zone_text(_signed())}
+    up = start_auth_unbound(tmp_path / "unbound", pki, zones, "www.signed.test.")
     try:
-        deadline = time.monotonic() + 15
-        for _ in range(150):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                break
-            try:
-                if dot_query(pki, port, "www.signed.test.", timeout=1.0).answer:
-                    break
-            except (OSError, dns.exception.DNSException):
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"unbound did not serve the zone:\n{log_path.read_text()}")
-        assert proc.poll() is None, log_path.read_text()
-        yield dot_spec(port)
+        yield up.spec
     finally:
-        stop_process(proc, log)
+        up.stop()
 
 
 def test_real_unbound_serving_a_signed_zone_returns_dnssec_records(
@@ -179,7 +132,7 @@ def test_with_dnssec_validate_an_upstream_that_strips_fails_the_check(
     from dns2dot.check import run_checks
 
     fake = fake_upstream()
-    config = config_module.load(["-u", fake.spec, "--cafile", str(pki.ca)])
+    config = config_module.load(["-u", fake.spec, "--cafile", str(pki.ca), "--dnssec", "off"])
     plain = asyncio.run(run_checks(config, "."))
     assert plain[0].ok and plain[0].dnssec == "stripped"
     validating = asyncio.run(run_checks(_Validating(config), "."))  # type: ignore[arg-type]

@@ -47,11 +47,13 @@ def n_address(i: int) -> str:
     return f"10.1.{i >> 8}.{i & 255}"
 
 
-def _config_lines(
-    directory: Path, port: int, pki: Pki, extra_service: list[str] | None = None
+def _service_lines(
+    directory: Path, port: int, pki: Pki, extra: list[str] | None = None
 ) -> list[str]:
-    """unbound's configuration; ``extra_service`` lines go right after the DoT service."""
-    lines = [
+    """The ``server:`` lines every unbound here starts with: DoT on loopback with the
+    throwaway CA's certificate, no recursion to the internet. ``extra`` lines go right
+    after the DoT service."""
+    return [
         "server:",
         '    username: ""',
         '    chroot: ""',
@@ -63,7 +65,7 @@ def _config_lines(
         "    num-threads: 1",
         f"    interface: {LOOPBACK}@{port}",
         f"    tls-port: {port}",
-        *(extra_service or []),
+        *(extra or []),
         f'    tls-service-key: "{pki.good.key}"',
         f'    tls-service-pem: "{pki.good.cert}"',
         "    do-ip6: no",
@@ -71,10 +73,17 @@ def _config_lines(
         "    incoming-num-tcp: 1000",
         "    num-queries-per-thread: 4096",
         '    module-config: "iterator"',
-        # Never recurse to the internet: anything outside our zone is answered locally.
+        # Never recurse to the internet: anything outside our zones is answered locally.
         '    local-zone: "." static',
-        f'    local-zone: "{ZONE}" static',
     ]
+
+
+def _config_lines(
+    directory: Path, port: int, pki: Pki, extra_service: list[str] | None = None
+) -> list[str]:
+    """unbound's configuration; ``extra_service`` lines go right after the DoT service."""
+    lines = _service_lines(directory, port, pki, extra_service)
+    lines.append(f'    local-zone: "{ZONE}" static')
     for name, types in RECORDS.items():
         for rtype, rdatas in types.items():
             for rdata in rdatas:
@@ -84,6 +93,23 @@ def _config_lines(
         lines.append(f'    local-data: "n{i}.{ZONE} 300 IN A {n_address(i)}"')
     lines += ["remote-control:", "    control-enable: no", ""]
     return lines
+
+
+def auth_zone_config(directory: Path, port: int, pki: Pki, zones: dict[str, Path]) -> str:
+    """unbound's configuration serving ``zones`` (origin -> zone file) as ``auth-zone``
+    over DoT on loopback, answering nothing else."""
+    lines = _service_lines(directory, port, pki)
+    lines += [f'    local-zone: "{origin}" transparent' for origin in zones]
+    for origin, path in zones.items():
+        lines += [
+            "auth-zone:",
+            f'    name: "{origin}"',
+            f'    zonefile: "{path}"',
+            "    for-downstream: yes",
+            "    for-upstream: no",
+        ]
+    lines += ["remote-control:", "    control-enable: no", ""]
+    return "\n".join(lines)
 
 
 def dot_spec(port: int) -> str:
@@ -230,36 +256,9 @@ def start_auth_unbound(
     last: Exception | None = None
     for _attempt in range(3):  # a port race with another process is possible: retry
         port = free_port()
-        lines = [
-            "server:",
-            '    username: ""',
-            '    chroot: ""',
-            f'    directory: "{directory}"',
-            f'    pidfile: "{directory}/unbound.pid"',
-            "    use-syslog: no",
-            '    logfile: ""',
-            "    verbosity: 1",
-            "    num-threads: 1",
-            f"    interface: {LOOPBACK}@{port}",
-            f"    tls-port: {port}",
-            f'    tls-service-key: "{pki.good.key}"',
-            f'    tls-service-pem: "{pki.good.cert}"',
-            "    do-ip6: no",
-            "    access-control: 127.0.0.0/8 allow",
-            '    module-config: "iterator"',
-            '    local-zone: "." static',  # never recurse to the internet
-            *(f'    local-zone: "{origin}" transparent' for origin in zones),
-        ]
-        for origin in zones:
-            lines += [
-                "auth-zone:",
-                f'    name: "{origin}"',
-                f'    zonefile: "{directory}/{origin}zone"',
-                "    for-downstream: yes",
-                "    for-upstream: no",
-            ]
-        lines += ["remote-control:", "    control-enable: no", ""]
-        proc, log, log_path = launch_unbound(exe, directory, "\n".join(lines))
+        paths = {origin: directory / f"{origin}zone" for origin in zones}
+        config = auth_zone_config(directory, port, pki, paths)
+        proc, log, log_path = launch_unbound(exe, directory, config)
         up = UnboundUpstream(
             port=port, directory=directory, proc=proc, log_path=log_path, pki=pki, _log=log
         )
