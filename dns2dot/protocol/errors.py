@@ -55,6 +55,15 @@ class FormError(ProtocolError):
         self.rcode = rcode
 
 
+class Http2Error(ProtocolError):
+    """An HTTP/2 peer broke the protocol: a connection error (RFC 9113 §5.4.1), ended
+    with GOAWAY and ``code`` (an ``http2.ErrorCode``)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 class CertificateError(ProtocolError):
     """A certificate's DER could not be walked as X.509."""
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import hpack
 
 from dns2dot.protocol.doh import MAX_BODY, StaticHeaderEncoder, request_headers
+from dns2dot.protocol.errors import Http2Error
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_MAX_STREAMS = 100  # assumed until the server's SETTINGS arrive (RFC 9113 §6.5.2)
@@ -43,7 +45,7 @@ MAX_DECODED = 256  # response header blocks kept decoded
 MAX_HEADER_BLOCK = 65536  # a response's header block, CONTINUATION frames included
 
 FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits, as 8 + 16), type, flags, stream
-_HEADER = FRAME_HEADER
+E = TypeVar("E")  # what a connection's frame handler collects
 
 
 class Frame(enum.IntEnum):
@@ -138,14 +140,6 @@ class ConnectionBroken(NamedTuple):
 Event = Response | StreamFailed | StreamReset | GoAway | SettingsChanged | ConnectionBroken
 
 
-class _Broken(Exception):
-    """Internal: a connection error (RFC 9113 §5.4.1) found while reading frames."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 class _Stream:
     """One request of ours: what is left to send, and the response so far."""
 
@@ -162,7 +156,7 @@ class _Stream:
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One HTTP/2 frame."""
     length = len(payload)
-    return _HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
+    return FRAME_HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
 
 
 def _setting(code: int, value: int) -> bytes:
@@ -275,24 +269,12 @@ class H2Client:
             return []
         events: list[Event] = []
         buffer = self._buffer + data if self._buffer else data
-        pos, size = 0, len(buffer)
-        unpack = _HEADER.unpack_from
         try:
-            while size - pos >= 9:
-                high, low, kind, flags, stream_id = unpack(buffer, pos)
-                length = high << 16 | low
-                if length > DEFAULT_FRAME:
-                    raise _Broken(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} octets")
-                end = pos + 9 + length
-                if end > size:
-                    break
-                payload = buffer[pos + 9 : end]
-                pos = end
-                self._frame(kind, flags, stream_id & LAST_STREAM_ID, payload, events)
-        except _Broken as exc:
+            pos = read_frames(buffer, 0, self._frame, events)
+        except Http2Error as exc:
             self.broken = True
             self._buffer = b""
-            self.close(exc.code)
+            self.close(ErrorCode(exc.code))
             events.append(ConnectionBroken(str(exc)))
             return events
         except hpack.HPACKError as exc:
@@ -301,7 +283,7 @@ class H2Client:
             self.close(ErrorCode.COMPRESSION_ERROR)
             events.append(ConnectionBroken(f"header block: {exc}"))
             return events
-        self._buffer = buffer[pos:] if pos < size else b""
+        self._buffer = buffer[pos:] if pos < len(buffer) else b""
         if self._received >= WINDOW_REFILL:
             self._out.append(frame(Frame.WINDOW_UPDATE, 0, 0, self._received.to_bytes(4, "big")))
             self._received = 0
@@ -311,12 +293,12 @@ class H2Client:
         self, kind: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
         if self._continuing is not None and kind != Frame.CONTINUATION:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
         if kind == Frame.DATA:
             self._data(flags, stream_id, payload, events)
         elif kind == Frame.HEADERS:
             if flags & PADDED:
-                payload = _unpad(payload)
+                payload = unpad(payload)
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             if flags & END_HEADERS:
@@ -325,27 +307,27 @@ class H2Client:
                 self._continuing = (stream_id, flags, [payload])
         elif kind == Frame.CONTINUATION:
             if self._continuing is None or self._continuing[0] != stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "CONTINUATION out of place")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "CONTINUATION out of place")
             self._continuing[2].append(payload)
             if sum(map(len, self._continuing[2])) > MAX_HEADER_BLOCK:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "header block too long")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "header block too long")
             if flags & END_HEADERS:
                 stream_id, first_flags, parts = self._continuing
                 self._continuing = None
                 self._headers(stream_id, first_flags, b"".join(parts), events)
         elif kind == Frame.RST_STREAM:
             if len(payload) != 4:
-                raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
+                raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
             if self.streams.pop(stream_id, None) is not None:
                 events.append(StreamReset(stream_id, int.from_bytes(payload, "big")))
         elif kind == Frame.SETTINGS:
             if stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & ACK:
                 self._settings(payload, events)
         elif kind == Frame.PING:
             if len(payload) != 8:
-                raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "PING of the wrong size")
+                raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "PING of the wrong size")
             if not flags & ACK:
                 self._out.append(frame(Frame.PING, ACK, 0, payload))
         elif kind == Frame.GOAWAY:
@@ -353,18 +335,18 @@ class H2Client:
         elif kind == Frame.WINDOW_UPDATE:
             self._window_update(stream_id, payload, events)
         elif kind == Frame.PUSH_PROMISE:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE though push is off")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE though push is off")
         # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5).
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         self._received += len(payload)
         stream = self.streams.get(stream_id)
         if stream is None:
             return  # reset or forgotten by us: its window is the server's business
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         body = stream.body + payload if stream.body else payload
         if len(body) > MAX_BODY:
             self.reset(stream_id)
@@ -430,7 +412,7 @@ class H2Client:
 
     def _settings(self, payload: bytes, events: list[Event]) -> None:
         if len(payload) % 6:
-            raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
+            raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
         for offset in range(0, len(payload), 6):
             code = int.from_bytes(payload[offset : offset + 2], "big")
             value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
@@ -440,14 +422,14 @@ class H2Client:
                 self.max_streams = value
             elif code == Setting.INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise _Broken(ErrorCode.FLOW_CONTROL_ERROR, "initial window too large")
+                    raise Http2Error(ErrorCode.FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self._initial_window
                 self._initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif code == Setting.MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME <= value <= 2**24 - 1:
-                    raise _Broken(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                    raise Http2Error(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self._max_frame_out = value
         self._out.append(frame(Frame.SETTINGS, ACK, 0))
         self.settled = True
@@ -456,7 +438,7 @@ class H2Client:
 
     def _goaway(self, payload: bytes, events: list[Event]) -> None:
         if len(payload) < 8:
-            raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY too short")
+            raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY too short")
         last = int.from_bytes(payload[:4], "big") & LAST_STREAM_ID
         lost = tuple(sorted(sid for sid in self.streams if sid > last))
         for stream_id in lost:
@@ -466,14 +448,14 @@ class H2Client:
 
     def _window_update(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if len(payload) != 4:
-            raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
+            raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
         increment = int.from_bytes(payload, "big") & LAST_STREAM_ID
         if not stream_id:
             if not increment:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
-                raise _Broken(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+                raise Http2Error(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
@@ -491,8 +473,33 @@ class H2Client:
                 self._send_body(stream_id, stream, stream.unsent)
 
 
-def _unpad(payload: bytes) -> bytes:
+def unpad(payload: bytes) -> bytes:
     """The content of a PADDED frame (RFC 9113 §6.1)."""
     if not payload or payload[0] >= len(payload):
-        raise _Broken(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
+        raise Http2Error(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
     return payload[1 : len(payload) - payload[0]]
+
+
+def read_frames(
+    buffer: bytes,
+    pos: int,
+    handle: Callable[[int, int, int, bytes, list[E]], None],
+    events: list[E],
+) -> int:
+    """Hand every whole frame of ``buffer`` from ``pos`` on to ``handle(kind, flags,
+    stream_id, payload, events)``; return where the first incomplete frame starts. Both ends
+    advertise no SETTINGS_MAX_FRAME_SIZE above the default, so a longer frame is a
+    FRAME_SIZE_ERROR (RFC 9113 §4.2)."""
+    size = len(buffer)
+    unpack = FRAME_HEADER.unpack_from
+    while size - pos >= 9:
+        high, low, kind, flags, stream_id = unpack(buffer, pos)
+        length = high << 16 | low
+        if length > DEFAULT_FRAME:
+            raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} octets")
+        end = pos + 9 + length
+        if end > size:
+            break
+        handle(kind, flags, stream_id & LAST_STREAM_ID, buffer[pos + 9 : end], events)
+        pos = end
+    return pos

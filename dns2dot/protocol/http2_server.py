@@ -31,13 +31,13 @@ from typing import NamedTuple
 import hpack
 
 from dns2dot.protocol.doh import hpack_integer
+from dns2dot.protocol.errors import Http2Error
 from dns2dot.protocol.http2 import (
     ACK,
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
     END_HEADERS,
     END_STREAM,
-    FRAME_HEADER,
     LAST_STREAM_ID,
     MAX_DECODED,
     MAX_WINDOW,
@@ -49,6 +49,8 @@ from dns2dot.protocol.http2 import (
     Frame,
     Setting,
     frame,
+    read_frames,
+    unpad,
 )
 from dns2dot.protocol.http2_hpack import read_block
 
@@ -146,14 +148,6 @@ class StreamState(enum.Enum):
 RECEIVING, WAITING, SENDING, TOO_LARGE, DISCARDING = StreamState
 
 
-class _Broken(Exception):
-    """Internal: a connection error (RFC 9113 §5.4.1) found while reading frames."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 class _Stream:
     """One client stream: its request so far, then what is left of its response."""
 
@@ -177,13 +171,6 @@ class _Stream:
         self.received = 0  # octets of DATA, for the stream's receive window
         self.send_window = send_window
         self.unsent = b""  # response body held back by flow control
-
-
-def _unpad(payload: bytes) -> bytes:
-    """The content of a PADDED frame (RFC 9113 §6.1)."""
-    if not payload or payload[0] >= len(payload):
-        raise _Broken(ErrorCode.PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[1 : len(payload) - payload[0]]
 
 
 class H2Server:
@@ -357,29 +344,18 @@ class H2Server:
             if self.state is PREFACE_STATE:
                 if size < len(PREFACE) + 9:
                     if not PREFACE.startswith(buffer[: len(PREFACE)]):
-                        raise _Broken(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
+                        raise Http2Error(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
                     self._buffer = buffer
                     return events
                 if buffer[: len(PREFACE)] != PREFACE:
-                    raise _Broken(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
+                    raise Http2Error(ErrorCode.PROTOCOL_ERROR, "not an HTTP/2 preface")
                 if buffer[len(PREFACE) + 3] != Frame.SETTINGS:
-                    raise _Broken(ErrorCode.PROTOCOL_ERROR, "no SETTINGS after the preface")
+                    raise Http2Error(ErrorCode.PROTOCOL_ERROR, "no SETTINGS after the preface")
                 pos = len(PREFACE)
                 self._to(OPEN)
-            unpack = FRAME_HEADER.unpack_from
-            while size - pos >= 9:
-                high, low, kind, flags, stream_id = unpack(buffer, pos)
-                length = high << 16 | low
-                if length > DEFAULT_FRAME:
-                    raise _Broken(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} octets")
-                end = pos + 9 + length
-                if end > size:
-                    break
-                payload = buffer[pos + 9 : end]
-                pos = end
-                self._frame(kind, flags, stream_id & LAST_STREAM_ID, payload, events)
-        except _Broken as exc:
-            return self._break(exc.code, str(exc), events)
+            pos = read_frames(buffer, pos, self._frame, events)
+        except Http2Error as exc:
+            return self._break(ErrorCode(exc.code), str(exc), events)
         except hpack.OversizedHeaderListError:
             return self._break(ErrorCode.PROTOCOL_ERROR, "header list too large", events)
         except (hpack.HPACKError, IndexError, ValueError) as exc:
@@ -406,17 +382,17 @@ class H2Server:
         self, kind: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
         if self._continuing is not None and kind != Frame.CONTINUATION:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "header block interrupted")
         if kind == Frame.DATA:
             self._data(flags, stream_id, payload, events)
         elif kind == Frame.HEADERS:
             if not stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
             if flags & PADDED:
-                payload = _unpad(payload)
+                payload = unpad(payload)
             if flags & PRIORITY_FLAG:
                 if len(payload) < 5:
-                    raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority cut short")
+                    raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "HEADERS priority cut short")
                 payload = payload[5:]
             if flags & END_HEADERS:
                 self._headers(stream_id, flags, payload, events)
@@ -424,60 +400,60 @@ class H2Server:
                 self._continuing = (stream_id, flags, [payload])
         elif kind == Frame.CONTINUATION:
             if self._continuing is None or self._continuing[0] != stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "CONTINUATION out of place")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "CONTINUATION out of place")
             parts = self._continuing[2]
             parts.append(payload)
             if len(parts) > MAX_CONTINUATIONS or sum(map(len, parts)) > MAX_HEADER_BLOCK:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "header block too long")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "header block too long")
             if flags & END_HEADERS:
                 stream_id, first_flags, parts = self._continuing
                 self._continuing = None
                 self._headers(stream_id, first_flags, b"".join(parts), events)
         elif kind == Frame.RST_STREAM:
             if not stream_id or stream_id > self.highest:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
             if len(payload) != 4:
-                raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
+                raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
             self.streams.pop(stream_id, None)
         elif kind == Frame.SETTINGS:
             if stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
             if flags & ACK:
                 if payload:
-                    raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+                    raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             else:
                 self._settings(payload)
         elif kind == Frame.PING:
             if stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
-                raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "PING of the wrong size")
+                raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "PING of the wrong size")
             if not flags & ACK:
                 self._control.append(frame(Frame.PING, ACK, 0, payload))
         elif kind == Frame.GOAWAY:
             if stream_id:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
             if len(payload) < 8:
-                raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY too short")
+                raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY too short")
             if self.state is not DRAINING:
                 self._to(DRAINING)
                 events.append(GoAwayReceived(int.from_bytes(payload[4:8], "big")))
         elif kind == Frame.WINDOW_UPDATE:
             self._window_update(stream_id, payload)
         elif kind == Frame.PUSH_PROMISE:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
         elif kind == Frame.PRIORITY and not stream_id:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         # Unknown frame types are ignored (RFC 9113 §5.5).
 
     def _data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         if not stream_id:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         if stream_id > self.highest:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
         self._received += len(payload)
         if self._received > MAX_WINDOW:
-            raise _Broken(ErrorCode.FLOW_CONTROL_ERROR, "connection window overrun")
+            raise Http2Error(ErrorCode.FLOW_CONTROL_ERROR, "connection window overrun")
         stream = self.streams.get(stream_id)
         if stream is None:
             return  # reset, refused or answered: its bytes are dropped
@@ -490,7 +466,7 @@ class H2Server:
                 self._ended_early(stream_id, stream)
             return
         if flags & PADDED:
-            payload = _unpad(payload)
+            payload = unpad(payload)
         body = stream.body + payload if stream.body else payload
         if len(body) > MAX_BODY:
             stream.body = b""
@@ -521,12 +497,12 @@ class H2Server:
     def _headers(self, stream_id: int, flags: int, block: bytes, events: list[Event]) -> None:
         headers = self._decode(block)  # whatever the stream: the table must stay in step
         if not stream_id & 1:
-            raise _Broken(ErrorCode.PROTOCOL_ERROR, "a client stream with an even ID")
+            raise Http2Error(ErrorCode.PROTOCOL_ERROR, "a client stream with an even ID")
         if stream_id <= self.highest:
             stream = self.streams.get(stream_id)
             if stream is not None and stream.state is not WAITING:
                 if not flags & END_STREAM:
-                    raise _Broken(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
+                    raise Http2Error(ErrorCode.PROTOCOL_ERROR, "trailers without END_STREAM")
                 if stream.state is RECEIVING:
                     self._complete(stream_id, stream, events)  # trailers end the request
                 else:
@@ -579,7 +555,7 @@ class H2Server:
 
     def _settings(self, payload: bytes) -> None:
         if len(payload) % 6:
-            raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
+            raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
         for offset in range(0, len(payload), 6):
             code = int.from_bytes(payload[offset : offset + 2], "big")
             value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
@@ -589,34 +565,34 @@ class H2Server:
                 self._table_update = hpack_integer(min(value, 4096), 5, 0x20)
             elif code == Setting.ENABLE_PUSH:
                 if value > 1:
-                    raise _Broken(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1")
+                    raise Http2Error(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1")
             elif code == Setting.INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
-                    raise _Broken(ErrorCode.FLOW_CONTROL_ERROR, "initial window too large")
+                    raise Http2Error(ErrorCode.FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self._initial_window
                 self._initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif code == Setting.MAX_FRAME_SIZE:
                 if not DEFAULT_FRAME <= value <= 2**24 - 1:
-                    raise _Broken(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+                    raise Http2Error(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
                 self._max_frame_out = value
         self._control.append(frame(Frame.SETTINGS, ACK, 0))
         self._send_unsent()
 
     def _window_update(self, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
-            raise _Broken(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
+            raise Http2Error(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size")
         increment = int.from_bytes(payload, "big") & LAST_STREAM_ID
         if not stream_id:
             if not increment:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
-                raise _Broken(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
+                raise Http2Error(ErrorCode.FLOW_CONTROL_ERROR, "connection window overflow")
         else:
             if stream_id > self.highest:
-                raise _Broken(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+                raise Http2Error(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             stream = self.streams.get(stream_id)
             if stream is None:
                 return
