@@ -10,7 +10,6 @@ a port of its own is there because dnsdist and dns2dot always have one.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -125,8 +124,7 @@ def start_listener(
     if missing:
         server.error = missing
         return server
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DNS2DOT_", "DNSSERVER"))}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
+    env = peers.dns2dot_environment(root)
     try:
         server.proc = registry.start(key, argv, cwd=root, env=env)
         server.ready_s = server.proc.wait_for_log(peers.DNS2DOT_READY, peers.START_TIMEOUT)

@@ -417,6 +417,20 @@ def dns2dot_available(root: Path) -> str | None:
     return None
 
 
+def dns2dot_environment(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a dns2dot the bench starts: the caller's without ``DNS2DOT_*``
+    or ``DNSSERVER`` (only the command line configures it), plus ``extra``.
+
+    The bench's upstreams serve unsigned zones under a local root that the built-in
+    trust anchors cannot prove, so dns2dot validates only where a workload says so
+    (``--dnssec`` on its command line wins over ``DNS2DOT_DNSSEC=off`` here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DNS2DOT_", "DNSSERVER"))}
+    env["DNS2DOT_DNSSEC"] = "off"
+    env.update(extra or {})
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
+    return env
+
+
 def start_dns2dot(
     registry: Registry,
     pki: Pki,
@@ -463,12 +477,8 @@ def start_dns2dot(
     if missing:
         server.error = missing
         return server
-    # Only the command line configures it: no DNS2DOT_* or DNSSERVER from the caller.
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DNS2DOT_", "DNSSERVER"))}
-    clean.update(env or {})
-    clean.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(root))
     try:
-        server.proc = registry.start(key, argv, cwd=root, env=clean)
+        server.proc = registry.start(key, argv, cwd=root, env=dns2dot_environment(root, env))
         server.ready_s = server.proc.wait_for_log(DNS2DOT_READY, START_TIMEOUT)
     except StartError as exc:
         server.error = str(exc)

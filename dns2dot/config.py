@@ -602,7 +602,7 @@ OPTIONS: tuple[Option, ...] = (
         _choice("dnssec", ("off", "validate")),
         "DNSSEC: validate upstream answers (AD for secure ones, SERVFAIL for bogus), or off",
         "MODE",
-        default="off",
+        default="validate",
     ),
     Option(
         "trust-anchor",

@@ -141,7 +141,10 @@ def test_sighup_turns_validation_on(pki: Pki, signed: tuple[str, Path], tmp_path
     spec, anchor_file = signed
     conf = tmp_path / "dns2dot.yml"
     conf.write_text(f'upstreams: ["{spec}"]\ndnssec: "off"\n')
-    with running_dns2dot(tmp_path, cafile=pki.ca, extra=["-c", str(conf)]) as d:
+    # The YAML says whether it validates: no DNS2DOT_DNSSEC from the harness over it.
+    with running_dns2dot(
+        tmp_path, cafile=pki.ca, extra=["-c", str(conf)], env={"DNS2DOT_DNSSEC": None}
+    ) as d:
         off = dig(d.port, "+adflag", f"bad.{ZONE}", "A")
         assert "status: NOERROR" in off and "ad" not in flags(off), off
         conf.write_text(

@@ -34,7 +34,7 @@ from support.signed_zone import NOW, Nsec3Params, World, Zone, anchor_text, name
 from dns2dot import metrics
 from dns2dot.config import Config, ConfigError, load
 from dns2dot.policy.cache import BOGUS_TTL, Cache
-from dns2dot.policy.dnssec import Validator, parse_anchors
+from dns2dot.policy.dnssec import Validator, parse_anchors, root_anchors
 from dns2dot.policy.rules import build_rules
 from dns2dot.policy.strategy import Strategy
 from dns2dot.protocol import wire
@@ -554,7 +554,10 @@ def test_metrics_count_each_validation_once() -> None:
 def test_options(tmp_path: Path) -> None:
     anchor = tmp_path / "anchor"
     anchor.write_text(anchor_text(WORLD.zones[name("test.")]))
-    assert Config().dnssec == "off" and validator(Config()) is None
+    assert Config().dnssec == "validate", "on by default (README, DNSSEC: the bench's 20% rule)"
+    default = validator(Config())
+    assert default is not None and default.anchors == root_anchors()
+    assert validator(Config(dnssec="off")) is None
     config = load(
         ["--dnssec", "validate", "--trust-anchor", str(anchor), "--insecure", "Broken.Test"],
         environ={},
